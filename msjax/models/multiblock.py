@@ -1,0 +1,95 @@
+"""Multiblock (LEEPEIQIN/Multiblock): a chain of same-resolution restoration blocks.
+
+Each block N_i maps an image to an image of the same size: the first sees the LR image already at
+HR size (RealSR "LR2" pairs, or a bicubic upsample), later ones see the previous block's output.
+There is no upsampler. Phased training trains block_i with blocks < i frozen, then fine-tunes the
+whole chain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from msjax.models.sr_blocks import RCAB, conv
+
+# The reference initialises every conv and attention weight with init.orthogonal_ (gain 1).
+orthogonal_init = nn.initializers.orthogonal()
+
+
+class MultiblockBlock(nn.Module):
+    """Block N_i: conv 3 -> 64, 16 RCABs (attention squeeze 64 -> 16), conv 64 -> 64, conv 64 -> 3,
+    plus the input image; with ``clamp`` the output is clipped to [0, 1] (the N_i^+ variant)."""
+
+    n_feats: int = 64
+    n_rcab: int = 16
+    attention_hidden: int = 16  # reduction 4, not RCAN's 16
+    clamp: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array | None = None, train: bool = False) -> jax.Array:
+        del t, train  # no conditioning, no dropout or batch norm
+        h = conv(self.n_feats, dtype=self.dtype, kernel_init=orthogonal_init, name="head")(
+            x.astype(self.dtype)
+        )
+        for i in range(self.n_rcab):
+            h = RCAB(
+                self.n_feats, self.attention_hidden, self.dtype, orthogonal_init, name=f"rcab_{i}"
+            )(h)
+        # No feature-level long skip here (unlike RCAN): only the image-level residual below.
+        h = conv(self.n_feats, dtype=self.dtype, kernel_init=orthogonal_init, name="body_end")(h)
+        y = conv(3, dtype=self.dtype, kernel_init=orthogonal_init, name="to_rgb")(h)
+        y = y + x.astype(self.dtype)
+        # clip has zero gradient where it clips, like the reference's masked in-place assignment.
+        return jnp.clip(y, 0.0, 1.0) if self.clamp else y
+
+
+class MultiblockChain(nn.Module):
+    """``n_blocks`` blocks applied in sequence, as submodules block_0, block_1, ...
+
+    ``num_active`` runs only the first k blocks (their output is the chain's output); blocks beyond
+    it get no gradient. ``num_frozen`` stops gradients through the first j blocks, so training
+    block j on the fly (``num_active=j + 1, num_frozen=j``) neither updates nor backpropagates into
+    earlier blocks. Initialise with the defaults so that every block's parameters exist.
+    """
+
+    n_blocks: int = 3
+    n_feats: int = 64
+    n_rcab: int = 16
+    attention_hidden: int = 16
+    clamp: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        t: jax.Array | None = None,
+        train: bool = False,
+        num_active: int | None = None,
+        num_frozen: int = 0,
+    ) -> jax.Array:
+        active = self.n_blocks if num_active is None else num_active
+        if not 1 <= active <= self.n_blocks:
+            raise ValueError(f"num_active must be in 1..{self.n_blocks}, got {num_active}")
+        blocks = [
+            MultiblockBlock(
+                self.n_feats,
+                self.n_rcab,
+                self.attention_hidden,
+                self.clamp,
+                self.dtype,
+                name=f"block_{i}",
+            )
+            for i in range(self.n_blocks)
+        ]
+        y = x
+        for i in range(active):
+            y = blocks[i](y, t, train)
+            if i < num_frozen:
+                y = jax.lax.stop_gradient(y)
+        return y

@@ -1,0 +1,148 @@
+"""Building blocks shared by the super-resolution families (EDSR, RCAN, MSRN, Multiblock).
+
+Layer facts follow the EDSR-PyTorch framework the reference models were written in: every conv has a
+bias and 'same' padding, the upsampler is conv + pixel shuffle without activation, and the RGB mean
+shift is a fixed constant (not a parameter), applied on the rgb_range = 255 scale.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+# DIV2K training-set RGB mean, as in EDSR/RCAN/MSRN (`MeanShift` with std 1).
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+# PyTorch's default conv init (kaiming_uniform with a = sqrt(5)) has variance 1 / (3 fan_in); the
+# reference models were trained from it without normalisation layers, so we keep its scale.
+torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def conv(
+    features: int,
+    kernel: int = 3,
+    *,
+    dtype: Any = jnp.float32,
+    kernel_init: Initializer = torch_default_init,
+    name: str | None = None,
+) -> nn.Conv:
+    """A k x k conv with bias and 'same' padding (PyTorch's padding k // 2 for odd k)."""
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        padding="SAME",
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kernel_init,
+        name=name,
+    )
+
+
+def to_network_range(x: jax.Array, rgb_range: float, dtype: Any) -> jax.Array:
+    """[0, 1] images -> mean-subtracted values on the rgb_range scale (the reference `sub_mean`)."""
+    mean = jnp.asarray(DIV2K_RGB_MEAN, jnp.float32)
+    return ((x.astype(jnp.float32) - mean) * rgb_range).astype(dtype)
+
+
+def from_network_range(y: jax.Array, rgb_range: float, dtype: Any) -> jax.Array:
+    """Inverse of `to_network_range` (the reference `add_mean`), back to [0, 1] images."""
+    mean = jnp.asarray(DIV2K_RGB_MEAN, jnp.float32)
+    return (y.astype(jnp.float32) / rgb_range + mean).astype(dtype)
+
+
+def pixel_shuffle(x: jax.Array, factor: int) -> jax.Array:
+    """NHWC depth-to-space in PyTorch's channel order: channel c * r^2 + i * r + j -> (c, i, j)."""
+    n, h, w, c = x.shape
+    out_c = c // (factor * factor)
+    x = x.reshape(n, h, w, out_c, factor, factor)
+    x = x.transpose(0, 1, 4, 2, 5, 3)  # n, h, i, w, j, c
+    return x.reshape(n, h * factor, w * factor, out_c)
+
+
+class Upsampler(nn.Module):
+    """Conv + pixel shuffle: x2 and x4 as one or two (conv F -> 4F, shuffle 2) stages, x3 as one
+    (conv F -> 9F, shuffle 3) stage, as in the reference `common.Upsampler`."""
+
+    features: int
+    scale: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.scale == 3:
+            return pixel_shuffle(conv(9 * self.features, dtype=self.dtype)(x), 3)
+        stages = int(round(math.log2(self.scale))) if self.scale > 1 else 0
+        if self.scale < 2 or 2**stages != self.scale:
+            raise ValueError(f"scale must be 3 or a power of 2, got {self.scale}")
+        for _ in range(stages):
+            x = pixel_shuffle(conv(4 * self.features, dtype=self.dtype)(x), 2)
+        return x
+
+
+class ResBlock(nn.Module):
+    """EDSR residual block: conv -> ReLU -> conv, scaled by res_scale, plus the input; no BN."""
+
+    features: int
+    res_scale: float = 1.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = nn.relu(conv(self.features, dtype=self.dtype)(x))
+        h = conv(self.features, dtype=self.dtype)(h)
+        return x + h * self.res_scale
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-excitation: global average pool -> dense C -> hidden -> ReLU -> dense hidden -> C ->
+    sigmoid, rescaling the channels. A 1x1 conv on the pooled vector is a dense layer with bias."""
+
+    hidden: int
+    dtype: Any = jnp.float32
+    kernel_init: Initializer = torch_default_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # Pool in float32: a bfloat16 sum over a whole image loses most of its mantissa.
+        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(self.dtype)
+        options = dict(dtype=self.dtype, param_dtype=jnp.float32, kernel_init=self.kernel_init)
+        squeezed = nn.relu(nn.Dense(self.hidden, **options)(pooled))
+        return x * nn.sigmoid(nn.Dense(x.shape[-1], **options)(squeezed))
+
+
+class RCAB(nn.Module):
+    """Residual channel-attention block: conv -> ReLU -> conv -> channel attention, + the input."""
+
+    features: int
+    attention_hidden: int
+    dtype: Any = jnp.float32
+    kernel_init: Initializer = torch_default_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = conv(self.features, dtype=self.dtype, kernel_init=self.kernel_init)(x)
+        h = conv(self.features, dtype=self.dtype, kernel_init=self.kernel_init)(nn.relu(h))
+        h = ChannelAttention(self.attention_hidden, self.dtype, self.kernel_init)(h)
+        return x + h
+
+
+class ResidualGroup(nn.Module):
+    """RCAN residual group: n RCABs -> conv, plus the group input (short skip)."""
+
+    features: int
+    n_resblocks: int
+    attention_hidden: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x
+        for _ in range(self.n_resblocks):
+            h = RCAB(self.features, self.attention_hidden, self.dtype)(h)
+        return x + conv(self.features, dtype=self.dtype)(h)
