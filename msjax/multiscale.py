@@ -140,10 +140,11 @@ def schedule_work_units(stages: Sequence[Stage], reference_batch: int) -> float:
     return sum(s.steps * work_units(s.plan, reference_batch) for s in stages)
 
 
-def compiled_flops(jitted: Callable, *args, **kwargs) -> float:
-    """FLOPs of one call of a jitted function, from XLA's cost analysis of the compiled program
-    (NaN where the backend reports none)."""
-    analysis = jitted.lower(*args, **kwargs).compile().cost_analysis()
+def compiled_flops(compiled) -> float:
+    """FLOPs of one call of a compiled program (``jax.jit(f).lower(...).compile()``), from XLA's
+    cost analysis; NaN where the backend reports none. For a program partitioned over devices
+    this is one device's share."""
+    analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jax returns one dict per device program
         analysis = analysis[0] if analysis else {}
     return float((analysis or {}).get("flops", float("nan")))

@@ -1,0 +1,94 @@
+"""Defaults shared by every msjax experiment; experiment files start from ``get_config()`` here.
+
+Not run directly. Every field can be overridden on the command line, e.g.
+``python train.py --config configs/deblur_stl10.py --config.mode=fullmultiscale``.
+"""
+
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 42
+    c.dtype = "float32"            # compute dtype: float32 or bfloat16 (params stay float32)
+
+    # The restoration problem (msjax/tasks.py, msjax/operators.py).
+    c.task = ml_collections.ConfigDict(dict(
+        name="deblur",             # denoise | deblur | inpaint | sr
+        noise="interpolation",     # denoise: official t-interpolation, or "gaussian"
+        sigma=25.0,                # denoise gaussian: sigma on the 0-255 scale
+        blur_sigma=(3.0, 3.0),     # deblur: PSF sigma along (H, W) in pixels at the data grid
+        t_max=0.1,                 # deblur / inpaint: t ~ t_max U(0,1), y = (1-t) A x + t z
+        box_count=(1, 4),          # inpaint: boxes per image (inclusive range)
+        box_size=(0.1, 0.3),       # inpaint: box side as a fraction of the image side
+        scale=2,                   # sr: upscaling factor
+        kernel="bicubic",          # sr: LR made by MATLAB bicubic or antialiased bilinear
+        upsample_input=False,      # sr with a size-keeping model: feed it bilinear-upsampled LR
+        residual=False,            # output = model(input) + input
+        loss="mse",                # mse | l1 | l1_255 (ECO's L1 on the 0-255 scale)
+    ))
+
+    # Where images come from (msjax/data).
+    c.data = ml_collections.ConfigDict(dict(
+        source="builtin",          # builtin | tfds | folder | paired_folders
+        name="",                   # tfds dataset name, e.g. stl10
+        data_dir="",               # tfds data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)
+        train_split="train",
+        valid_split="test",
+        train_dir="",              # folder / paired_folders: training images (HR for paired)
+        valid_dir="",
+        train_lr_dir="",           # paired_folders: LR images named like their HR partners
+        valid_lr_dir="",
+        patch=64,                  # training patch side on the data grid (HR side for SR)
+        resize_to=0,               # >0: resize whole images to this side first (official: 128)
+        augment=True,              # random flips and 90-degree rotations
+        valid_images=8,            # how many validation images (fixed crops)
+        valid_patch=0,             # validation crop side (0: same as patch)
+        bad_images="skip",         # folder images that cannot be used: skip (warn, count) | error
+    ))
+
+    c.model = "resnet"
+    c.model_kwargs = ml_collections.ConfigDict()
+
+    # Multiscale gradient estimation (msjax/multiscale.py).
+    c.mode = "multiscale"          # single | multiscale | fullmultiscale
+    c.batch_size = 16              # single-scale batch, FMS base batch, and the work-unit reference
+    c.mge = ml_collections.ConfigDict(dict(
+        levels=3,                  # L coarse levels (multiscale) / J stages - 1 (fullmultiscale)
+        batch_sizes=(),            # per-term batches, finest first; () = finest_batch * growth^k
+        finest_batch=4,            # paper-faithful default: 4, 16, 64, 256
+        batch_growth=4,            # the official code's behaviour is 1 (constant 16)
+        restriction="area",        # area | nearest (official) | bilinear
+        shared_batch=False,        # one batch for every term (official inpainting)
+        operator_per_level=False,  # corrupt each level's clean image (blur sigma scaled 2^-l)
+    ))
+    c.fms = ml_collections.ConfigDict(dict(
+        stage_weights=(8, 4, 2, 1),  # share of train.steps per stage, coarse first (official)
+        batch_growth=1,            # per-term batch growth inside a stage (official: constant)
+    ))
+
+    c.train = ml_collections.ConfigDict(dict(
+        steps=8000,                # total optimizer steps (all FMS stages together)
+        optimizer="adam",          # adam | lamb
+        lr=5e-4,
+        lr_end=1e-6,               # cosine to this over the whole run
+        weight_decay=0.0,
+        grad_clip_value=0.0,
+        grad_clip_norm=0.0,
+        eval_every=500,
+        log_every=50,
+        checkpoint_every=500,
+        nonfinite="stop",          # stop | skip: what a NaN/inf loss or gradient does
+        max_to_keep_best=1,
+    ))
+
+    c.eval = ml_collections.ConfigDict(dict(
+        crop_border=0,             # pixels cut from each edge before PSNR/SSIM (SR: the scale)
+        y_channel=False,           # PSNR/SSIM on BT.601 Y (MATLAB convention) instead of RGB
+        tile=0,                    # >0: tiled inference with this tile side for large images
+        tile_overlap=16,
+        self_ensemble=False,       # x8 flips/rotations at evaluation
+    ))
+    c.num_devices = 0              # 0: every device; >0: the first N (tests)
+    c.distributed = False          # call jax.distributed.initialize() (multi-host)
+    return c

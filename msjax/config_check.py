@@ -1,0 +1,119 @@
+"""Config validation before any data is read or anything compiles: one clear line per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from msjax import multiscale, tasks
+from msjax.data import SOURCES
+from msjax.models import MODEL_NAMES
+from msjax.resize import RESTRICTIONS
+
+# Models that upsample inside (pixel shuffle): their output is task.scale times their input.
+UPSAMPLING_MODELS = ("edsr", "rcan", "msrn")
+# Models whose input side must divide by this at every level they see.
+MODEL_MULTIPLE = {"unet": 4, "pyramidal": 8}
+
+
+class ConfigError(ValueError):
+    """An impossible configuration; the message names the field and the fix."""
+
+
+def _check(ok: bool, message: str):
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(value, choices, field):
+    _check(value in choices, f"{field}={value!r} is unknown; choose one of {', '.join(choices)}")
+
+
+def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> None:
+    """Raises ConfigError on the first impossible setting."""
+    c = config
+    _one_of(c.mode, multiscale.MODES, "mode")
+    _one_of(c.model, MODEL_NAMES, "model")
+    _one_of(c.task.name, tasks.TASKS, "task.name")
+    _one_of(c.task.loss, tasks.LOSSES, "task.loss")
+    _one_of(c.data.source, SOURCES, "data.source")
+    _one_of(c.mge.restriction, RESTRICTIONS, "mge.restriction")
+    _one_of(c.dtype, ("float32", "bfloat16"), "dtype")
+    _one_of(c.train.optimizer, ("adam", "lamb"), "train.optimizer")
+    _one_of(c.train.nonfinite, ("stop", "skip"), "train.nonfinite")
+    _one_of(c.data.bad_images, ("skip", "error"), "data.bad_images")
+    _check(c.train.steps > 0, f"train.steps={c.train.steps} must be positive")
+    _check(c.train.lr > 0, f"train.lr={c.train.lr} must be positive")
+    _check(0 <= c.train.lr_end <= c.train.lr,
+           f"train.lr_end={c.train.lr_end} must lie in [0, train.lr={c.train.lr}]")
+    for field in ("eval_every", "log_every", "checkpoint_every"):
+        _check(c.train[field] > 0, f"train.{field}={c.train[field]} must be positive")
+    _check(c.batch_size > 0, f"batch_size={c.batch_size} must be positive")
+    _check(c.mge.levels >= 0, f"mge.levels={c.mge.levels} must be >= 0")
+    _check(c.data.patch > 0, f"data.patch={c.data.patch} must be positive")
+    _check(c.data.valid_images > 0, f"data.valid_images={c.data.valid_images} must be positive")
+    if c.data.source == "tfds":
+        _check(bool(c.data.name), "data.source=tfds needs data.name, e.g. --config.data.name=stl10")
+
+    scale = c.task.scale if c.task.name == "sr" else 1
+    if c.task.name == "sr":
+        _check(scale in (2, 3, 4), f"task.scale={scale} must be 2, 3 or 4")
+        _check(c.model in UPSAMPLING_MODELS or c.task.upsample_input,
+               f"model={c.model} keeps image sizes; for SR set --config.task.upsample_input=True "
+               "or use an upsampling model (edsr, rcan, msrn)")
+        if c.model in UPSAMPLING_MODELS:
+            _check(not c.task.residual, f"task.residual adds the input to the output, but "
+                   f"{c.model} outputs {scale}x its input; set --config.task.residual=False")
+            model_scale = c.model_kwargs.get("scale", 2)
+            _check(model_scale == scale, f"model_kwargs.scale={model_scale} differs from "
+                   f"task.scale={scale}; set both to the same factor")
+    if c.task.name == "deblur":
+        _check(min(c.task.blur_sigma) > 0, f"task.blur_sigma={c.task.blur_sigma} must be > 0")
+    if c.task.name == "inpaint":
+        lo, hi = c.task.box_count
+        _check(1 <= lo <= hi, f"task.box_count={tuple(c.task.box_count)} must be (min, max) "
+               "with 1 <= min <= max")
+        _check(0 < c.task.box_size[0] <= c.task.box_size[1] < 1,
+               f"task.box_size={tuple(c.task.box_size)} must be fractions 0 < min <= max < 1")
+
+    try:
+        stages = schedule(c)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _check(all(s.steps > 0 for s in stages), f"train.steps={c.train.steps} is too few for "
+           f"{len(stages)} full-multiscale stages; every stage needs at least one step")
+    coarsest = max(s.plan.coarsest_level for s in stages)
+    f = 2**coarsest
+    # The grid the network sees at the data level: the LR side for upsampling models.
+    side = c.data.patch // scale
+    _check(c.data.patch % scale == 0,
+           f"data.patch={c.data.patch} must divide by task.scale={scale}")
+    _check(side % f == 0, f"data.patch={c.data.patch} does not divide by 2^{coarsest}={f * scale} "
+           f"(levels x scale); pick a patch that is a multiple of {f * scale} or fewer levels")
+    multiple = MODEL_MULTIPLE.get(c.model, 1)
+    _check((side // f) % multiple == 0,
+           f"model={c.model} needs image sides divisible by {multiple}, but the coarsest level "
+           f"is {side // f} pixels; use a larger data.patch or fewer mge.levels")
+    for s in stages:
+        if s.plan.shared_batch:
+            _check(len(set(s.plan.batch_sizes)) == 1,
+                   f"mge.shared_batch reuses one batch for every term, but batch_sizes="
+                   f"{s.plan.batch_sizes} differ; give every term the same size")
+        for n in s.plan.batch_sizes:
+            _check(n % num_devices == 0,
+                   f"a term batch of {n} does not divide by the {num_devices} devices; "
+                   f"use batch sizes that are multiples of {num_devices} (or set num_devices)")
+    if workdir is not None:
+        parent = Path(workdir).expanduser().resolve().parent
+        _check(parent.is_dir(), f"the workdir's parent {parent} does not exist; create it or "
+               "choose another --workdir")
+
+
+def schedule(config) -> list:
+    """The run's stages (see ``multiscale.make_schedule``) from the config."""
+    c = config
+    return multiscale.make_schedule(
+        c.mode, steps=c.train.steps, batch_size=c.batch_size, levels=c.mge.levels,
+        batch_sizes=tuple(c.mge.batch_sizes), finest_batch=c.mge.finest_batch,
+        batch_growth=c.mge.batch_growth, stage_weights=tuple(c.fms.stage_weights),
+        stage_batch_growth=c.fms.batch_growth, restriction=c.mge.restriction,
+        shared_batch=c.mge.shared_batch, operator_per_level=c.mge.operator_per_level)

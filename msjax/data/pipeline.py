@@ -1,0 +1,137 @@
+"""Batches from sources: random patches, flips and rotations, fixed validation crops.
+
+Sampling is stateless: term k's batch at step s is a pure function of (seed, s, k), so a resumed
+run sees exactly the batches the uninterrupted one would have, with no iterator state to save.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from typing import Callable
+
+import numpy as np
+
+
+def to_float(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255.0
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / 65535.0
+    return img.astype(np.float32)
+
+
+def _augment(patches: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """The same random flip and 90-degree rotation for every array of one sample (e.g. LR/HR)."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    out = []
+    for p in patches:
+        p = np.rot90(p, k, axes=(0, 1))
+        out.append(p[:, ::-1] if flip else p)
+    return out
+
+
+def _ensure_rgb(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    return img[..., :3]
+
+
+def sample_patch(item, patch: int, rng: np.random.Generator, *, scale: int = 1,
+                 augment: bool = True):
+    """A random patch: HxWx3 float32, or (HR patch, aligned LR patch) for a paired item."""
+    if isinstance(item, tuple):
+        hr, lr = (_ensure_rgb(a) for a in item)
+        lp = patch // scale
+        top = int(rng.integers(lr.shape[0] - lp + 1))
+        left = int(rng.integers(lr.shape[1] - lp + 1))
+        pair = [hr[top * scale:(top + lp) * scale, left * scale:(left + lp) * scale],
+                lr[top:top + lp, left:left + lp]]
+        pair = _augment(pair, rng) if augment else pair
+        return tuple(to_float(np.ascontiguousarray(p)) for p in pair)
+    img = _ensure_rgb(item)
+    h, w = img.shape[:2]
+    if min(h, w) < patch:
+        raise ValueError(f"image of {h}x{w} is smaller than the {patch}-pixel patch")
+    top, left = int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
+    crop = img[top:top + patch, left:left + patch]
+    if augment:
+        crop = _augment([crop], rng)[0]
+    return to_float(np.ascontiguousarray(crop))
+
+
+def term_batch(source, *, seed: int, step: int, term: int, batch: int, patch: int,
+               scale: int = 1, augment: bool = True, rows: slice | None = None) -> dict:
+    """Term ``term``'s batch at ``step``: ``{'target': N x P x P x 3}`` (plus ``'input'`` for
+    paired data). ``rows`` selects this process's share of the global batch (multi-host)."""
+    rng = np.random.default_rng((seed, step, term))
+    indices = rng.integers(0, len(source), size=batch)
+    sample_rngs = [np.random.default_rng((seed, step, term, i)) for i in range(batch)]
+    chosen = range(batch)[rows] if rows is not None else range(batch)
+    samples = [sample_patch(source[indices[i]], patch, sample_rngs[i], scale=scale,
+                            augment=augment) for i in chosen]
+    if isinstance(samples[0], tuple):
+        return {"target": np.stack([s[0] for s in samples]),
+                "input": np.stack([s[1] for s in samples])}
+    return {"target": np.stack(samples)}
+
+
+def validation_crops(source, count: int, patch: int, *, scale: int = 1) -> dict:
+    """``count`` fixed crops of ``patch`` (evenly spaced over the validation images)."""
+    per_image = max(1, math.ceil(count / len(source)))
+    targets, inputs = [], []
+    for i in range(len(source)):
+        item = source[i]
+        hr = _ensure_rgb(item[0] if isinstance(item, tuple) else item)
+        h, w = hr.shape[:2]
+        if min(h, w) < patch:
+            continue
+        grid = math.ceil(math.sqrt(per_image))
+        tops = np.linspace(0, h - patch, grid).astype(int) // max(scale, 1) * max(scale, 1)
+        lefts = np.linspace(0, w - patch, grid).astype(int) // max(scale, 1) * max(scale, 1)
+        for j in range(per_image):
+            top, left = int(tops[j // grid]), int(lefts[j % grid])
+            targets.append(to_float(hr[top:top + patch, left:left + patch]))
+            if isinstance(item, tuple):
+                lr = _ensure_rgb(item[1])
+                s, lp = scale, patch // scale
+                inputs.append(to_float(lr[top // s:top // s + lp, left // s:left // s + lp]))
+            if len(targets) == count:
+                break
+        if len(targets) == count:
+            break
+    if not targets:
+        raise ValueError(f"no validation image is at least {patch} pixels on each side")
+    out = {"target": np.stack(targets)}
+    if inputs:
+        out["input"] = np.stack(inputs)
+    return out
+
+
+class Prefetcher:
+    """Builds the next steps' batches on a background thread while the device computes.
+
+    ``make(step)`` must be a pure function of the step, so prefetching never changes results.
+    """
+
+    def __init__(self, make: Callable[[int], object], start: int, stop: int, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error = None
+        self._thread = threading.Thread(target=self._run, args=(make, start, stop), daemon=True)
+        self._thread.start()
+
+    def _run(self, make, start, stop):
+        try:
+            for step in range(start, stop):
+                self._queue.put((step, make(step)))
+        except BaseException as e:  # surfaced in the training thread by get()
+            self._queue.put((None, e))
+
+    def get(self):
+        step, value = self._queue.get()
+        if step is None:
+            raise value
+        return step, value

@@ -1,0 +1,96 @@
+"""Image sources: random access to whole images as HxWx3 arrays (uint8, uint16 or float in [0,1]).
+
+A source is anything with ``len()`` and ``source[i]``. Four kinds: real photos that ship inside
+scikit-image (offline, no download), TFDS datasets through ``tfds.data_source`` (ArrayRecord, no
+TensorFlow at train time), one folder of images, and paired LR/HR folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+# Photographs bundled with scikit-image. Two are held out for validation.
+BUILTIN_TRAIN = ("chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+                 "motorcycle_left", "motorcycle_right")
+BUILTIN_VALID = ("astronaut", "coffee")
+
+
+class DataError(ValueError):
+    """A dataset that is missing or unusable, with what to do about it."""
+
+
+@dataclasses.dataclass
+class ArraySource:
+    """Images held in memory."""
+
+    images: Sequence[np.ndarray]
+    names: Sequence[str]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+def _skimage_photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name.startswith("motorcycle_"):
+        left, right, _ = skimage.data.stereo_motorcycle()
+        return left if name.endswith("left") else right
+    return getattr(skimage.data, name)()
+
+
+def builtin_photos(split: str) -> ArraySource:
+    names = BUILTIN_TRAIN if split == "train" else BUILTIN_VALID
+    return ArraySource([_skimage_photo(n) for n in names], list(names))
+
+
+def tfds_source(name: str, split: str, data_dir: str = ""):
+    """A TFDS dataset prepared as ArrayRecord. Never downloads: a missing dataset fails at once."""
+    import tensorflow_datasets as tfds
+
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or str(
+        Path("~/tensorflow_datasets").expanduser())
+    try:
+        records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # tfds raises several types for "not prepared as ArrayRecord"
+        raise DataError(
+            f"TFDS dataset {name!r} (split {split!r}) is not prepared as ArrayRecord under "
+            f"{data_dir}. Prepare it once on a machine with network access:\n"
+            f"  pip install tensorflow\n"
+            f"  tfds build {name} --file_format=array_record --data_dir={data_dir}\n"
+            f"then copy {data_dir}/{name} here (or pass --config.data.data_dir). "
+            f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return TfdsImages(records)
+
+
+@dataclasses.dataclass
+class TfdsImages:
+    records: object
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return self.records[int(i)]["image"]
+
+
+def list_images(folder: str) -> list[Path]:
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise DataError(f"image folder {folder!r} does not exist; set --config.data.train_dir / "
+                        "valid_dir to a folder of images")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"image folder {folder!r} has no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files

@@ -1,0 +1,309 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``.
+
+config -> data + model + stages -> compiled MGE step per stage -> state -> logs / checkpoints.
+Running it again in the same workdir resumes from the newest readable checkpoint: step, stage,
+optimizer, cost ledger; batches and noise are functions of (seed, step), so resume is exact.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from msjax import checkpoints, config_check, data, logs, models, multiscale, parallel, steps, tasks
+
+log = logging.getLogger(__name__)
+
+# Fields that may change between a run and its resumption (they do not change the result).
+RESUMABLE_FIELDS = ("train.eval_every", "train.log_every", "train.checkpoint_every",
+                    "train.nonfinite", "num_devices", "distributed", "data.data_dir",
+                    "eval.tile", "eval.tile_overlap", "eval.self_ensemble")
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+class Preempted(Exception):
+    """SIGTERM / SIGINT arrived; a checkpoint was saved. ``signum`` is the signal."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+def _flat(config) -> dict:
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if hasattr(v, "items"):
+                yield from walk(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", list(v) if isinstance(v, tuple) else v
+    return dict(walk(config.to_dict()))
+
+
+def check_workdir(workdir: Path, config) -> None:
+    """Refuses a workdir written by a different config (it would silently mix two runs)."""
+    path = workdir / "config.json"
+    current = _flat(config)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        diffs = [k for k in sorted(set(saved) | set(current))
+                 if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k)]
+        if diffs:
+            shown = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diffs[:5])
+            raise config_check.ConfigError(
+                f"workdir {workdir} holds a run with another config ({shown}"
+                f"{'; ...' if len(diffs) > 5 else ''}); use a new --workdir or the same config")
+    elif jax.process_index() == 0:
+        path.write_text(json.dumps(current, indent=1, sort_keys=True))
+
+
+def create_state(model, config, sample_input, total_steps: int, mesh) -> steps.TrainState:
+    rng = jax.random.PRNGKey(config.seed)
+    t = jnp.zeros((sample_input.shape[0],), jnp.float32)
+
+    def init():
+        variables = model.init({"params": rng, "dropout": rng}, sample_input, t, train=False)
+        params = variables.pop("params")
+        return steps.TrainState.create(apply_fn=model.apply, params=params,
+                                       tx=steps.make_optimizer(config.train, total_steps),
+                                       model_state=dict(variables))
+
+    return jax.jit(init, out_shardings=parallel.replicated(mesh))()
+
+
+class _Signals:
+    """Turns SIGTERM / SIGINT into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def make_validation(config, task, source, mesh):
+    """The fixed validation set: crops, their corruption (fixed key) and the input's own scores."""
+    scale = task.scale
+    crops = data.validation_crops(source, config.data.valid_images,
+                                  config.data.valid_patch or config.data.patch, scale=scale)
+    target = jnp.asarray(crops["target"])
+    if "input" in crops:
+        y, t = jnp.asarray(crops["input"]), None
+    else:
+        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2**31 - 1)
+        y, t = task.corrupt(target, key, 0)
+    # The input's own quality, shown beside the model's: the corrupted image, or for SR the
+    # bicubic-upsampled LR.
+    baseline = jnp.clip(y if scale == 1 else _upsample_for_baseline(y, scale), 0.0, 1.0)
+    from msjax import metrics
+
+    kw = dict(crop_border=config.eval.crop_border, y_channel=config.eval.y_channel)
+    scores = {"input_psnr": float(jnp.mean(metrics.psnr_batch(baseline, target, **kw))),
+              "input_ssim": float(jnp.mean(metrics.ssim_batch(baseline, target, **kw)))}
+    n = target.shape[0]
+    pad = (-n) % mesh.size  # shard the validation batch; pad with repeats, drop them after
+    batch = {"input": y, "target": target}
+    if t is not None:
+        batch["t"] = t
+    batch = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]), batch)
+    return parallel.put_batch(jax.tree.map(np.asarray, batch), mesh), n, scores
+
+
+def _upsample_for_baseline(y, scale):
+    from msjax import resize
+
+    return resize.imresize(y, float(scale))
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    """Trains (or resumes) the run in ``workdir``; returns the final validation metrics."""
+    workdir = Path(workdir).expanduser()
+    parallel.maybe_initialize_distributed(config.distributed)
+    n_devices = config.num_devices or jax.device_count()
+    config_check.validate(config, workdir=str(workdir), num_devices=n_devices)
+    workdir.mkdir(exist_ok=True)
+    check_workdir(workdir, config)
+
+    mesh = parallel.make_mesh(config.num_devices)
+    task = tasks.make_task(config.task, operator_per_level=config.mge.operator_per_level)
+    stages = config_check.schedule(config)
+    total_steps = stages[-1].end_step
+    train_source = data.open_source(config.data, "train", scale=task.scale)
+    valid_batch, n_valid, input_scores = make_validation(
+        config, task, data.open_source(config.data, "valid", scale=task.scale), mesh)
+
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    model = models.create_model(config.model, dtype=dtype, **config.model_kwargs)
+    sample = jnp.zeros((1,) + tuple(valid_batch["input"].shape[1:]), jnp.float32)
+    state = create_state(model, config, task.model_input(sample), total_steps, mesh)
+
+    ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep_best=config.train.max_to_keep_best)
+    progress = logs.Progress(total_steps, 0, enabled=jax.process_index() == 0)
+    restored = ckpt.restore_latest(state, on_fallback=progress.write)
+    ledger = {"work_units": 0.0, "flops": 0.0, "seconds": 0.0, "skipped": 0}
+    best_psnr = -math.inf
+    if restored is not None:
+        state, meta, start = restored
+        ledger.update({k: meta[k] for k in ledger})
+        best_psnr = meta.get("best_psnr", best_psnr)
+        progress.write(f"resumed from step {start} (stage {meta['stage']}) in {workdir}")
+    start = int(jax.device_get(state.step))
+    progress.start = start
+    runlog = logs.RunLog(workdir, resume_step=start if restored is not None else None)
+
+    seed_key = parallel.put_replicated(jax.random.PRNGKey(config.seed), mesh)
+    eval_fn = jax.jit(functools.partial(steps.eval_step, task=task,
+                                        crop_border=config.eval.crop_border,
+                                        y_channel=config.eval.y_channel))
+    # XLA:CPU with several simulated devices can stall in collectives unless each step is waited
+    # for; on accelerators steps stay asynchronous.
+    sync_each_step = jax.devices()[0].platform == "cpu" and mesh.size > 1
+
+    def make_host_batches(step):
+        plan = stages[multiscale.stage_at(stages, step)].plan
+        terms = 1 if plan.shared_batch else plan.num_terms
+        return tuple(data.term_batch(
+            train_source, seed=config.seed, step=step, term=k, batch=plan.batch_sizes[k],
+            patch=config.data.patch, scale=task.scale, augment=config.data.augment,
+            rows=parallel.process_rows(plan.batch_sizes[k])) for k in range(terms))
+
+    compiled = {}
+
+    def step_fn(stage_index, state, batches):
+        """The stage's compiled step (compiled once, ahead of time, which also gives its FLOPs)."""
+        if stage_index not in compiled:
+            fn = jax.jit(functools.partial(
+                steps.train_step, plan=stages[stage_index].plan, task=task,
+                skip_nonfinite=config.train.nonfinite == "skip"), donate_argnums=(0,),
+                out_shardings=parallel.replicated(mesh))
+            exe = fn.lower(state, batches, seed_key).compile()
+            compiled[stage_index] = (exe, multiscale.compiled_flops(exe) * mesh.size)
+        return compiled[stage_index]
+
+    def evaluate(step, stage_index):
+        out = parallel.fetch(eval_fn(state, valid_batch))
+        row = {"step": step, "stage": stage_index, **input_scores,
+               **{k: float(np.mean(v[:n_valid])) for k, v in out.items()}, **ledger}
+        runlog.scalars("valid", row)
+        if step % (config.train.eval_every * 4) == 0 or step == total_steps:
+            head = jax.tree.map(lambda a: a[:4], valid_batch)
+            restored_images = steps.predict(state, head["input"], head.get("t"), task=task)
+            runlog.images(step, {"input": parallel.fetch(head["input"]),
+                                 "output": parallel.fetch(restored_images),
+                                 "target": parallel.fetch(head["target"])})
+        return row
+
+    pending = []  # per-step metrics on device since the last flush
+
+    def flush(step, stage_index, seconds):
+        """Fetches pending metrics, logs them, and stops on a non-finite step (the NaN check
+        runs on metrics fetched for logging anyway)."""
+        if not pending:
+            return
+        fetched = parallel.fetch(pending)
+        pending.clear()
+        bad = [(s, m) for s, m in fetched if not bool(m["finite"])]
+        if bad and config.train.nonfinite == "stop":
+            first = bad[0][0]
+            raise NonFiniteError(
+                f"non-finite loss or gradient at step {first} (loss {float(bad[0][1]['loss'])}, "
+                f"grad norm {float(bad[0][1]['grad_norm'])}); the last good checkpoint "
+                f"(step {max(ckpt.steps(), default=0)}) is kept in {workdir}. Lower train.lr, "
+                "or set --config.train.nonfinite=skip to skip such steps")
+        ledger["skipped"] += len(bad)
+        s, m = fetched[-1]
+        row = {"step": s + 1, "stage": stage_index, "loss": float(m["loss"]),
+               "finest_loss": float(m["finest_loss"]), "grad_norm": float(m["grad_norm"]),
+               "lr": _lr(config, total_steps, s), **ledger}
+        runlog.scalars("train", row)
+        progress.update(s + 1, stage=stage_index, loss=row["loss"], psnr=best_psnr)
+
+    def save(step, stage_index, metrics=None):
+        meta = {"step": step, "stage": stage_index, "best_psnr": best_psnr, **ledger}
+        ckpt.save(step, state, meta, metrics)
+
+    result = {}
+    prefetch = data.Prefetcher(make_host_batches, start, total_steps) if start < total_steps else None
+    try:
+        with _Signals() as signals, jax.transfer_guard(config.get("transfer_guard", "allow")):
+            stage_index = multiscale.stage_at(stages, start)
+            for step in range(start, total_steps):
+                stage_index = multiscale.stage_at(stages, step)
+                _, host_batches = prefetch.get()
+                t0 = time.perf_counter()
+                batches = parallel.put_batch(host_batches, mesh)
+                exe, flops = step_fn(stage_index, state, batches)
+                state, metrics = exe(state, batches, seed_key)
+                if sync_each_step:
+                    jax.block_until_ready(state.step)
+                pending.append((step, metrics))
+                ledger["work_units"] += multiscale.work_units(stages[stage_index].plan,
+                                                              config.batch_size)
+                ledger["flops"] += flops
+                done = step + 1
+                boundary = done == stages[stage_index].end_step
+                if done % config.train.log_every == 0 or boundary or done == total_steps:
+                    jax.block_until_ready(state.step)
+                    ledger["seconds"] += time.perf_counter() - t0
+                    flush(step, stage_index, ledger["seconds"])
+                else:
+                    ledger["seconds"] += time.perf_counter() - t0
+                evaluated = done % config.train.eval_every == 0 or done == total_steps
+                if evaluated:
+                    flush(step, stage_index, ledger["seconds"])
+                    row = evaluate(done, stage_index)
+                    result = row
+                    improved = row["psnr"] > best_psnr
+                    best_psnr = max(best_psnr, row["psnr"])
+                    progress.write(f"step {done} stage {stage_index}: valid PSNR "
+                                   f"{row['psnr']:.2f} dB (input {row['input_psnr']:.2f}), "
+                                   f"SSIM {row['ssim']:.4f}{' *best' if improved else ''}")
+                    save(done, stage_index, {"psnr": row["psnr"]})
+                elif done % config.train.checkpoint_every == 0 or boundary:
+                    flush(step, stage_index, ledger["seconds"])
+                    save(done, stage_index)
+                if signals.received is not None:
+                    flush(step, stage_index, ledger["seconds"])
+                    if not evaluated:
+                        save(done, stage_index)
+                    ckpt.wait()
+                    raise Preempted(signals.received, (
+                        f"stopped by signal {signals.received} at step {done}; checkpoint saved "
+                        f"in {workdir}. Run the same command again to resume."))
+    finally:
+        ckpt.close()
+        runlog.close()
+        progress.close()
+    if not result and start >= total_steps:
+        result = {"step": start, "psnr": best_psnr}
+    result["best_psnr"] = best_psnr
+    result["best_step"] = ckpt.best_step()
+    return result
+
+
+def _lr(config, total_steps, step):
+    return float(steps.learning_rate(config.train, total_steps)(step))
