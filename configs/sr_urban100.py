@@ -1,0 +1,36 @@
+"""Super-resolution x2 on an Urban100-style image folder with the official SRNet (or ResNet-9).
+
+    python train.py --config configs/sr_urban100.py --workdir runs/sr_urban100 \
+        --config.data.train_dir=/data/Urban100/train --config.data.valid_dir=/data/Urban100/test
+    # --config.model=resnet --config.model_kwargs.hidden=100 ... for the SR ResNet option;
+    # --config.mode=single|multiscale|fullmultiscale
+
+The official recipe: 128x128 HR patches (64x64 LR), the network sees the bilinear x2 upsampled LR
+and adds it back, Adam 1e-3, base batch 8. LR made by MATLAB-exact bicubic. Y-channel PSNR/SSIM
+with the border crop equal to the scale, as in the SR literature.
+"""
+
+from configs import base
+
+
+def get_config():
+    c = base.get_config()
+    c.task.name = "sr"
+    c.task.scale = 2
+    c.task.kernel = "bicubic"
+    c.task.upsample_input = True
+    c.task.residual = True
+    c.data.source = "folder"
+    c.data.patch = 128
+    c.data.valid_images = 200
+    c.model = "srnet"
+    c.mode = "multiscale"
+    c.batch_size = 8
+    c.mge.finest_batch = 2
+    c.mge.levels = 3
+    c.train.lr = 1e-3
+    c.train.steps = 8000
+    c.train.eval_every = 250
+    c.eval.crop_border = 2
+    c.eval.y_channel = True
+    return c

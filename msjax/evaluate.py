@@ -1,0 +1,214 @@
+"""Evaluation of a trained run: its validation split, or folders of images of any size.
+
+PSNR / SSIM follow the SR literature's conventions (``msjax.metrics``): RGB or Y (BT.601), border
+crop, float64. Large images run through fixed-shape tiles, so one compiled program serves all.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from msjax import checkpoints, config_check, data, metrics, models, parallel, steps, tasks
+from msjax import train as training
+
+
+def load_config(workdir: Path) -> ml_collections.ConfigDict:
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by "
+                                "train.py")
+    config = ml_collections.ConfigDict()
+    for key, value in json.loads(path.read_text()).items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            if p not in node:
+                node[p] = ml_collections.ConfigDict()
+            node = node[p]
+        node[leaf] = tuple(value) if isinstance(value, list) else value
+    return config
+
+
+def load_state(config, workdir: Path, which: str = "best"):
+    """(state, task, step) restored from the run's best (or latest) checkpoint."""
+    mesh = parallel.make_mesh(1)
+    task = tasks.make_task(config.task, operator_per_level=config.mge.operator_per_level)
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    model = models.create_model(config.model, dtype=dtype, **config.model_kwargs)
+    lr_side = config.data.patch // task.scale
+    sample = task.model_input(jnp.zeros((1, lr_side, lr_side, 3), jnp.float32))
+    total = config_check.schedule(config)[-1].end_step
+    template = training.create_state(model, config, sample, total, mesh)
+    ckpt = checkpoints.Checkpoints(Path(workdir) / "checkpoints", read_only=True)
+    step = ckpt.best_step() if which == "best" else None
+    if step is None:
+        step = max(ckpt.steps(), default=None)
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    state, _ = ckpt.restore(step, template)
+    ckpt.close()
+    return state, task, step
+
+
+def _ensemble_views(x):
+    """The 8 flips / 90-degree rotations of an NHWC batch, and how to undo each."""
+    for k in range(4):
+        for flip in (False, True):
+            v = jnp.rot90(x, k, axes=(1, 2))
+            v = v[:, :, ::-1] if flip else v
+            yield v, (lambda o, k=k, flip=flip: jnp.rot90(o[:, :, ::-1] if flip else o, -k,
+                                                            axes=(1, 2)))
+
+
+def make_restorer(state, task, *, self_ensemble: bool = False):
+    """A jitted function NHWC corrupted batch (+ t) -> restored batch in [0, 1]."""
+
+    def restore(y, t):
+        if not self_ensemble:
+            return jnp.clip(steps.predict(state, y, t, task=task), 0, 1)
+        outs = [undo(steps.predict(state, v, t, task=task)) for v, undo in _ensemble_views(y)]
+        return jnp.clip(sum(outs) / len(outs), 0, 1)
+
+    return jax.jit(restore)
+
+
+def restore_image(restore, image: np.ndarray, *, scale: int = 1, tile: int = 0,
+                  overlap: int = 16, multiple: int = 8, t: float | None = None) -> np.ndarray:
+    """Restores one HxWx3 float image. With ``tile`` > 0 the image is cut into overlapping
+    tile x tile pieces (padded by mirroring), restored in fixed-shape batches and blended."""
+    h, w = image.shape[:2]
+    tt = None if t is None else jnp.full((1,), t, jnp.float32)
+    if not tile:
+        ph, pw = (-h) % multiple, (-w) % multiple
+        padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
+        out = np.asarray(restore(jnp.asarray(padded[None]), tt))[0]
+        return out[:h * scale, :w * scale]
+    if overlap >= tile:
+        raise ValueError(f"tile overlap {overlap} must be smaller than the tile {tile}")
+    stride = tile - overlap
+    ny, nx = (max(1, math.ceil((n - overlap) / stride)) for n in (h, w))
+    hp, wp = (ny - 1) * stride + tile, (nx - 1) * stride + tile
+    padded = np.pad(image, ((0, hp - h), (0, wp - w), (0, 0)), mode="symmetric")
+    out = np.zeros((hp * scale, wp * scale, image.shape[2]), np.float64)
+    weight = np.zeros((hp * scale, wp * scale, 1), np.float64)
+    corners = [(i * stride, j * stride) for i in range(ny) for j in range(nx)]
+    chunk = 8  # a fixed batch of tiles: one compile for every image
+    for c in range(0, len(corners), chunk):
+        part = corners[c:c + chunk]
+        tiles = np.stack([padded[a:a + tile, b:b + tile] for a, b in part])
+        tiles = np.concatenate([tiles, np.repeat(tiles[-1:], chunk - len(part), 0)])
+        tc = None if t is None else jnp.full((chunk,), t, jnp.float32)
+        restored = np.asarray(restore(jnp.asarray(tiles), tc))
+        for (a, b), r in zip(part, restored):
+            out[a * scale:(a + tile) * scale, b * scale:(b + tile) * scale] += r
+            weight[a * scale:(a + tile) * scale, b * scale:(b + tile) * scale] += 1
+    return (out / weight)[:h * scale, :w * scale].astype(np.float32)
+
+
+def _save_png(path: Path, img: np.ndarray):
+    Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
+
+
+def _write_rows(path: Path, rows: list[dict]):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def evaluate_validation(config, state, task) -> list[dict]:
+    """Per-image metrics on the run's fixed validation set, computed exactly as at training time."""
+    mesh = parallel.make_mesh(1)
+    source = data.open_source(config.data, "valid", scale=task.scale)
+    batch, n, _ = training.make_validation(config, task, source, mesh)
+    out = parallel.fetch(jax.jit(lambda s, b: steps.eval_step(
+        s, b, task=task, crop_border=config.eval.crop_border,
+        y_channel=config.eval.y_channel))(state, batch))
+    return [{"image": f"valid_{i:03d}", "psnr": float(out["psnr"][i]),
+             "ssim": float(out["ssim"][i]), "loss": float(out["loss"][i])} for i in range(n)]
+
+
+def evaluate_folder(config, state, task, *, input_dir: str = "", target_dir: str = "",
+                    output_dir: Path, tile: int = 0, overlap: int = 16,
+                    self_ensemble: bool = False, t: float | None = None,
+                    crop_border: int | None = None, y_channel: bool | None = None) -> list[dict]:
+    """Restores every image of ``input_dir`` (or of ``target_dir`` corrupted by the task with a
+    fixed key, e.g. HR benchmark folders with MATLAB-bicubic LR) and writes the results to
+    ``output_dir``; with a ``target_dir`` each image is also scored against its ground truth."""
+    crop = config.eval.crop_border if crop_border is None else crop_border
+    use_y = config.eval.y_channel if y_channel is None else y_channel
+    restore = make_restorer(state, task, self_ensemble=self_ensemble)
+    multiple = 8 * (1 if task.scale == 1 else 1)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    targets = {p.stem: p for p in data.sources.list_images(target_dir)} if target_dir else {}
+    inputs = data.sources.list_images(input_dir) if input_dir else list(targets.values())
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2**31 - 2)
+    time_value = t
+    rows = []
+    for i, path in enumerate(inputs):
+        if input_dir:
+            y = data.to_float(data.folders.decode(path))
+        else:  # synthesize the input from the ground truth
+            x = data.to_float(data.folders.decode(path))
+            s = task.scale
+            x = x[:x.shape[0] // s * s, :x.shape[1] // s * s]
+            y_batch, t_batch = task.corrupt(jnp.asarray(x[None]), jax.random.fold_in(key, i), 0)
+            y = np.asarray(y_batch[0])
+            if t_batch is not None and time_value is None:
+                time_value = float(t_batch[0])
+        if task.time_conditioned and time_value is None:
+            time_value = 0.05 if task.name in ("deblur", "inpaint") else 0.5
+        out = restore_image(restore, y, scale=task.scale, tile=tile, overlap=overlap,
+                            multiple=multiple, t=time_value if task.time_conditioned else None)
+        _save_png(output_dir / f"{path.stem}.png", out)
+        row = {"image": path.name}
+        gt = targets.get(path.stem)
+        if gt is not None:
+            x = data.to_float(data.folders.decode(gt))[:out.shape[0], :out.shape[1]]
+            out_u8 = np.round(np.clip(out, 0, 1) * 255)
+            x_u8 = np.round(x * 255)
+            row["psnr"] = metrics.psnr(out_u8, x_u8, crop_border=crop, y_channel=use_y)
+            row["ssim"] = metrics.ssim(out_u8, x_u8, crop_border=crop, y_channel=use_y)
+        rows.append(row)
+        if not input_dir:
+            time_value = t
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    keys = [k for k in rows[0] if k != "image"] if rows else []
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys} | {"images": len(rows)}
+
+
+def run(workdir: str, *, which: str = "best", input_dir: str = "", target_dir: str = "",
+        output_dir: str = "", tile: int | None = None, self_ensemble: bool | None = None,
+        t: float | None = None, crop_border: int | None = None,
+        y_channel: bool | None = None) -> tuple[list[dict], dict, Path]:
+    """eval.py's work: returns (per-image rows, summary, where the CSVs were written)."""
+    workdir = Path(workdir)
+    config = load_config(workdir)
+    state, task, step = load_state(config, workdir, which)
+    out_dir = Path(output_dir) if output_dir else workdir / f"eval_{which}_{step}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if input_dir or target_dir:
+        rows = evaluate_folder(
+            config, state, task, input_dir=input_dir, target_dir=target_dir, output_dir=out_dir,
+            tile=config.eval.tile if tile is None else tile, overlap=config.eval.tile_overlap,
+            self_ensemble=config.eval.self_ensemble if self_ensemble is None else self_ensemble,
+            t=t, crop_border=crop_border, y_channel=y_channel)
+    else:
+        rows = evaluate_validation(config, state, task)
+    summary = {"step": step, **summarize(rows)}
+    if rows:
+        _write_rows(out_dir / "per_image.csv", rows)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return rows, summary, out_dir

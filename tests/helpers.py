@@ -1,0 +1,46 @@
+"""Small configs and data for end-to-end tests."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from configs import base
+
+
+def tiny_config(**overrides):
+    """A config that trains in seconds: 16x16 patches, a 2-layer CNN, a few steps."""
+    c = base.get_config()
+    c.data.patch = 16
+    c.data.valid_images = 4
+    c.model = "residual_cnn"
+    c.model_kwargs = dict(features=8, depth=2)
+    c.task.residual = True
+    c.task.blur_sigma = (1.0, 1.0)
+    c.batch_size = 4
+    c.mge.levels = 2
+    c.mge.finest_batch = 4
+    c.mge.batch_growth = 1
+    c.fms.stage_weights = (1, 1, 1)
+    c.train.steps = 3
+    c.train.lr = 1e-3
+    c.train.eval_every = 3
+    c.train.log_every = 1
+    c.train.checkpoint_every = 1
+    c.num_devices = 1
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def write_images(folder: Path, count: int = 4, size=(24, 28), seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        img = (rng.random(size + (3,)) * 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"img{i:02d}.png")
+    return folder
