@@ -1,0 +1,128 @@
+"""The MGE model families: parameter counts of the reference, shapes, t handling, dropout, dtype."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msjax.models import create_model
+
+SR_RESNET = dict(time_embed=False, hidden=100, nlayers=9)
+
+
+def init_shapes(model, shape=(1, 16, 16, 3)):
+    return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
+
+
+@functools.cache
+def init_variables(name, **kwargs):
+    """Initialised once per configuration and shared: the parameters do not depend on H, W or batch,
+    and on CPU the first (eager) init of a model dominates the test time."""
+    return create_model(name, **kwargs).init(jax.random.key(0), jnp.zeros((2, 16, 16, 3)))
+
+
+def param_count(variables):
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(variables["params"]))
+
+
+def residual_cnn_count(channels=3, features=48, depth=5):
+    def conv3x3(cin, cout):
+        return 9 * cin * cout + cout
+
+    inner = (depth - 2) * conv3x3(features, features)
+    return conv3x3(channels, features) + inner + conv3x3(features, channels)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, expected",
+    [
+        ("unet", {}, 2_537_187),
+        ("resnet", {}, 597_699),
+        ("resnet", SR_RESNET, 1_622_503),
+        ("srnet", {}, 69_603),
+        ("residual_cnn", {}, residual_cnn_count()),
+    ],
+)
+def test_parameter_counts_match_the_reference(name, kwargs, expected):
+    assert param_count(init_shapes(create_model(name, **kwargs))) == expected
+
+
+def test_residual_cnn_default_count_by_hand():
+    # 3->48, three 48->48, 48->3, all 3x3 with bias.
+    assert residual_cnn_count() == (27 * 48 + 48) + 3 * (432 * 48 + 48) + (432 * 3 + 3) == 64_995
+
+
+CASES = [
+    ("unet", {}, (2, 16, 16, 3)),
+    ("unet", {}, (1, 32, 32, 3)),
+    ("resnet", {}, (2, 16, 16, 3)),
+    ("resnet", {}, (1, 32, 48, 3)),
+    ("resnet", SR_RESNET, (1, 16, 16, 3)),
+    ("srnet", {}, (2, 16, 16, 3)),
+    ("srnet", {}, (1, 32, 48, 3)),
+    ("residual_cnn", {}, (2, 16, 16, 3)),
+    ("residual_cnn", {}, (1, 32, 48, 3)),
+    ("residual_cnn", {"time_embed": True}, (1, 16, 16, 3)),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, shape", CASES)
+def test_output_matches_input_shape_with_and_without_t(name, kwargs, shape):
+    model = create_model(name, **kwargs)
+    variables = init_variables(name, **kwargs)
+    x = jax.random.normal(jax.random.key(1), shape)
+    out_none = model.apply(variables, x)
+    out_t = model.apply(variables, x, jnp.full((shape[0],), 0.3))
+    assert out_none.shape == out_t.shape == shape
+    assert bool(jnp.all(jnp.isfinite(out_t)))
+
+
+def test_scalar_t_with_batch_of_one():
+    # The reference squeezed t to 0-d for a batch of one and crashed in the time embedding.
+    model, variables = create_model("resnet"), init_variables("resnet")
+    x = jnp.ones((1, 16, 16, 3))
+    scalar_t = model.apply(variables, x, jnp.array(0.5))
+    np.testing.assert_allclose(scalar_t, model.apply(variables, x, jnp.array([0.5])))
+
+
+def test_time_conditioning_changes_the_output():
+    model, variables = create_model("resnet"), init_variables("resnet")
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+    at_zero = model.apply(variables, x, jnp.zeros(2))
+    assert not np.allclose(at_zero, model.apply(variables, x, jnp.ones(2)))
+
+
+def test_unet_head_outputs_exactly_zero_at_init():
+    model, variables = create_model("unet"), init_variables("unet")
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+    assert bool(jnp.all(model.apply(variables, x, jnp.array([0.2, 0.9])) == 0))
+
+
+def test_unet_dropout_is_active_only_in_training():
+    model, variables = create_model("unet"), init_variables("unet")
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+    # The zero-initialised convs after each dropout would hide it; perturb every parameter.
+    # (numpy, because an eager jax op per parameter shape would compile each one).
+    rng = np.random.default_rng(2)
+    perturb = lambda p: p + 0.1 * rng.standard_normal(p.shape, np.float32)  # noqa: E731
+    variables = jax.tree.map(perturb, variables)
+
+    def run(seed, train):
+        return model.apply(variables, x, train=train, rngs={"dropout": jax.random.key(seed)})
+
+    assert not np.allclose(run(0, True), run(1, True))
+    np.testing.assert_array_equal(run(0, False), run(1, False))
+
+
+@pytest.mark.parametrize("name", ["unet", "resnet", "srnet", "residual_cnn"])
+def test_bfloat16_compute_keeps_float32_params(name):
+    model = create_model(name, dtype=jnp.bfloat16)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(init_shapes(model)))
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+    # The float32 model's variables have the same tree; reusing them skips a second init.
+    out = model.apply(init_variables(name), x, jnp.array([0.5, 0.1]))
+    assert out.dtype == jnp.bfloat16 and out.shape == x.shape
+    assert bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
