@@ -26,9 +26,10 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             best_fn=_psnr, best_mode="max", read_only=read_only,
             # The legacy max_to_keep=1 + best_fn deletes the latest and breaks resume; this policy
-            # keeps the newest checkpoint and the best ones side by side.
+            # keeps the newest two (the older one is the fallback if the newest is damaged) and
+            # the best ones side by side.
             preservation_policy=policies.AnyPreservationPolicy([
-                policies.LatestN(n=1),
+                policies.LatestN(n=2),
                 policies.BestN(get_metric_fn=_psnr, n=keep_best,
                                keep_checkpoints_without_metrics=False)]),
             enable_async_checkpointing=True)

@@ -1,0 +1,141 @@
+"""End to end: every task x mode trains a step; data paths; resume; evaluation."""
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from msjax import config_check, data, evaluate, train
+from tests.helpers import tiny_config, write_images
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("mode", ["single", "multiscale", "fullmultiscale"])
+@pytest.mark.parametrize("task", ["denoise", "deblur", "inpaint", "sr"])
+def test_every_task_and_mode_trains_end_to_end(tmp_path, task, mode):
+    overrides = {"task.name": task, "mode": mode}
+    if task == "sr":
+        overrides.update({"task.upsample_input": True, "data.patch": 32})
+    result = train.train_and_evaluate(tiny_config(**overrides), tmp_path / "run")
+    assert np.isfinite(result["psnr"])
+    train_rows = _rows(tmp_path / "run" / "train.csv")
+    assert [int(r["step"]) for r in train_rows] == [1, 2, 3]
+    assert all(np.isfinite(float(r["loss"])) for r in train_rows)
+    # The cost ledger grows with every step: work units and compiled FLOPs.
+    assert float(train_rows[-1]["work_units"]) > float(train_rows[0]["work_units"]) > 0
+    assert float(train_rows[-1]["flops"]) > 0
+    valid_rows = _rows(tmp_path / "run" / "valid.csv")
+    assert valid_rows[-1]["step"] == "3" and float(valid_rows[-1]["input_psnr"]) > 0
+
+
+def test_fms_stage_logged_and_work_units_match_the_plan(tmp_path):
+    c = tiny_config(mode="fullmultiscale")
+    train.train_and_evaluate(c, tmp_path / "run")
+    rows = _rows(tmp_path / "run" / "train.csv")
+    assert [int(r["stage"]) for r in rows] == [0, 1, 2]
+    stages = config_check.schedule(c)
+    from msjax import multiscale
+
+    expected = np.cumsum([multiscale.work_units(s.plan, c.batch_size) for s in stages])
+    np.testing.assert_allclose([float(r["work_units"]) for r in rows], expected)
+
+
+def test_tfds_source_trains_on_mock_data(tmp_path):
+    c = tiny_config(**{"data.source": "tfds", "data.name": "cifar10", "data.patch": 32,
+                       "data.data_dir": str(tmp_path / "tfds")})
+    with tfds.testing.mock_data(num_examples=8):
+        result = train.train_and_evaluate(c, tmp_path / "run")
+    assert np.isfinite(result["psnr"])
+
+
+def test_folder_source_trains_on_written_images(tmp_path):
+    write_images(tmp_path / "train", 5)
+    write_images(tmp_path / "valid", 2, seed=1)
+    c = tiny_config(**{"data.source": "folder", "data.train_dir": str(tmp_path / "train"),
+                       "data.valid_dir": str(tmp_path / "valid")})
+    result = train.train_and_evaluate(c, tmp_path / "run")
+    assert np.isfinite(result["psnr"])
+
+
+def test_paired_folders_train_sr_with_given_lr(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "valid"):
+        hr = write_images(tmp_path / f"{split}_hr", 3, size=(32, 32))
+        (tmp_path / f"{split}_lr").mkdir()
+        for p in hr.iterdir():
+            Image.open(p).resize((16, 16), Image.BICUBIC).save(tmp_path / f"{split}_lr" / p.name)
+    c = tiny_config(**{"task.name": "sr", "task.upsample_input": True, "data.patch": 32,
+                       "data.source": "paired_folders",
+                       "data.train_dir": str(tmp_path / "train_hr"),
+                       "data.train_lr_dir": str(tmp_path / "train_lr"),
+                       "data.valid_dir": str(tmp_path / "valid_hr"),
+                       "data.valid_lr_dir": str(tmp_path / "valid_lr")})
+    result = train.train_and_evaluate(c, tmp_path / "run")
+    assert np.isfinite(result["psnr"])
+
+
+def test_missing_stl10_fails_fast_with_instructions(tmp_path):
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/deblur_stl10.py",
+         "--workdir", str(tmp_path / "run"), f"--config.data.data_dir={tmp_path / 'none'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 2
+    assert "stl10" in proc.stderr and "tfds build stl10 --file_format=array_record" in proc.stderr
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+
+
+def test_second_run_resumes_and_best_is_the_best_psnr(tmp_path):
+    c = tiny_config(**{"train.steps": 6, "train.eval_every": 2, "mode": "fullmultiscale"})
+    c.train.steps = 3
+    c.fms.stage_weights = (1, 1, 1)
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(c, workdir)
+    # A workdir written by another config is refused, never mixed.
+    other = tiny_config(**{"train.steps": 3, "train.eval_every": 2, "mode": "fullmultiscale",
+                           "train.lr": 5e-3})
+    with pytest.raises(config_check.ConfigError, match="another config"):
+        train.train_and_evaluate(other, workdir)
+    # Running again finds the run finished and does not train again.
+    result = train.train_and_evaluate(c, workdir)
+    assert result["step"] == 3
+    rows = _rows(workdir / "valid.csv")
+    best = max(rows, key=lambda r: float(r["psnr"]))
+    assert result["best_step"] == int(best["step"])
+
+
+def test_eval_matches_training_metrics_for_the_same_checkpoint(tmp_path):
+    c = tiny_config(**{"train.steps": 4, "train.eval_every": 2})
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(c, workdir)
+    rows, summary, _ = evaluate.run(str(workdir), which="latest")
+    logged = _rows(workdir / "valid.csv")[-1]
+    assert summary["step"] == 4
+    np.testing.assert_allclose(summary["psnr"], float(logged["psnr"]), atol=1e-4)
+    np.testing.assert_allclose(summary["ssim"], float(logged["ssim"]), atol=1e-5)
+
+
+def test_eval_restores_a_folder_without_ground_truth_by_tiles(tmp_path):
+    c = tiny_config()
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(c, workdir)
+    inputs = write_images(tmp_path / "inputs", 2, size=(37, 53))
+    rows, summary, out_dir = evaluate.run(str(workdir), input_dir=str(inputs), tile=16)
+    assert summary["images"] == 2
+    from PIL import Image
+
+    assert Image.open(out_dir / "img00.png").size == (53, 37)
