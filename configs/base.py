@@ -18,6 +18,7 @@ def get_config():
         noise="interpolation",     # denoise: official t-interpolation, or "gaussian"
         sigma=25.0,                # denoise gaussian: sigma on the 0-255 scale
         blur_sigma=(3.0, 3.0),     # deblur: PSF sigma along (H, W) in pixels at the data grid
+        level_blur="scaled",       # with mge.operator_per_level: "scaled" (sigma 2^-l) | "fixed"
         t_max=0.1,                 # deblur / inpaint: t ~ t_max U(0,1), y = (1-t) A x + t z
         box_count=(1, 4),          # inpaint: boxes per image (inclusive range)
         box_size=(0.1, 0.3),       # inpaint: box side as a fraction of the image side

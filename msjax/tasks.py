@@ -66,8 +66,10 @@ class Task:
         raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
 
 
-def _blur_at_level(x, key, level, *, sigma, t_max, per_level):
-    scale = 2.0**-level if per_level else 1.0
+def _blur_at_level(x, key, level, *, sigma, t_max, per_level, level_blur):
+    # "scaled": the same physical blur on every grid (sigma 2^-l pixels at level l); "fixed": the
+    # same blur in pixels, so every level poses the fine problem again at a coarser sampling.
+    scale = 2.0**-level if per_level and level_blur == "scaled" else 1.0
     return operators.deblur(x, key, sigma=(sigma[0] * scale, sigma[1] * scale), t_max=t_max)
 
 
@@ -88,7 +90,8 @@ def make_task(task_config, *, operator_per_level: bool = False) -> Task:
     elif name == "deblur":
         corrupt = functools.partial(
             _blur_at_level, sigma=tuple(c.get("blur_sigma", (3.0, 3.0))),
-            t_max=c.get("t_max", 0.1), per_level=operator_per_level)
+            t_max=c.get("t_max", 0.1), per_level=operator_per_level,
+            level_blur=c.get("level_blur", "scaled"))
     elif name == "inpaint":
         corrupt = _ignore_level(functools.partial(
             operators.inpaint, count=tuple(c.get("box_count", (1, 4))),

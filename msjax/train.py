@@ -109,7 +109,8 @@ def make_validation(config, task, source, mesh):
     """The fixed validation set: crops, their corruption (fixed key) and the input's own scores."""
     scale = task.scale
     crops = data.validation_crops(source, config.data.valid_images,
-                                  config.data.valid_patch or config.data.patch, scale=scale)
+                                  config.data.valid_patch or config.data.patch, scale=scale,
+                                  resize_to=config.data.resize_to)
     target = jnp.asarray(crops["target"])
     if "input" in crops:
         y, t = jnp.asarray(crops["input"]), None
@@ -189,7 +190,8 @@ def train_and_evaluate(config, workdir) -> dict:
         return tuple(data.term_batch(
             train_source, seed=config.seed, step=step, term=k, batch=plan.batch_sizes[k],
             patch=config.data.patch, scale=task.scale, augment=config.data.augment,
-            rows=parallel.process_rows(plan.batch_sizes[k])) for k in range(terms))
+            rows=parallel.process_rows(plan.batch_sizes[k]), resize_to=config.data.resize_to)
+            for k in range(terms))
 
     compiled = {}
 

@@ -32,6 +32,16 @@ def _augment(patches: list[np.ndarray], rng: np.random.Generator) -> list[np.nda
     return out
 
 
+def resize_square(img: np.ndarray, side: int) -> np.ndarray:
+    """The whole image resized to side x side (bicubic), as the official loaders' Resize."""
+    from PIL import Image
+
+    img = _ensure_rgb(img)
+    if img.dtype != np.uint8:
+        img = (np.clip(to_float(img), 0, 1) * 255 + 0.5).astype(np.uint8)
+    return np.asarray(Image.fromarray(img).resize((side, side), Image.BICUBIC))
+
+
 def _ensure_rgb(img: np.ndarray) -> np.ndarray:
     if img.ndim == 2:
         img = img[..., None]
@@ -64,14 +74,16 @@ def sample_patch(item, patch: int, rng: np.random.Generator, *, scale: int = 1,
 
 
 def term_batch(source, *, seed: int, step: int, term: int, batch: int, patch: int,
-               scale: int = 1, augment: bool = True, rows: slice | None = None) -> dict:
+               scale: int = 1, augment: bool = True, rows: slice | None = None,
+               resize_to: int = 0) -> dict:
     """Term ``term``'s batch at ``step``: ``{'target': N x P x P x 3}`` (plus ``'input'`` for
     paired data). ``rows`` selects this process's share of the global batch (multi-host)."""
     rng = np.random.default_rng((seed, step, term))
     indices = rng.integers(0, len(source), size=batch)
     sample_rngs = [np.random.default_rng((seed, step, term, i)) for i in range(batch)]
     chosen = range(batch)[rows] if rows is not None else range(batch)
-    samples = [sample_patch(source[indices[i]], patch, sample_rngs[i], scale=scale,
+    load = (lambda i: resize_square(source[i], resize_to)) if resize_to else source.__getitem__
+    samples = [sample_patch(load(indices[i]), patch, sample_rngs[i], scale=scale,
                             augment=augment) for i in chosen]
     if isinstance(samples[0], tuple):
         return {"target": np.stack([s[0] for s in samples]),
@@ -79,12 +91,13 @@ def term_batch(source, *, seed: int, step: int, term: int, batch: int, patch: in
     return {"target": np.stack(samples)}
 
 
-def validation_crops(source, count: int, patch: int, *, scale: int = 1) -> dict:
+def validation_crops(source, count: int, patch: int, *, scale: int = 1,
+                     resize_to: int = 0) -> dict:
     """``count`` fixed crops of ``patch`` (evenly spaced over the validation images)."""
     per_image = max(1, math.ceil(count / len(source)))
     targets, inputs = [], []
     for i in range(len(source)):
-        item = source[i]
+        item = resize_square(source[i], resize_to) if resize_to else source[i]
         hr = _ensure_rgb(item[0] if isinstance(item, tuple) else item)
         h, w = hr.shape[:2]
         if min(h, w) < patch:
