@@ -58,7 +58,7 @@ def train_step(state: TrainState, batches, seed_key, *, plan, task, skip_nonfini
     (loss, aux), grads = multiscale.mge_gradient(
         state.params, batches, rng, plan=plan, task=task, apply_fn=state.apply_fn,
         model_state=state.model_state, train=True)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = state.apply_gradients(grads=grads, model_state=aux["model_state"])
     if skip_nonfinite:

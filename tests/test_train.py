@@ -134,7 +134,7 @@ def test_eval_restores_a_folder_without_ground_truth_by_tiles(tmp_path):
     workdir = tmp_path / "run"
     train.train_and_evaluate(c, workdir)
     inputs = write_images(tmp_path / "inputs", 2, size=(37, 53))
-    rows, summary, out_dir = evaluate.run(str(workdir), input_dir=str(inputs), tile=16)
+    rows, summary, out_dir = evaluate.run(str(workdir), input_dir=str(inputs), tile=32)
     assert summary["images"] == 2
     from PIL import Image
 
