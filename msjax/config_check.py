@@ -6,13 +6,11 @@ from pathlib import Path
 
 from msjax import multiscale, tasks
 from msjax.data import SOURCES
-from msjax.models import MODEL_NAMES
+from msjax.models import MODEL_NAMES, size_multiple
 from msjax.resize import RESTRICTIONS
 
 # Models that upsample inside (pixel shuffle): their output is task.scale times their input.
 UPSAMPLING_MODELS = ("edsr", "rcan", "msrn")
-# Models whose input side must divide by this at every level they see.
-MODEL_MULTIPLE = {"unet": 4, "pyramidal": 8}
 
 
 class ConfigError(ValueError):
@@ -51,6 +49,8 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
     _check(c.mge.levels >= 0, f"mge.levels={c.mge.levels} must be >= 0")
     _check(c.data.patch > 0, f"data.patch={c.data.patch} must be positive")
     _check(c.data.valid_images > 0, f"data.valid_images={c.data.valid_images} must be positive")
+    _check(not (c.data.resize_to and c.data.source == "paired_folders"),
+           "data.resize_to would break LR/HR alignment of paired_folders; set it to 0")
     if c.data.source == "tfds":
         _check(bool(c.data.name), "data.source=tfds needs data.name, e.g. --config.data.name=stl10")
 
@@ -89,7 +89,11 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
            f"data.patch={c.data.patch} must divide by task.scale={scale}")
     _check(side % f == 0, f"data.patch={c.data.patch} does not divide by 2^{coarsest}={f * scale} "
            f"(levels x scale); pick a patch that is a multiple of {f * scale} or fewer levels")
-    multiple = MODEL_MULTIPLE.get(c.model, 1)
+    try:
+        multiple = size_multiple(c.model, **c.model_kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model_kwargs={dict(c.model_kwargs)} do not fit model={c.model}: "
+                          f"{e}") from None
     _check((side // f) % multiple == 0,
            f"model={c.model} needs image sides divisible by {multiple}, but the coarsest level "
            f"is {side // f} pixels; use a larger data.patch or fewer mge.levels")

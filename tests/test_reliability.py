@@ -192,7 +192,7 @@ IMPOSSIBLE = [
     ({"task.name": "colorize"}, "task.name='colorize' is unknown"),
     ({"data.source": "s3"}, "data.source='s3' is unknown"),
     ({"mge.restriction": "lanczos"}, "mge.restriction='lanczos' is unknown"),
-    ({"data.patch": 20}, "does not divide by"),
+    ({"data.patch": 18}, "does not divide by"),
     ({"mge.batch_sizes": (4, 4, 6)}, "does not divide by the 4 devices"),
     ({"train.steps": -5}, "train.steps=-5 must be positive"),
     ({"train.lr": 0.0}, "train.lr=0.0 must be positive"),
@@ -209,7 +209,7 @@ IMPOSSIBLE = [
     ({"train.nonfinite": "ignore"}, "train.nonfinite='ignore' is unknown"),
     ({"train.optimizer": "sgd"}, "train.optimizer='sgd' is unknown"),
     ({"data.source": "tfds", "data.name": ""}, "needs data.name"),
-    ({"model": "unet", "data.patch": 16}, "needs image sides divisible by 4"),
+    ({"model": "unet", "model_kwargs": {}, "data.patch": 8}, "needs image sides divisible by 4"),
     ({"task.blur_sigma": (0.0, 1.0)}, "blur_sigma"),
     ({"task.name": "inpaint", "task.box_count": (3, 1)}, "box_count"),
     ({"mge.shared_batch": True, "mge.batch_sizes": (4, 8, 16)}, "shared_batch"),
@@ -229,3 +229,8 @@ def test_impossible_config_fails_before_compiling_with_one_clear_line(overrides,
 def test_missing_workdir_parent_is_refused(tmp_path):
     with pytest.raises(config_check.ConfigError, match="parent"):
         train.train_and_evaluate(tiny_config(), tmp_path / "nope" / "run")
+
+
+def test_model_options_that_do_not_exist_are_a_config_error():
+    with pytest.raises(config_check.ConfigError, match="do not fit model=residual_cnn"):
+        config_check.validate(tiny_config(model_kwargs={"width": 3}), num_devices=1)

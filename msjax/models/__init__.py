@@ -39,3 +39,8 @@ def model_class(name: str) -> type[nn.Module]:
 def create_model(name: str, **kwargs) -> nn.Module:
     """Builds the model family ``name`` with its keyword options (e.g. ``dtype``, ``features``)."""
     return model_class(name)(**kwargs)
+
+
+def size_multiple(name: str, **kwargs) -> int:
+    """What every input side must divide by for this model (1 if any size works)."""
+    return int(getattr(create_model(name, **kwargs), "size_multiple", 1))

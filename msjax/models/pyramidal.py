@@ -92,6 +92,10 @@ class PyramidalAutoencoder(nn.Module):
     dtype: Any = jnp.float32
 
     @property
+    def size_multiple(self) -> int:
+        return self.downsampling
+
+    @property
     def downsampling(self) -> int:
         if self.variant in CONV_VARIANTS:
             return 2 ** CONV_VARIANTS[self.variant][0]

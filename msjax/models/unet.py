@@ -79,6 +79,11 @@ class UNet(nn.Module):
     groups: int = 16
     dtype: Any = jnp.float32
 
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must divide by this (one stride-2 conv per level but the last)."""
+        return 2 ** (len(self.channel_mult) - 1)
+
     @nn.compact
     def __call__(self, x, t=None, train: bool = False):
         out_channels = x.shape[-1]
