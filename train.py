@@ -8,7 +8,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from msjax import config_check, data, train
+from msjax import config_check, data, methods, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
@@ -20,7 +20,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     try:
-        result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        result = methods.run(FLAGS.config, FLAGS.workdir)
     except (config_check.ConfigError, data.DataError, train.NonFiniteError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -14,7 +14,8 @@ def get_config():
 
     # The restoration problem (msjax/tasks.py, msjax/operators.py).
     c.task = ml_collections.ConfigDict(dict(
-        name="deblur",             # denoise | deblur | inpaint | sr
+        name="deblur",             # denoise | deblur | inpaint | sr | damage
+        damage="",                 # damage: one of msjax.damage.DAMAGES (pyramidal suite)
         noise="interpolation",     # denoise: official t-interpolation, or "gaussian"
         sigma=25.0,                # denoise gaussian: sigma on the 0-255 scale
         blur_sigma=(3.0, 3.0),     # deblur: PSF sigma along (H, W) in pixels at the data grid
@@ -81,6 +82,7 @@ def get_config():
         checkpoint_every=500,
         nonfinite="stop",          # stop | skip: what a NaN/inf loss or gradient does
         max_to_keep_best=1,
+        transfer_guard="disallow",  # host<->device copies inside the step loop are errors
     ))
 
     c.eval = ml_collections.ConfigDict(dict(
@@ -90,6 +92,11 @@ def get_config():
         tile_overlap=16,
         self_ensemble=False,       # x8 flips/rotations at evaluation
     ))
+    # Training methods that wrap the loop (msjax/methods): "" (plain), "eco", "multiblock".
+    c.method = ""
+    c.eco = ml_collections.ConfigDict()         # ECO noise-free SR training (methods/eco.py)
+    c.multiblock = ml_collections.ConfigDict()  # Multiblock phased training (methods/multiblock.py)
+
     c.num_devices = 0              # 0: every device; >0: the first N (tests)
     c.distributed = False          # call jax.distributed.initialize() (multi-host)
     return c

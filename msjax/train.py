@@ -140,8 +140,14 @@ def _upsample_for_baseline(y, scale):
     return resize.imresize(y, float(scale))
 
 
-def train_and_evaluate(config, workdir) -> dict:
-    """Trains (or resumes) the run in ``workdir``; returns the final validation metrics."""
+def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -> dict:
+    """Trains (or resumes) the run in ``workdir``; returns the final validation metrics.
+
+    Training methods (msjax/methods) plug in here: ``init_fn(state) -> state`` replaces the
+    initial state of a fresh run (e.g. weights inherited from an earlier phase), and
+    ``batch_transform(step, batches) -> batches`` rewrites each step's device batches before the
+    MGE step (e.g. ECO's teacher pairs). Both must be deterministic in (step, batches).
+    """
     workdir = Path(workdir).expanduser()
     parallel.maybe_initialize_distributed(config.distributed)
     n_devices = config.num_devices or jax.device_count()
@@ -167,6 +173,8 @@ def train_and_evaluate(config, workdir) -> dict:
     restored = ckpt.restore_latest(state, on_fallback=progress.write)
     ledger = {"work_units": 0.0, "flops": 0.0, "seconds": 0.0, "skipped": 0}
     best_psnr = -math.inf
+    if restored is None and init_fn is not None:
+        state = init_fn(state)
     if restored is not None:
         state, meta, start = restored
         ledger.update({k: meta[k] for k in ledger})
@@ -251,17 +259,22 @@ def train_and_evaluate(config, workdir) -> dict:
     result = {}
     prefetch = data.Prefetcher(make_host_batches, start, total_steps) if start < total_steps else None
     try:
-        with _Signals() as signals, jax.transfer_guard(config.get("transfer_guard", "allow")):
+        with _Signals() as signals:
             stage_index = multiscale.stage_at(stages, start)
             for step in range(start, total_steps):
                 stage_index = multiscale.stage_at(stages, step)
                 _, host_batches = prefetch.get()
                 t0 = time.perf_counter()
-                batches = parallel.put_batch(host_batches, mesh)
-                exe, flops = step_fn(stage_index, state, batches)
-                state, metrics = exe(state, batches, seed_key)
-                if sync_each_step:
-                    jax.block_until_ready(state.step)
+                # The steady state moves nothing between host and device but the explicit batch
+                # transfer (and the metrics fetched for logging, outside this block).
+                with jax.transfer_guard(config.train.transfer_guard):
+                    batches = parallel.put_batch(host_batches, mesh)
+                    if batch_transform is not None:
+                        batches = batch_transform(step, batches)
+                    exe, flops = step_fn(stage_index, state, batches)
+                    state, metrics = exe(state, batches, seed_key)
+                    if sync_each_step:
+                        jax.block_until_ready(state.step)
                 pending.append((step, metrics))
                 ledger["work_units"] += multiscale.work_units(stages[stage_index].plan,
                                                               config.batch_size)
