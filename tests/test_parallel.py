@@ -1,0 +1,39 @@
+"""Data parallelism changes nothing but speed: 4 simulated devices train like 1."""
+
+import jax
+import numpy as np
+import pytest
+
+from msjax import evaluate, train
+from tests.helpers import tiny_config
+
+
+def _trained_params(workdir, num_devices, task):
+    # Term batches 4, 8 (multiscale, growth 2): every term's batch splits over 4 devices.
+    c = tiny_config(**{"task.name": task, "mode": "multiscale", "num_devices": num_devices,
+                       "mge.batch_growth": 2})
+    train.train_and_evaluate(c, workdir)
+    state, _, step = evaluate.load_state(evaluate.load_config(workdir), workdir, "latest")
+    assert step == 3
+    return jax.tree.map(np.asarray, state.params)
+
+
+@pytest.mark.parametrize("task", ["deblur", "inpaint"])
+def test_four_devices_train_the_same_parameters_as_one(tmp_path, task):
+    assert jax.device_count() >= 4, "tests/conftest.py sets JAX_NUM_CPU_DEVICES=4"
+    one = _trained_params(tmp_path / "one", 1, task)
+    four = _trained_params(tmp_path / "four", 4, task)
+    for path, a in jax.tree_util.tree_leaves_with_path(one):
+        b = four
+        for key in path:
+            b = b[key.key]
+        rel = np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12)
+        assert rel <= 1e-5, f"{jax.tree_util.keystr(path)}: relative error {rel:.2e}"
+
+
+def test_a_term_batch_that_does_not_divide_is_a_config_error(tmp_path):
+    from msjax import config_check
+
+    c = tiny_config(**{"num_devices": 4, "mge.finest_batch": 2})
+    with pytest.raises(config_check.ConfigError, match="does not divide by the 4 devices"):
+        train.train_and_evaluate(c, tmp_path / "run")
