@@ -1,0 +1,241 @@
+"""Median train-step time of msjax against the same network and step in PyTorch (CPU).
+
+    python bench/step_time.py                                # unet, resnet, srnet at 64 and 128
+    python bench/step_time.py --models resnet --sizes 64 --batch 16 --devices 1,4,8
+
+A step is what training repeats: corrupt (denoise, t-interpolation), the MGE loss of the mode,
+backward, Adam. ``single`` is one term of ``--batch``; ``multiscale`` is ``--levels`` difference
+terms with batches ``batch/growth * growth^k`` (the paper's growing batches), area restriction.
+The batch is fixed and already on the device: this times the step, not the data pipeline.
+
+msjax runs in a subprocess per ``--devices`` count (JAX_NUM_CPU_DEVICES must be set before JAX
+starts): the batch is sharded over that many simulated CPU devices. PyTorch (the optional
+``bench`` extra, CPU build) runs in this process with its default threads. Ratios below 1.0 mean
+msjax is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # configs/ and bench/ are not installed packages
+
+
+def parse_args(argv=None, description=__doc__):
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="unet,resnet,srnet")
+    p.add_argument("--sizes", default="64,128", help="image sides")
+    p.add_argument("--modes", default="single,multiscale")
+    p.add_argument("--batch", type=int, default=4, help="single-scale batch")
+    p.add_argument("--levels", type=int, default=3, help="multiscale: coarse levels")
+    p.add_argument("--growth", type=int, default=4, help="multiscale: batch growth per level")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps (the median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    p.add_argument("--devices", default="1", help="simulated CPU device counts for msjax, e.g. 1,4")
+    p.add_argument("--no_torch", action="store_true", help="time msjax only")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# The flags a worker needs (other scripts reuse measure_msjax with their own parsers' values).
+WORKER_FLAGS = ("models", "sizes", "modes", "batch", "levels", "growth", "repeats", "warmup")
+
+
+def csv_list(text, cast=str):
+    return [cast(v) for v in text.split(",") if v]
+
+
+def cases(args):
+    for model in csv_list(args.models):
+        for size in csv_list(args.sizes, int):
+            for mode in csv_list(args.modes):
+                yield model, size, mode
+
+
+def plan_batches(args, mode) -> tuple[int, ...]:
+    from msjax import multiscale
+
+    stages = multiscale.make_schedule(
+        mode, steps=1, batch_size=args.batch, levels=args.levels,
+        finest_batch=max(1, args.batch // args.growth), batch_growth=args.growth)
+    return stages[0].plan.batch_sizes
+
+
+def check_divisible(args):
+    """Every term's batch is sharded over the devices, so it must divide by each device count."""
+    for devices in csv_list(args.devices, int):
+        for mode in csv_list(args.modes):
+            bad = [n for n in plan_batches(args, mode) if n % devices]
+            if bad:
+                raise SystemExit(f"{mode} batches {plan_batches(args, mode)} do not divide by "
+                                 f"{devices} devices; raise --batch (multiscale's finest batch "
+                                 f"is batch/growth)")
+
+
+def median_seconds(step, warmup: int, repeats: int) -> tuple[float, list[float]]:
+    """``step()`` must block until its work is done."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+# --- msjax -------------------------------------------------------------------------------------
+
+def msjax_step(model_name: str, size: int, mode: str, args):
+    """(run_one_step, FLOPs of one step over all devices) for the compiled msjax step."""
+    import functools
+
+    import jax
+    import numpy as np
+
+    from configs import base
+    from msjax import models, multiscale, parallel, steps, tasks, train
+
+    config = base.get_config()
+    config.task.name = "denoise"
+    plan = multiscale.LevelPlan(plan_batches(args, mode))
+    mesh = parallel.make_mesh()
+    task = tasks.make_task(config.task)
+    model = models.create_model(model_name)
+    sample = np.zeros((1, size, size, 3), np.float32)
+    state = train.create_state(model, config, sample, total_steps=1000, mesh=mesh)
+    rng = np.random.default_rng(0)
+    batches = parallel.put_batch(tuple(
+        {"target": rng.random((n, size, size, 3), np.float32)} for n in plan.batch_sizes), mesh)
+    key = parallel.put_replicated(jax.random.PRNGKey(0), mesh)
+    fn = jax.jit(functools.partial(steps.train_step, plan=plan, task=task), donate_argnums=(0,),
+                 out_shardings=parallel.replicated(mesh))
+    exe = fn.lower(state, batches, key).compile()
+    holder = [state]
+
+    def run():
+        holder[0], metrics = exe(holder[0], batches, key)
+        jax.block_until_ready(metrics["loss"])
+
+    return run, multiscale.compiled_flops(exe) * mesh.size
+
+
+def worker(args):
+    """Times every case on this process's devices; one JSON line per case."""
+    import jax
+
+    for model, size, mode in cases(args):
+        run, flops = msjax_step(model, size, mode, args)
+        median, times = median_seconds(run, args.warmup, args.repeats)
+        print(json.dumps(dict(model=model, size=size, mode=mode, devices=jax.device_count(),
+                              seconds=median, times=times, flops=flops)), flush=True)
+
+
+def measure_msjax(args, devices: int) -> list[dict]:
+    """Runs the worker with ``devices`` simulated CPU devices; its records."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
+    argv = [f"--{k}={getattr(args, k)}" for k in WORKER_FLAGS]
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", *argv],
+                         env=env, stdout=subprocess.PIPE, text=True, check=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+# --- PyTorch -----------------------------------------------------------------------------------
+
+def check_same_network(model_name: str):
+    """Asserts the torch and Flax models have the same parameter tensors (sizes, as a multiset)."""
+    import jax
+    import jax.numpy as jnp
+
+    from bench import torch_models
+    from msjax import models
+
+    flax_model = models.create_model(model_name)
+    shapes = jax.eval_shape(lambda: flax_model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,))))["params"]
+    flax_sizes = sorted(math.prod(s.shape) for s in jax.tree.leaves(shapes))
+    torch_model = torch_models.build(model_name)
+    torch_sizes = sorted(p.numel() for p in torch_model.parameters())
+    if flax_sizes != torch_sizes:
+        raise AssertionError(f"{model_name}: torch and Flax parameter tensors differ")
+    return torch_model
+
+
+def torch_step(model_name: str, size: int, mode: str, args):
+    """The same step in PyTorch: per term corrupt, fine and coarse losses, backward, Adam."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = check_same_network(model_name).train()
+    opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+    targets = [torch.rand(n, 3, size, size) for n in plan_batches(args, mode)]
+
+    def restrict(x, level):  # area: 2x2 means, once per level
+        for _ in range(level):
+            x = F.avg_pool2d(x, 2)
+        return x
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = 0.0
+        last = len(targets) - 1
+        for k, x in enumerate(targets):
+            t = torch.rand(x.shape[0])
+            y = t[:, None, None, None] * x + (1 - t[:, None, None, None]) * torch.randn_like(x)
+            y, x = restrict(y, k), restrict(x, k)
+            loss = loss + F.mse_loss(model(y, t), x)
+            if k < last:
+                loss = loss - F.mse_loss(model(restrict(y, 1), t), restrict(x, 1))
+        loss.backward()
+        opt.step()
+
+    return run
+
+
+def measure_torch(args) -> list[dict]:
+    import torch
+
+    records = []
+    for model, size, mode in cases(args):
+        median, times = median_seconds(torch_step(model, size, mode, args), args.warmup,
+                                       args.repeats)
+        records.append(dict(model=model, size=size, mode=mode, seconds=median, times=times,
+                            threads=torch.get_num_threads()))
+    return records
+
+
+def table(jax_records, torch_records, batch: int) -> str:
+    torch_by_case = {(r["model"], r["size"], r["mode"]): r["seconds"] for r in torch_records}
+    lines = ["| model | size | mode | batch | devices | msjax s | torch s | msjax/torch |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in jax_records:
+        ref = torch_by_case.get((r["model"], r["size"], r["mode"]))
+        ratio = f"{r['seconds'] / ref:.2f}" if ref else "-"
+        lines.append(f"| {r['model']} | {r['size']} | {r['mode']} | {batch} | {r['devices']} | "
+                     f"{r['seconds']:.3f} | {f'{ref:.3f}' if ref else '-'} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args)
+    check_divisible(args)
+    torch_records = [] if args.no_torch else measure_torch(args)
+    jax_records = [r for d in csv_list(args.devices, int) for r in measure_msjax(args, d)]
+    print(table(jax_records, torch_records, args.batch))
+
+
+if __name__ == "__main__":
+    main()
