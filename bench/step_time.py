@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # configs/ and bench/ are not installed packages
 
 
-def parse_args(argv=None, description=__doc__):
+def make_parser(description=__doc__) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="unet,resnet,srnet")
@@ -44,7 +44,7 @@ def parse_args(argv=None, description=__doc__):
     p.add_argument("--devices", default="1", help="simulated CPU device counts for msjax, e.g. 1,4")
     p.add_argument("--no_torch", action="store_true", help="time msjax only")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    return p
 
 
 # The flags a worker needs (other scripts reuse measure_msjax with their own parsers' values).
@@ -228,7 +228,7 @@ def table(jax_records, torch_records, batch: int) -> str:
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = make_parser().parse_args(argv)
     if args.worker:
         return worker(args)
     check_divisible(args)

@@ -1,0 +1,161 @@
+"""Compares runs by cost: validation PSNR against cumulative FLOPs and wall time, and a table.
+
+    python -m msjax.report runs/single runs/multiscale runs/fullmultiscale --out runs/report
+
+Reads each run's ``valid.csv``, ``train.csv`` and ``config.json``; writes ``report.png`` and
+``report.md`` under ``--out`` and prints the table. Ratios are to the first run (put the
+single-scale run first). Costs are the loop's ledger: wall time of the training steps only
+(validation and checkpoints excluded), work units and XLA-counted FLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from msjax.logs import read_csv
+
+COSTS = ("seconds", "work_units", "flops")
+
+
+@dataclasses.dataclass
+class Run:
+    name: str
+    valid: list[dict]
+    train: list[dict]
+    config: dict
+
+    @property
+    def label(self) -> str:
+        mode = self.config.get("mode")
+        return f"{self.name} ({mode})" if mode and mode not in self.name else self.name
+
+    def total(self, cost: str) -> float:
+        """The ledger at the run's last logged step (train or valid row, whichever is later)."""
+        rows = [r for r in self.train + self.valid if math.isfinite(r.get(cost, math.nan))]
+        return max(rows, key=lambda r: (r["step"], r[cost]))[cost] if rows else math.nan
+
+
+def load_run(run_dir) -> Run:
+    run_dir = Path(run_dir)
+    if not (run_dir / "valid.csv").exists():
+        raise FileNotFoundError(f"{run_dir} has no valid.csv: not a training run directory")
+    train = read_csv(run_dir / "train.csv") if (run_dir / "train.csv").exists() else []
+    config_path = run_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    return Run(run_dir.name, read_csv(run_dir / "valid.csv"), train, config)
+
+
+def cost_to_reach(valid: list[dict], target: float, cost: str) -> float:
+    """Cumulative ``cost`` at which validation PSNR first reaches ``target``, interpolated
+    linearly between validation rows; NaN if never reached. Before the first row the curve
+    starts at zero cost with the input's own PSNR (an untrained residual model returns its
+    input)."""
+    points = [(0.0, valid[0].get("input_psnr", math.nan))] if valid else []
+    points += [(r[cost], r["psnr"]) for r in valid]
+    for i, (c, psnr) in enumerate(points):
+        if psnr >= target:
+            if i == 0:
+                return c
+            c0, p0 = points[i - 1]
+            frac = (target - p0) / (psnr - p0) if math.isfinite(p0) and psnr > p0 else 1.0
+            return c0 + frac * (c - c0)
+    return math.nan
+
+
+def summary(run: Run, target: float | None = None) -> dict:
+    psnr = [r["psnr"] for r in run.valid]
+    row = {"run": run.label, "steps": int(run.total("step")) if run.valid else 0,
+           "final_psnr": psnr[-1] if psnr else math.nan,
+           "best_psnr": max(psnr) if psnr else math.nan,
+           **{cost: run.total(cost) for cost in COSTS}}
+    if target is not None:
+        row.update({f"{cost}_to_target": cost_to_reach(run.valid, target, cost)
+                    for cost in COSTS})
+    return row
+
+
+def _num(x, fmt: str) -> str:
+    return "-" if x is None or not math.isfinite(x) else format(x, fmt)
+
+
+def _ratio(x, ref) -> str:
+    ok = x is not None and ref and math.isfinite(x) and math.isfinite(ref)
+    return f"{x / ref:.2f}" if ok else "-"
+
+
+def markdown_table(rows: list[dict], target: float | None = None) -> str:
+    """One line per run; ratios (x/first) are to the first row."""
+    ref = rows[0]
+    head = ["run", "steps", "final PSNR", "best PSNR", "wall s", "work units", "GFLOPs",
+            "time x", "WU x", "FLOPs x"]
+    if target is not None:
+        head += [f"s to {target:.2f} dB", "WU to target", "GFLOPs to target",
+                 "time x", "WU x", "FLOPs x"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["run"], str(r["steps"]), _num(r["final_psnr"], ".2f"),
+                 _num(r["best_psnr"], ".2f"), _num(r["seconds"], ".1f"),
+                 _num(r["work_units"], ".1f"), _num(r["flops"] / 1e9, ".1f")]
+        cells += [_ratio(r[c], ref[c]) for c in COSTS]
+        if target is not None:
+            to = [r[f"{c}_to_target"] for c in COSTS]
+            cells += [_num(to[0], ".1f"), _num(to[1], ".1f"), _num(to[2] / 1e9, ".1f")]
+            cells += [_ratio(r[f"{c}_to_target"], ref[f"{c}_to_target"]) for c in COSTS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[Run], path, target: float | None = None) -> None:
+    """Validation PSNR against cumulative FLOPs (left) and training wall time (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for ax, cost, label, scale in ((axes[0], "flops", "cumulative GFLOPs", 1e9),
+                                   (axes[1], "seconds", "training wall time (s)", 1.0)):
+        for run in runs:
+            xs = [r[cost] / scale for r in run.valid]
+            ax.plot(xs, [r["psnr"] for r in run.valid], marker="o", markersize=3,
+                    label=run.label)
+        if target is not None:
+            ax.axhline(target, color="gray", linestyle="--", linewidth=1, label="target")
+        ax.set_xscale("log")  # full multiscale's coarse stages are orders of magnitude cheaper
+        ax.set_xlabel(label + " (log)")
+        ax.set_ylabel("validation PSNR (dB)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(run_dirs, out, target: float | None = None) -> str:
+    """Writes report.png and report.md under ``out``; returns the markdown table."""
+    runs = [load_run(d) for d in run_dirs]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table([summary(r, target) for r in runs], target)
+    plot(runs, out / "report.png", target)
+    (out / "report.md").write_text(
+        f"![validation PSNR against cost](report.png)\n\n{table}\n")
+    return table
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dirs", nargs="+", help="training workdirs; ratios are to the first")
+    p.add_argument("--out", default=".", help="where report.png and report.md go")
+    p.add_argument("--target", type=float, default=None,
+                   help="also report the cost to reach this validation PSNR (dB)")
+    args = p.parse_args(argv)
+    print(write_report(args.run_dirs, args.out, args.target))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""msjax.report on synthetic run logs: the table, the interpolated cost to a target, the plot."""
+
+import json
+import math
+
+import pytest
+
+from msjax import report
+from msjax.logs import TRAIN_FIELDS, VALID_FIELDS, CsvLog
+
+
+def write_run(path, mode, valid_rows, train_rows):
+    path.mkdir()
+    train, valid = CsvLog(path / "train.csv", TRAIN_FIELDS), CsvLog(path / "valid.csv", VALID_FIELDS)
+    for row in train_rows:
+        train.write(row)
+    for row in valid_rows:
+        valid.write(row)
+    (path / "config.json").write_text(json.dumps({"mode": mode}))
+    return path
+
+
+def rows(psnrs, seconds_per_eval, flops_per_eval, wu_per_eval, every=10):
+    return [{"step": every * (i + 1), "psnr": p, "input_psnr": 20.0,
+             "seconds": seconds_per_eval * (i + 1), "flops": flops_per_eval * (i + 1),
+             "work_units": wu_per_eval * (i + 1)} for i, p in enumerate(psnrs)]
+
+
+@pytest.fixture
+def runs(tmp_path):
+    single = rows([22.0, 24.0, 25.0], seconds_per_eval=10.0, flops_per_eval=4e9, wu_per_eval=10)
+    fms = rows([23.0, 25.0, 25.5], seconds_per_eval=2.0, flops_per_eval=1e9, wu_per_eval=2)
+    # The train log runs one step past the last validation: its ledger is the run's total.
+    last = {"step": 31, "seconds": 31.0, "flops": 12.4e9, "work_units": 31.0, "loss": 0.1}
+    return [write_run(tmp_path / "single", "single", single, [last]),
+            write_run(tmp_path / "fms", "fullmultiscale", fms, [])]
+
+
+def test_cost_to_reach_interpolates_between_validation_rows(runs):
+    valid = report.load_run(runs[0]).valid
+    # 24.5 dB lies halfway between rows 2 (20 s, 24 dB) and 3 (30 s, 25 dB).
+    assert report.cost_to_reach(valid, 24.5, "seconds") == pytest.approx(25.0)
+    # Before the first row the curve starts at zero cost with the input's PSNR (20 dB).
+    assert report.cost_to_reach(valid, 21.0, "seconds") == pytest.approx(5.0)
+    assert math.isnan(report.cost_to_reach(valid, 30.0, "seconds"))
+
+
+def test_table_reports_totals_and_ratios_to_the_first_run(runs):
+    summaries = [report.summary(report.load_run(r), target=24.5) for r in runs]
+    single, fms = summaries
+    assert single["seconds"] == 31.0 and single["final_psnr"] == 25.0
+    assert fms["best_psnr"] == 25.5 and fms["seconds"] == 6.0
+    # FMS reaches 24.5 dB at 0.75 of its second eval interval: 3.5 s against single's 25 s.
+    assert fms["seconds_to_target"] == pytest.approx(3.5)
+    table = report.markdown_table(summaries, target=24.5)
+    lines = table.splitlines()
+    assert len(lines) == 4 and "fms (fullmultiscale)" in lines[3]
+    assert "| 0.19 |" in lines[3]     # total time 6 / 31
+    assert "| 0.14 |" in lines[3]     # time to target 3.5 / 25
+
+
+def test_cli_writes_plot_and_markdown(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    report.main([str(r) for r in runs] + ["--out", str(out), "--target", "24.5"])
+    png = (out / "report.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert "report.png" in (out / "report.md").read_text()
+    assert "single" in capsys.readouterr().out
+
+
+def test_missing_logs_say_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="valid.csv"):
+        report.load_run(tmp_path)
