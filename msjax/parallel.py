@@ -4,19 +4,47 @@ Data parallelism is plain ``jax.jit`` over this mesh: parameters and optimizer s
 replicated, every MGE term's batch is sharded on its batch axis, and XLA inserts the gradient
 all-reduce. On a CPU the mesh is also how msjax fills the cores (XLA:CPU leaves cores idle inside
 one convolution; sharding the batch over simulated devices runs them in parallel).
+
+Several processes (hosts) form one global mesh: each loads only the rows of every batch that land
+on its own devices, and arrays the loop reads back are replicated, so every process can read them.
 """
 
 from __future__ import annotations
+
+import os
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 
-def maybe_initialize_distributed(enabled: bool) -> None:
-    """Joins a multi-host job (coordinator and process ids come from the environment / cluster)."""
-    if enabled and jax.process_count() == 1:
-        jax.distributed.initialize()
+def _distributed_is_initialized() -> bool:
+    check = getattr(jax.distributed, "is_initialized", None)
+    if check is not None:
+        return check()
+    from jax._src import distributed  # jax without is_initialized()
+
+    return distributed.global_state.client is not None
+
+
+def initialize_distributed(config) -> None:
+    """Joins a multi-process job when ``config.distributed``, ``config.coordinator_address`` or
+    $JAX_COORDINATOR_ADDRESS asks for one. Each unset field comes from the environment
+    ($JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID), else from JAX's cluster
+    auto-detection (SLURM, Open MPI, Kubernetes, Cloud TPU). Must run before any JAX computation."""
+    address = config.get("coordinator_address", "") or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    if not (config.get("distributed", False) or address) or _distributed_is_initialized():
+        return
+    num_processes = config.get("num_processes", 0) or int(os.environ.get("JAX_NUM_PROCESSES", 0))
+    process_id = config.get("process_id", -1)
+    if process_id < 0:
+        process_id = int(os.environ.get("JAX_PROCESS_ID", -1))
+    # CPU processes need a cross-process collective library (older jax defaulted to none).
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=address or None,
+                               num_processes=num_processes or None,
+                               process_id=process_id if process_id >= 0 else None)
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
@@ -39,30 +67,79 @@ def batch_sharded(mesh) -> NamedSharding:
     return NamedSharding(mesh, P("data"))
 
 
-def process_rows(global_batch: int) -> slice:
-    """The rows of a global batch this process loads (each host loads only its own slice)."""
-    per = global_batch // jax.process_count()
-    return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+def process_rows(global_batch: int, mesh=None) -> slice:
+    """The rows of a global batch this process loads: those its devices hold in ``mesh`` (without
+    a mesh, an equal split by process index)."""
+    if mesh is None:
+        per = global_batch // jax.process_count()
+        return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+    index = batch_sharded(mesh).addressable_devices_indices_map((global_batch,))
+    spans = sorted(idx[0].indices(global_batch)[:2] for idx in index.values())
+    start, stop = spans[0][0], spans[-1][1]
+    if sum(b - a for a, b in set(spans)) != stop - start:
+        raise ValueError(f"this process's devices hold non-contiguous rows {spans} of the batch")
+    return slice(start, stop)
+
+
+def _from_local_rows(x: np.ndarray, sharding, global_shape, first_row: int = 0):
+    """A global array from host data holding rows ``first_row...`` of it: each local device gets
+    its block by ``jax.device_put`` (an explicit transfer, allowed under the loop's transfer
+    guard; ``make_array_from_process_local_data`` counts as implicit there)."""
+    blocks = []
+    for device, index in sharding.addressable_devices_indices_map(global_shape).items():
+        rows = index[0].indices(global_shape[0]) if index else (0, 0, 1)
+        local = (slice(rows[0] - first_row, rows[1] - first_row),) + tuple(index[1:])
+        blocks.append(jax.device_put(x[local] if x.ndim else x, device))
+    return jax.make_array_from_single_device_arrays(global_shape, sharding, blocks)
 
 
 def put_batch(tree, mesh):
-    """Host arrays (this process's rows) -> global arrays sharded on the batch axis."""
+    """Host arrays (this process's rows, ``process_rows``) -> global arrays sharded on the batch
+    axis."""
     sharding = batch_sharded(mesh)
+    local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
 
     def put(x):
         x = np.asarray(x)
-        if jax.process_count() == 1:
+        if local == mesh.size:
             return jax.device_put(x, sharding)
-        global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
-        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+        global_shape = (x.shape[0] // local * mesh.size,) + x.shape[1:]
+        first = process_rows(global_shape[0], mesh).start
+        return _from_local_rows(x, sharding, global_shape, first)
 
     return jax.tree.map(put, tree)
 
 
+def put_global_batch(tree, mesh):
+    """Host arrays holding the whole global batch on every process (e.g. the fixed validation
+    set) -> global arrays sharded on the batch axis; each device takes its own rows."""
+    return put_batch(jax.tree.map(lambda x: np.asarray(x)[process_rows(len(x), mesh)], tree), mesh)
+
+
 def put_replicated(tree, mesh):
-    return jax.device_put(tree, replicated(mesh))
+    """Host values, equal on every process -> arrays replicated over the mesh."""
+    sharding = replicated(mesh)
+
+    def put(x):
+        if sharding.is_fully_addressable or (isinstance(x, jax.Array)
+                                             and not x.is_fully_addressable):
+            return jax.device_put(x, sharding)
+        # Onto other processes' devices too: from host memory, each process filling its own.
+        x = np.asarray(jax.device_get(x))
+        return _from_local_rows(x, sharding, x.shape)
+
+    return jax.tree.map(put, tree)
 
 
 def fetch(tree):
-    """Device -> host numpy (fully replicated or addressable arrays only)."""
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+    """Device -> host numpy. Replicated arrays are read from this process's own copy, so every
+    process can fetch them; a sharded array must live on this process's devices."""
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if not x.is_fully_replicated:
+                raise ValueError("cannot fetch an array sharded over other processes' devices; "
+                                 "give the jit that makes it out_shardings=replicated(mesh)")
+            x = x.addressable_data(0)
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(get, tree)
