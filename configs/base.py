@@ -98,5 +98,10 @@ def get_config():
     c.multiblock = ml_collections.ConfigDict()  # Multiblock phased training (methods/multiblock.py)
 
     c.num_devices = 0              # 0: every device; >0: the first N (tests)
-    c.distributed = False          # call jax.distributed.initialize() (multi-host)
+    c.distributed = False          # join a multi-process job (jax.distributed.initialize())
+    # Multi-process job layout; unset: $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES /
+    # $JAX_PROCESS_ID, else the cluster's auto-detection (SLURM, Open MPI, Cloud TPU).
+    c.coordinator_address = ""     # host:port of process 0 (setting it implies distributed)
+    c.num_processes = 0
+    c.process_id = -1
     return c

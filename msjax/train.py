@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 # Fields that may change between a run and its resumption (they do not change the result).
 RESUMABLE_FIELDS = ("train.eval_every", "train.log_every", "train.checkpoint_every",
-                    "train.nonfinite", "num_devices", "distributed", "data.data_dir",
+                    "train.nonfinite", "num_devices", "distributed", "coordinator_address",
+                    "num_processes", "process_id", "data.data_dir",
                     "eval.tile", "eval.tile_overlap", "eval.self_ensemble")
 
 
@@ -64,8 +65,10 @@ def check_workdir(workdir: Path, config) -> None:
             raise config_check.ConfigError(
                 f"workdir {workdir} holds a run with another config ({shown}"
                 f"{'; ...' if len(diffs) > 5 else ''}); use a new --workdir or the same config")
-    elif jax.process_index() == 0:
-        path.write_text(json.dumps(current, indent=1, sort_keys=True))
+    elif jax.process_index() == 0:  # atomic: other processes may be reading it already
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
+        tmp.replace(path)
 
 
 def create_state(model, config, sample_input, total_steps: int, mesh) -> steps.TrainState:
@@ -131,7 +134,13 @@ def make_validation(config, task, source, mesh):
     if t is not None:
         batch["t"] = t
     batch = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]), batch)
-    return parallel.put_batch(jax.tree.map(np.asarray, batch), mesh), n, scores
+    return parallel.put_global_batch(jax.tree.map(np.asarray, batch), mesh), n, scores
+
+
+def _validation_panels(state, batch, *, task, count=4):
+    head = jax.tree.map(lambda a: a[:count], batch)
+    return {"input": head["input"], "target": head["target"],
+            "output": steps.predict(state, head["input"], head.get("t"), task=task)}
 
 
 def _upsample_for_baseline(y, scale):
@@ -149,7 +158,11 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
     MGE step (e.g. ECO's teacher pairs). Both must be deterministic in (step, batches).
     """
     workdir = Path(workdir).expanduser()
-    parallel.maybe_initialize_distributed(config.distributed)
+    parallel.initialize_distributed(config)
+    if jax.process_count() > 1 and config.num_devices not in (0, jax.device_count()):
+        raise config_check.ConfigError(
+            f"num_devices={config.num_devices} with {jax.process_count()} processes: a multi-host "
+            f"run uses every device ({jax.device_count()}); set num_devices=0")
     n_devices = config.num_devices or jax.device_count()
     config_check.validate(config, workdir=str(workdir), num_devices=n_devices)
     workdir.mkdir(exist_ok=True)
@@ -180,14 +193,17 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
         ledger.update({k: meta[k] for k in ledger})
         best_psnr = meta.get("best_psnr", best_psnr)
         progress.write(f"resumed from step {start} (stage {meta['stage']}) in {workdir}")
-    start = int(jax.device_get(state.step))
+    start = int(parallel.fetch(state.step))
     progress.start = start
     runlog = logs.RunLog(workdir, resume_step=start if restored is not None else None)
 
     seed_key = parallel.put_replicated(jax.random.PRNGKey(config.seed), mesh)
     eval_fn = jax.jit(functools.partial(steps.eval_step, task=task,
                                         crop_border=config.eval.crop_border,
-                                        y_channel=config.eval.y_channel))
+                                        y_channel=config.eval.y_channel),
+                      out_shardings=parallel.replicated(mesh))  # readable on every process
+    valid_panels_fn = jax.jit(functools.partial(_validation_panels, task=task),
+                              out_shardings=parallel.replicated(mesh))
     # XLA:CPU with several simulated devices can stall in collectives unless each step is waited
     # for; on accelerators steps stay asynchronous.
     sync_each_step = jax.devices()[0].platform == "cpu" and mesh.size > 1
@@ -198,7 +214,7 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
         return tuple(data.term_batch(
             train_source, seed=config.seed, step=step, term=k, batch=plan.batch_sizes[k],
             patch=config.data.patch, scale=task.scale, augment=config.data.augment,
-            rows=parallel.process_rows(plan.batch_sizes[k]), resize_to=config.data.resize_to)
+            rows=parallel.process_rows(plan.batch_sizes[k], mesh), resize_to=config.data.resize_to)
             for k in range(terms))
 
     compiled = {}
@@ -220,11 +236,7 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
                **{k: float(np.mean(v[:n_valid])) for k, v in out.items()}, **ledger}
         runlog.scalars("valid", row)
         if step % (config.train.eval_every * 4) == 0 or step == total_steps:
-            head = jax.tree.map(lambda a: a[:4], valid_batch)
-            restored_images = steps.predict(state, head["input"], head.get("t"), task=task)
-            runlog.images(step, {"input": parallel.fetch(head["input"]),
-                                 "output": parallel.fetch(restored_images),
-                                 "target": parallel.fetch(head["target"])})
+            runlog.images(step, parallel.fetch(valid_panels_fn(state, valid_batch)))
         return row
 
     pending = []  # per-step metrics on device since the last flush
