@@ -18,6 +18,16 @@ from msjax.models import create_model
 from msjax.multiscale import LevelPlan
 
 
+# Tests compile with LLVM's cheap settings: the programs hold many network evaluations, compile
+# time dominates on CPU, and no property checked here depends on code generation.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                "xla_cpu_use_fusion_emitters": False}
+
+
+def compile_and_run(fn, *args):
+    return jax.jit(fn).lower(*args).compile(FAST_COMPILE)(*args)
+
+
 def images(shape, seed):
     """Smooth-ish test images in [0, 1] (numpy draws: no jax.random compile per shape)."""
     rng = np.random.default_rng(seed)
@@ -41,15 +51,6 @@ def train_config(**kw):
 
 # --- telescoping: one shared batch gives exactly the single-scale gradient ----------------------
 
-# Compiled with LLVM's cheap settings: these programs hold many network evaluations, compile time
-# dominates the test, and the properties checked here do not depend on code generation.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def compile_and_run(fn, *args):
-    return jax.jit(fn).lower(*args).compile(FAST_COMPILE)(*args)
-
-
 MODELS = {
     "resnet": dict(hidden=16),
     # Keeps what matters here (dropout 0.5 in every ResBlock, time embedding, attention, skips)
@@ -61,14 +62,14 @@ MODELS = {
 # (model, restriction, task, image side, plan): every restriction with resnet, every task with
 # resnet + area, one restriction each for unet (dropout in train mode) and srnet (SR, no t).
 LEVELS_3 = LevelPlan(batch_sizes=(4, 4, 4, 4), shared_batch=True)
-LEVELS_2 = LevelPlan(batch_sizes=(4, 4, 4), shared_batch=True)
 TELESCOPING_CASES = [
     ("resnet", "area", "deblur", 16, LEVELS_3),
     ("resnet", "nearest", "deblur", 16, LEVELS_3),
     ("resnet", "bilinear", "deblur", 16, LEVELS_3),
     ("resnet", "area", "denoise", 16, LEVELS_3),
     ("resnet", "area", "inpaint", 16, LEVELS_3),
-    ("unet", "area", "denoise", 16, LEVELS_2),
+    # One level is enough to show that dropout masks follow the level, not the term.
+    ("unet", "area", "denoise", 16, LevelPlan(batch_sizes=(4, 4), shared_batch=True)),
     ("srnet", "nearest", "sr", 32, LEVELS_3),
 ]
 
@@ -100,8 +101,8 @@ def random_params(model_name, task_name, side, seed=0):
             return jnp.asarray(z / math.sqrt(math.prod(leaf.shape[:-1])))
         return jnp.asarray((1.0 if "scale" in name else 0.0) + 0.1 * z)
 
-    params = jax.tree_util.tree_map_with_path(draw, shapes["params"])
-    return params, {k: v for k, v in shapes.items() if k != "params"}
+    assert set(shapes) == {"params"}  # no BatchNorm statistics to make up
+    return jax.tree_util.tree_map_with_path(draw, shapes["params"]), {}
 
 
 @functools.cache
@@ -152,8 +153,8 @@ class TinyConv(nn.Module):
 
 
 # A deterministic task: a fixed blur, no noise, no t. All randomness is the choice of samples.
-FIXED_BLUR = tasks.Task(name="deblur", corrupt=lambda x, key, level: (operators.blur(x, (1.0, 1.0)), None),
-                        time_conditioned=False)
+FIXED_BLUR = tasks.Task(name="deblur", time_conditioned=False,
+                        corrupt=lambda x, key, level: (operators.blur(x, (1.0, 1.0)), None))
 DATASET_SIZE, DRAWS, SIDE = 12, 400, 16
 SIZES = (2, 4, 8)
 
@@ -174,19 +175,21 @@ def z_statistic(draws, truth):
 def unbiasedness_draws():
     model = TinyConv()
     data = images((DATASET_SIZE, SIDE, SIDE, 3), seed=7)
-    params = model.init(jax.random.key(0), data[:1])["params"]
+    params = compile_and_run(lambda x: model.init(jax.random.key(0), x)["params"], data[:1])
     kw = dict(task=FIXED_BLUR, apply_fn=model.apply)
     rng = jax.random.key(0)  # unused by the deterministic task; fixed on purpose
 
     plan = LevelPlan(SIZES)
-    truth = flat(multiscale.mge_gradient(params, ({"target": data},), rng,
-                                         plan=LevelPlan((DATASET_SIZE,)), **kw)[1])
+    truth = flat(compile_and_run(
+        lambda p, b: multiscale.mge_gradient(p, (b,), rng, plan=LevelPlan((DATASET_SIZE,)),
+                                             **kw)[1], params, {"target": data}))
 
     def estimators(batches):
         mge = multiscale.mge_gradient(params, batches, rng, plan=plan, **kw)[1]
         # Biased on purpose: each term's fine loss alone (no coarse subtraction) ...
-        no_subtraction = [multiscale.mge_gradient(params, (b,), rng, plan=LevelPlan((n,), finest_level=k),
-                                                  **kw)[1] for k, (b, n) in enumerate(zip(batches, SIZES))]
+        no_subtraction = [multiscale.mge_gradient(params, (b,), rng, **kw,
+                                                  plan=LevelPlan((n,), finest_level=k))[1]
+                          for k, (b, n) in enumerate(zip(batches, SIZES))]
         # ... and the MGE gradient with its coarsest term weighted 1.5 instead of 1.
         scaled = jax.tree.map(lambda a, b: a + 0.5 * b, mge, no_subtraction[-1])
         no_subtraction = jax.tree.map(lambda *g: sum(g), *no_subtraction)
@@ -197,7 +200,7 @@ def unbiasedness_draws():
                 for k, n in enumerate(SIZES)] for m in range(DRAWS)]
     batches = tuple({"target": data[np.stack([idx[k] for idx in indices])]}
                     for k in range(len(SIZES)))
-    out = jax.jit(jax.vmap(estimators))(batches)
+    out = compile_and_run(jax.vmap(estimators), batches)
     draws = [np.concatenate([np.asarray(leaf, np.float64).reshape(DRAWS, -1)
                              for leaf in jax.tree.leaves(tree)], axis=1) for tree in out]
     return truth, draws
@@ -295,8 +298,14 @@ def test_schedule_rejects_inconsistent_configs(kwargs, message):
 
 # --- compiled steps -------------------------------------------------------------------------------
 
-def create_state(model, sample, total_steps, seed=0):
-    """As msjax/train.py's create_state (without the mesh)."""
+STEP_MODEL = dict(features=8, depth=2, time_embed=True)
+
+
+@functools.cache
+def create_state(total_steps, seed=0):
+    """As msjax/train.py's create_state (without the mesh), for a small residual CNN."""
+    model = create_model("residual_cnn", **STEP_MODEL)
+    sample = jnp.zeros((1, 16, 16, 3))
     rng = jax.random.key(seed)
     t = jnp.zeros((sample.shape[0],), jnp.float32)
 
@@ -307,7 +316,7 @@ def create_state(model, sample, total_steps, seed=0):
                                        tx=steps.make_optimizer(train_config(), total_steps),
                                        model_state=dict(variables))
 
-    return jax.jit(init)()
+    return jax.jit(init).lower().compile(FAST_COMPILE)()
 
 
 def term_batches(plan, step, side=16):
@@ -321,8 +330,7 @@ def test_each_full_multiscale_stage_compiles_exactly_once():
                                       stage_weights=(1, 1, 1))
     assert [s.steps for s in stages] == [4, 4, 4]
     task = make_task("deblur")
-    model = create_model("residual_cnn", features=8, depth=2, time_embed=True)
-    state = create_state(model, jnp.zeros((1, 16, 16, 3)), stages[-1].end_step)
+    state = create_state(stages[-1].end_step)
     seed_key = jax.random.key(1)
 
     traces = Counter()
@@ -336,28 +344,29 @@ def test_each_full_multiscale_stage_compiles_exactly_once():
         index = multiscale.stage_at(stages, step)
         plan = stages[index].plan
         if index not in compiled:  # as msjax/train.py: one jit per stage
-            compiled[index] = jax.jit(functools.partial(counted_train_step, plan=plan, task=task))
+            compiled[index] = jax.jit(functools.partial(counted_train_step, plan=plan, task=task),
+                                      compiler_options=FAST_COMPILE)
         state, metrics = compiled[index](state, term_batches(plan, step), seed_key)
         losses.append(float(metrics["loss"]))
     assert int(state.step) == 12
     assert np.all(np.isfinite(losses))
     assert traces == Counter({s.plan: 1 for s in stages})
     for fn in compiled.values():
-        if hasattr(fn, "_cache_size"):
+        if hasattr(fn, "_cache_size"):  # private, but it counts compiled programs directly
             assert fn._cache_size() == 1
 
 
 def test_compiled_flops_of_a_train_step_is_positive_and_finite():
     plan = LevelPlan((2, 2))
-    model = create_model("residual_cnn", features=8, depth=2)
-    state = create_state(model, jnp.zeros((1, 16, 16, 3)), 10)
+    state = create_state(12)
     fn = jax.jit(functools.partial(steps.train_step, plan=plan, task=make_task("denoise")))
-    exe = fn.lower(state, term_batches(plan, 0), jax.random.key(0)).compile()
+    exe = fn.lower(state, term_batches(plan, 0), jax.random.key(0)).compile(FAST_COMPILE)
     flops = multiscale.compiled_flops(exe)
     assert math.isfinite(flops) and flops > 0
-    # At least the forward convolutions of all three evaluations (16x16, 8x8, 8x8; two 3x3 convs).
-    conv_macs = 2 * (16 * 16 + 8 * 8 + 8 * 8) * 9 * (3 * 8 + 8 * 3)
-    assert flops > 2 * conv_macs
+    # At least the forward convolutions of the three evaluations (2 images each at 16x16, 8x8 and
+    # 8x8; 3x3 convs 3->8 and 8->3), at 2 FLOPs a multiply-add.
+    forward_conv_flops = 2 * (2 * (16 * 16 + 8 * 8 + 8 * 8)) * 9 * (3 * 8 + 8 * 3)
+    assert flops > forward_conv_flops
 
 
 # --- restriction pyramids -------------------------------------------------------------------------

@@ -61,7 +61,8 @@ def test_gaussian_psf_peaks_at_the_origin(height, width):
 
 @pytest.mark.parametrize("height, width", SHAPES)
 @pytest.mark.parametrize("sigma", [(3.0, 3.0), (2.0, 4.0), (1.0, 0.5)])
-def test_gaussian_psf_equals_analytic_normalised_gaussian_on_circular_distances(height, width, sigma):
+def test_gaussian_psf_is_the_analytic_normalised_gaussian_of_circular_distances(height, width,
+                                                                               sigma):
     psf = np.asarray(operators.gaussian_psf(height, width, sigma), np.float64)
     np.testing.assert_allclose(psf, analytic_psf(height, width, sigma), rtol=1e-5, atol=1e-9)
 
@@ -165,7 +166,8 @@ def holes(mask):
 def run(fn, *args):
     """fn(*args) compiled with LLVM's cheap settings: random draws (threefry) otherwise cost
     seconds of compile each on CPU, and nothing checked here depends on code generation."""
-    fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+    fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+            "xla_cpu_use_fusion_emitters": False}
     return jax.jit(fn).lower(*args).compile(fast)(*args)
 
 
@@ -214,13 +216,6 @@ def test_box_masks_are_deterministic_for_a_key_and_differ_between_keys():
     a, b, c = run(jax.vmap(lambda k: operators.box_masks(k, 8, 48, 64)), keys)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert bool(jnp.any(a != c))
-
-
-def test_box_masks_run_eagerly_too():
-    eager = operators.box_masks(jax.random.key(9), 2, 16, 24, count=(1, 2), size=(0.2, 0.4))
-    np.testing.assert_array_equal(
-        np.asarray(eager),
-        np.asarray(masks(jax.random.key(9), 2, 16, 24, count=(1, 2), size=(0.2, 0.4))))
 
 
 # --- corruptions -------------------------------------------------------------------------------
@@ -316,7 +311,7 @@ def task_config(name, **kw):
     return ml_collections.ConfigDict(dict(name=name, **kw))
 
 
-@pytest.mark.parametrize("name", tasks.TASKS)
+@pytest.mark.parametrize("name", ["denoise", "deblur", "inpaint", "sr"])
 def test_make_task_builds_each_task_from_a_config(name):
     task = tasks.make_task(task_config(name, scale=2, upsample_input=True))
     assert isinstance(task, tasks.Task) and task.name == name
@@ -369,5 +364,7 @@ def test_deblur_per_level_operator_scales_sigma_by_two_to_minus_level():
 
 
 def test_make_task_unknown_name_raises_naming_the_choices():
-    with pytest.raises(ValueError, match="unknown task 'colorize'.*denoise, deblur, inpaint, sr"):
+    with pytest.raises(ValueError, match="unknown task 'colorize'") as error:
         tasks.make_task(task_config("colorize"))
+    assert all(name in str(error.value) for name in ("denoise", "deblur", "inpaint", "sr"))
+    assert all(name in str(error.value) for name in tasks.TASKS)
