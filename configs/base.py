@@ -94,8 +94,29 @@ def get_config():
     ))
     # Training methods that wrap the loop (msjax/methods): "" (plain), "eco", "multiblock".
     c.method = ""
-    c.eco = ml_collections.ConfigDict()         # ECO noise-free SR training (methods/eco.py)
-    c.multiblock = ml_collections.ConfigDict()  # Multiblock phased training (methods/multiblock.py)
+    # ECO noise-free SR training (methods/eco.py). Its official optimizer extras live in c.train
+    # where the optimizer reads them: beta2, lamb_bias_correction, lamb_max_weight_norm,
+    # loss_spike_factor (see steps.make_optimizer and configs/eco_edsr_x2.py).
+    c.eco = ml_collections.ConfigDict(dict(
+        teacher_workdir="",        # run directory (train.py) of the frozen pretrained SR network
+        teacher_checkpoint="best",  # best | latest
+        schedule="sigmoid",        # teacher-pair weight over progress: sigmoid (official) | linear
+        shift=0.0,                 # sigmoid centre shift (positive: a longer teacher-only start)
+        mix="pixel",               # pixel: interpolate the pairs | sample: whole pairs, prob alpha
+        precompute=False,          # run the teacher once on whole training images, cache to disk
+        cache_dir="",              # precompute cache ('' : <workdir>/eco_teacher_pairs)
+        tile=0,                    # precompute: teacher tile side for large images (0: whole)
+    ))
+    # Multiblock phased training (methods/multiblock.py), model="multiblock".
+    c.multiblock = ml_collections.ConfigDict(dict(
+        blocks=3,                  # m: the chain N_m o ... o N_1
+        block_steps=2000,          # phase i: N_i on the frozen N_1..N_{i-1} (official 4 x 500)
+        plus_steps=0,              # >0: then the clamped N_i+ this long (official 26 x 500)
+        plus_lr=0.0,               # its learning rate (0: train.lr)
+        joint_steps=0,             # >0: then the whole chain fine-tuned (official 20 x 500)
+        joint_lr=0.0,              # its learning rate (0: train.lr)
+        inherit=False,             # N_i starts from N_{i-1}'s trained weights
+    ))
 
     c.num_devices = 0              # 0: every device; >0: the first N (tests)
     c.distributed = False          # join a multi-process job (jax.distributed.initialize())

@@ -56,8 +56,10 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
 
     scale = c.task.scale if c.task.name == "sr" else 1
     if c.task.name == "sr":
-        _check(scale in (2, 3, 4), f"task.scale={scale} must be 2, 3 or 4")
-        _check(c.model in UPSAMPLING_MODELS or c.task.upsample_input,
+        # Scale 1: real LR/HR pairs at the same size (RealSR "LR2", the Multiblock setting).
+        _check(scale in (2, 3, 4) or (scale == 1 and c.data.source == "paired_folders"),
+               f"task.scale={scale} must be 2, 3 or 4 (or 1 with same-size paired_folders)")
+        _check(c.model in UPSAMPLING_MODELS or c.task.upsample_input or scale == 1,
                f"model={c.model} keeps image sizes; for SR set --config.task.upsample_input=True "
                "or use an upsampling model (edsr, rcan, msrn)")
         if c.model in UPSAMPLING_MODELS:

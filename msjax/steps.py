@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from msjax import metrics, multiscale
+from msjax import metrics, multiscale, optim
 
 
 class TrainState(train_state.TrainState):
@@ -31,13 +31,21 @@ def learning_rate(train_config, total_steps: int) -> optax.Schedule:
 
 def make_optimizer(train_config, total_steps: int) -> optax.GradientTransformation:
     """Adam (or LAMB) with one cosine schedule over the whole run, down to ``lr_end`` (official:
-    5e-4 -> 1e-6 over all stages, never restarted)."""
+    5e-4 -> 1e-6 over all stages, never restarted).
+
+    ECO's official extras, read with defaults that leave them off: ``beta2`` (ECO: 0.99),
+    ``lamb_bias_correction`` (ECO: False), ``lamb_max_weight_norm`` (ECO: 10), and
+    ``loss_spike_factor`` (ECO: 5; skip a step whose loss exceeds it times the last accepted one).
+    """
     c = train_config
     schedule = learning_rate(c, total_steps)
+    b2 = c.get("beta2", 0.999)
     if c.optimizer == "adam":
-        opt = optax.adam(schedule)
+        opt = optax.adam(schedule, b2=b2)
     elif c.optimizer == "lamb":
-        opt = optax.lamb(schedule, weight_decay=c.get("weight_decay", 0.0))
+        opt = optim.lamb(schedule, b2=b2, weight_decay=c.get("weight_decay", 0.0),
+                         bias_correction=c.get("lamb_bias_correction", True),
+                         max_weight_norm=c.get("lamb_max_weight_norm", 0.0))
     else:
         raise ValueError(f"unknown optimizer {c.optimizer!r}; choose adam or lamb")
     parts = []
@@ -45,7 +53,10 @@ def make_optimizer(train_config, total_steps: int) -> optax.GradientTransformati
         parts.append(optax.clip(c.grad_clip_value))
     if c.get("grad_clip_norm", 0.0):
         parts.append(optax.clip_by_global_norm(c.grad_clip_norm))
-    return optax.chain(*parts, opt)
+    tx = optax.chain(*parts, opt)
+    if c.get("loss_spike_factor", 0.0):
+        tx = optim.skip_loss_spikes(tx, c.loss_spike_factor)
+    return tx
 
 
 def train_step(state: TrainState, batches, seed_key, *, plan, task, skip_nonfinite: bool = False):
@@ -53,6 +64,8 @@ def train_step(state: TrainState, batches, seed_key, *, plan, task, skip_nonfini
 
     A step whose loss or gradient is not finite leaves the state untouched except for the step
     counter when ``skip_nonfinite``; otherwise it is applied and the loop stops on the metric.
+    The optimizer also sees the finest-level loss (``value``), for transforms that act on it
+    (``optim.skip_loss_spikes``): it is a real loss, where the telescoping sum is an estimate.
     """
     rng = jax.random.fold_in(seed_key, state.step)
     (loss, aux), grads = multiscale.mge_gradient(
@@ -60,7 +73,10 @@ def train_step(state: TrainState, batches, seed_key, *, plan, task, skip_nonfini
         model_state=state.model_state, train=True)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new_state = state.apply_gradients(grads=grads, model_state=aux["model_state"])
+    tx = optax.with_extra_args_support(state.tx)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=aux["finest"])
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state, model_state=aux["model_state"])
     if skip_nonfinite:
         kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         new_state = kept.replace(step=new_state.step)

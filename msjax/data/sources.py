@@ -82,7 +82,9 @@ class TfdsImages:
         return len(self.records)
 
     def __getitem__(self, i):
-        return self.records[int(i)]["image"]
+        record = self.records[int(i)]
+        # div2k stores 'hr' (and 'lr'): SR trains on the HR image and makes its LR like any other.
+        return record["image"] if "image" in record else record["hr"]
 
 
 def list_images(folder: str) -> list[Path]:

@@ -1,0 +1,16 @@
+"""RCAN x2 (10 groups x 20 RCAB x 64, 15.44M parameters) on DIV2K from TFDS, multiscale MGE.
+
+    python train.py --config configs/rcan_div2k_x2.py --workdir runs/rcan_div2k_x2
+    python eval.py --workdir runs/rcan_div2k_x2 --benchmark_root /data/benchmark
+    # smaller: --config.model_kwargs.n_resgroups=5 --config.model_kwargs.n_resblocks=10
+
+Needs div2k/bicubic_x2 prepared as ArrayRecord. Same recipe as edsr_div2k_x2 (HR 96, L1, Adam 1e-4
+cosine, MGE 4/16/64). Reference: RCAN x2 reports 38.27 dB (Y) on Set5 after 1M steps at batch 16.
+Runtime and result of this config: not measured yet.
+"""
+
+from configs._sr_div2k import div2k_x2
+
+
+def get_config():
+    return div2k_x2("rcan")

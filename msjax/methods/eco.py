@@ -1,0 +1,258 @@
+"""ECO: noise-free optimization in early training steps for SR (reference/seed_methods.md (a)).
+
+A frozen, pretrained SR network f_pre turns each LR image into SR_pre = f_pre(LR), a centroid-like
+estimate of its HR image without the HR's unpredictable detail, and LR_pre = bicubic-down(SR_pre)
+keeps input and target consistent. Training starts on the teacher pair (LR_pre, SR_pre) and moves
+to the real pair (LR, HR) by a schedule alpha(progress), alpha being the teacher pair's weight:
+
+    pixel mix:  input = alpha LR_pre + (1 - alpha) LR,   target = alpha SR_pre + (1 - alpha) HR
+    sample mix: each sample is the whole teacher pair with probability alpha, else the real pair
+
+The mix is a ``batch_transform`` of the loop: it rewrites each MGE term's device batch into paired
+data (``input``, ``target``), which the estimator restricts level by level like any LR/HR pair.
+The teacher runs on the fly on those batches, or once on whole training images (``precompute``),
+its pairs cached to disk as 8-bit PNGs as the official code did, then cropped like the batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from msjax import config_check, data, evaluate, multiscale, parallel, resize, steps, tasks, train
+
+SCHEDULES = ("sigmoid", "linear")
+MIXES = ("pixel", "sample")
+_MIX_SALT = 0x3C0  # keeps the sample-mix draws apart from the loop's noise keys
+
+
+def teacher_weight(progress: float, schedule: str = "sigmoid", shift: float = 0.0) -> float:
+    """alpha, the teacher pair's weight, at ``progress`` = step / steps in [0, 1].
+
+    sigmoid (official): s = clip(1.2 (sigmoid(10 (p - 1/2) - shift) - 1/2), -1/2, 1/2) + 1/2,
+    alpha = 1 - s: teacher only until p ~ 0.26, real only after p ~ 0.74 (shift 0); a positive
+    shift lengthens the teacher phase. linear (the README's snippet): alpha = 1 - p.
+    """
+    p = min(max(float(progress), 0.0), 1.0)
+    if schedule == "linear":
+        return 1.0 - p
+    if schedule != "sigmoid":
+        raise ValueError(f"unknown ECO schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    s = 1.0 / (1.0 + math.exp(-(10.0 * (p - 0.5) - shift)))
+    return 1.0 - (min(max(1.2 * (s - 0.5), -0.5), 0.5) + 0.5)
+
+
+def teacher_pair(teacher_state, lr, *, teacher_task):
+    """(LR_pre, SR_pre) of an LR batch. stop_gradient: nothing downstream can reach the teacher."""
+    sr = jnp.clip(steps.predict(teacher_state, lr, None, task=teacher_task), 0.0, 1.0)
+    sr = jax.lax.stop_gradient(sr)
+    return resize.bicubic_downsample(sr, teacher_task.scale), sr
+
+
+def mix_pairs(real, teacher, alpha, key, *, mix: str):
+    """The training pair (input, target) from the real (LR, HR) and teacher (LR_pre, SR_pre) pairs,
+    clipped to [0, 1] as the official dataset does."""
+    (lr, hr), (lr_pre, sr_pre) = real, teacher
+    if mix == "pixel":
+        a = alpha
+    elif mix == "sample":
+        a = jax.random.bernoulli(key, alpha, (hr.shape[0], 1, 1, 1)).astype(hr.dtype)
+    else:
+        raise ValueError(f"unknown ECO mix {mix!r}; choose one of {', '.join(MIXES)}")
+    return (jnp.clip(a * lr_pre + (1 - a) * lr, 0.0, 1.0),
+            jnp.clip(a * sr_pre + (1 - a) * hr, 0.0, 1.0))
+
+
+def _mix_terms(teacher_state, batches, cached, alpha, step, seed_key, *, task, teacher_task, mix):
+    out = []
+    for k, batch in enumerate(batches):
+        hr = batch["target"]
+        # Synthetic SR data carries no LR: make it with the task's corruption, as the loop would.
+        lr = batch["input"] if "input" in batch else task.corrupt(hr, None, 0)[0]
+        if cached is None:
+            pre = teacher_pair(teacher_state, lr, teacher_task=teacher_task)
+        else:  # cached SR_pre crops aligned with this batch; LR_pre as the real LR is made
+            sr_pre = cached[k]["target"]
+            lr_pre = cached[k]["input"] if "input" in cached[k] else task.corrupt(sr_pre, None, 0)[0]
+            pre = (lr_pre, sr_pre)
+        key = jax.random.fold_in(jax.random.fold_in(seed_key, step), k)
+        inp, tgt = mix_pairs((lr, hr), pre, alpha, key, mix=mix)
+        out.append({**batch, "input": inp, "target": tgt})
+    return tuple(out)
+
+
+class TeacherMix:
+    """The loop's ``batch_transform``: (step, device batches) -> batches of mixed pairs."""
+
+    def __init__(self, config, task, teacher_state, teacher_task, mesh, cache=None):
+        e = config.eco
+        self.config, self.mesh, self.cache = config, mesh, cache
+        self.total = config.train.steps
+        self.schedule = functools.partial(teacher_weight, schedule=e.schedule, shift=e.shift)
+        # The teacher's parameters live on the training mesh, replicated, and enter the compiled
+        # mix as an argument (closing over them would bake them into the program as constants).
+        self.teacher = None if cache is not None else parallel.put_replicated(
+            teacher_state.replace(opt_state=None), mesh)
+        self.seed_key = parallel.put_replicated(
+            jax.random.fold_in(jax.random.PRNGKey(config.seed), _MIX_SALT), mesh)
+        self._mix = jax.jit(functools.partial(_mix_terms, task=task, teacher_task=teacher_task,
+                                              mix=e.mix))
+        self._prefetch, self._next = None, None
+
+    def __call__(self, step: int, batches):
+        alpha = self.schedule(step / self.total)
+        # Explicit transfers, one leaf at a time: the loop's transfer guard forbids implicit ones
+        # (and, with several devices, counts a pytree device_put of host scalars as implicit).
+        alpha, step_index = (jax.device_put(v, parallel.replicated(self.mesh))
+                             for v in (np.float32(alpha), np.int32(step)))
+        return self._mix(self.teacher, batches, self._cached(step), alpha, step_index,
+                         self.seed_key)
+
+    def _cached(self, step):
+        if self.cache is None:
+            return None
+        if self._next != step:  # first call, or a jump: restart the prefetcher here
+            self._prefetch = data.Prefetcher(
+                functools.partial(cached_batches, self.config, self.cache), step, self.total)
+        _, host = self._prefetch.get()
+        self._next = step + 1
+        return parallel.put_batch(host, self.mesh)
+
+
+# --- precomputed teacher pairs -------------------------------------------------------------------
+
+class TeacherCache:
+    """Cached teacher images, index-aligned with the training source: SR_pre at the HR image's
+    size (synthetic LR), or (SR_pre, LR_pre) at the (HR, LR) sizes of a paired source."""
+
+    def __init__(self, directory: Path, count: int, paired: bool):
+        self.directory, self.count, self.paired = Path(directory), count, paired
+
+    def __len__(self):
+        return self.count
+
+    def path(self, i: int, kind: str) -> Path:
+        return self.directory / f"{int(i):06d}_{kind}.png"
+
+    def __getitem__(self, i):
+        sr = data.folders.decode(self.path(i, "sr_pre"))
+        return (sr, data.folders.decode(self.path(i, "lr_pre"))) if self.paired else sr
+
+
+def cached_batches(config, cache, step: int):
+    """The cache's crops for ``step``: the loop's term_batch calls with the cache as the source.
+    Its items have the training images' sizes and order, so the same (seed, step, term) picks the
+    same images, windows, flips and rotations as the loop's batches."""
+    c = config
+    stages = config_check.schedule(c)
+    plan = stages[multiscale.stage_at(stages, step)].plan
+    terms = 1 if plan.shared_batch else plan.num_terms
+    return tuple(data.term_batch(
+        cache, seed=c.seed, step=step, term=k, batch=plan.batch_sizes[k], patch=c.data.patch,
+        scale=c.task.scale, augment=c.data.augment, rows=parallel.process_rows(plan.batch_sizes[k]))
+        for k in range(terms))
+
+
+def _to_u8(img):
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _save_png(path: Path, img_u8):
+    tmp = path.with_suffix(".tmp.png")
+    Image.fromarray(img_u8).save(tmp)
+    tmp.replace(path)  # atomic: an interrupted precompute never leaves a half-written image
+
+
+def precompute(config, teacher_state, teacher_task, teacher_id: dict, directory: Path,
+               *, tile: int = 0) -> TeacherCache:
+    """Runs the teacher once on every whole training image and caches its pairs; images already
+    cached for the same teacher and data are reused (an interrupted precompute resumes)."""
+    scale = teacher_task.scale
+    source = data.open_source(config.data, "train", scale=scale)
+    paired = config.data.source == "paired_folders"
+    manifest = {"teacher": teacher_id, "data": config.data.to_dict(), "scale": scale,
+                "count": len(source)}
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest_path = directory / "manifest.json"
+    if manifest_path.exists() and json.loads(manifest_path.read_text()) != manifest:
+        for old in directory.glob("*_pre.png"):
+            old.unlink()
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    cache = TeacherCache(directory, len(source), paired)
+    restore = evaluate.make_restorer(teacher_state, teacher_task)
+    for i in range(len(source)):
+        if cache.path(i, "sr_pre").exists() and (not paired or cache.path(i, "lr_pre").exists()):
+            continue
+        item = source[i]
+        if paired:
+            hr_shape, lr = None, data.to_float(item[1])
+        else:
+            hr = item if not config.data.resize_to else data.pipeline.resize_square(
+                item, config.data.resize_to)
+            hr = data.to_float(hr).astype(np.float64)
+            hr_shape = hr.shape
+            lr = resize.bicubic_downsample(hr[:hr.shape[0] // scale * scale,
+                                              :hr.shape[1] // scale * scale], scale)
+        sr = _to_u8(evaluate.restore_image(restore, np.asarray(lr, np.float32), scale=scale,
+                                           tile=tile, overlap=min(16, tile // 2)))
+        if paired:
+            lr_pre = resize.bicubic_downsample(sr.astype(np.float64) / 255.0, scale)
+            _save_png(cache.path(i, "lr_pre"), _to_u8(lr_pre))
+        else:  # edge-pad rows / columns the modcrop dropped, so sizes (and crops) match the HR
+            pad = ((0, hr_shape[0] - sr.shape[0]), (0, hr_shape[1] - sr.shape[1]), (0, 0))
+            sr = np.pad(sr, pad, mode="edge")
+        _save_png(cache.path(i, "sr_pre"), sr)
+    return cache
+
+
+# --- the method ----------------------------------------------------------------------------------
+
+def validate(config) -> None:
+    e, check = config.eco, config_check
+    for ok, message in (
+            (config.task.name == "sr", f"method=eco trains super-resolution; task.name is "
+             f"{config.task.name!r}"),
+            (bool(e.teacher_workdir), "method=eco needs --config.eco.teacher_workdir: the run "
+             "directory of a pretrained SR model (train one with method='' first)"),
+            (e.schedule in SCHEDULES, f"eco.schedule={e.schedule!r}; choose one of "
+             f"{', '.join(SCHEDULES)}"),
+            (e.mix in MIXES, f"eco.mix={e.mix!r}; choose one of {', '.join(MIXES)}"),
+            (e.teacher_checkpoint in ("best", "latest"), "eco.teacher_checkpoint must be best or "
+             "latest")):
+        if not ok:
+            raise check.ConfigError(message)
+
+
+def load_teacher(config):
+    """(state, task, identity) of the frozen teacher from its msjax run directory."""
+    e = config.eco
+    teacher_config = evaluate.load_config(Path(e.teacher_workdir))
+    state, teacher_task, step = evaluate.load_state(teacher_config, Path(e.teacher_workdir),
+                                                    e.teacher_checkpoint)
+    scale = tasks.make_task(config.task).scale
+    if teacher_task.scale != scale:
+        raise config_check.ConfigError(
+            f"the teacher in {e.teacher_workdir} is x{teacher_task.scale}, the run x{scale}")
+    identity = {"workdir": str(Path(e.teacher_workdir).resolve()), "step": int(step)}
+    return state, teacher_task, identity
+
+
+def run(config, workdir) -> dict:
+    validate(config)
+    teacher_state, teacher_task, identity = load_teacher(config)
+    task = tasks.make_task(config.task, operator_per_level=config.mge.operator_per_level)
+    cache = None
+    if config.eco.precompute:
+        directory = Path(config.eco.cache_dir or Path(workdir) / "eco_teacher_pairs")
+        cache = precompute(config, teacher_state, teacher_task, identity, directory,
+                           tile=config.eco.tile)
+    mesh = parallel.make_mesh(config.num_devices)
+    transform = TeacherMix(config, task, teacher_state, teacher_task, mesh, cache)
+    return train.train_and_evaluate(config, workdir, batch_transform=transform)

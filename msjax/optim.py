@@ -1,0 +1,87 @@
+"""Optimizer pieces optax does not have: ECO's LAMB and a step that skips on loss spikes.
+
+Why not ``optax.lamb``: it always applies Adam's bias correction and never caps the weight norm in
+the trust ratio, while ECO's official training (torch-optimizer's Lamb with ``debias=False``, see
+reference/seed_methods.md a.4) uses the raw moments and ``clip(|w|, 0, 10) / |r|``. With bias
+correction on and no cap, ``lamb`` here computes the same update as ``optax.lamb`` (a test pins
+it), so one implementation serves both.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class LambState(NamedTuple):
+    count: jax.Array
+    mu: optax.Updates
+    nu: optax.Updates
+
+
+def scale_by_lamb(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
+                  weight_decay: float = 0.0, bias_correction: bool = True,
+                  max_weight_norm: float = 0.0) -> optax.GradientTransformation:
+    """The LAMB direction ``trust * r`` per tensor, with r = m / (sqrt(v) + eps) + wd * w and
+    trust = min(|w|, max_weight_norm) / |r| (1 where either norm is 0); max_weight_norm 0: no cap."""
+
+    def init(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return LambState(jnp.zeros([], jnp.int32), zeros, jax.tree.map(jnp.zeros_like, params))
+
+    def update(grads, state, params):
+        count = state.count + 1
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
+        c1 = 1 - b1**count.astype(jnp.float32) if bias_correction else 1.0
+        c2 = 1 - b2**count.astype(jnp.float32) if bias_correction else 1.0
+
+        def direction(m, v, w):
+            r = (m / c1) / (jnp.sqrt(v / c2) + eps) + weight_decay * w
+            w_norm, r_norm = jnp.linalg.norm(w.ravel()), jnp.linalg.norm(r.ravel())
+            if max_weight_norm:
+                w_norm = jnp.minimum(w_norm, max_weight_norm)
+            trust = jnp.where((w_norm > 0) & (r_norm > 0), w_norm / r_norm, 1.0)
+            return (trust * r).astype(w.dtype)
+
+        return jax.tree.map(direction, mu, nu, params), LambState(count, mu, nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def lamb(learning_rate, **kwargs) -> optax.GradientTransformation:
+    return optax.chain(scale_by_lamb(**kwargs), optax.scale_by_learning_rate(learning_rate))
+
+
+class SkipSpikesState(NamedTuple):
+    inner: optax.OptState
+    last_loss: jax.Array   # the last accepted step's loss (inf before the first step)
+    skipped: jax.Array     # how many steps were skipped so far
+
+
+def skip_loss_spikes(inner: optax.GradientTransformation,
+                     factor: float) -> optax.GradientTransformationExtraArgs:
+    """Skips (zero update, ``inner``'s state untouched, so neither moments nor the learning-rate
+    schedule advance) a step whose ``value`` exceeds ``factor`` times the last accepted one, as ECO's
+    official trainer does. The state lives in the optimizer state, so checkpoints and resume carry it.
+    The caller passes the loss: ``tx.update(grads, state, params, value=loss)``."""
+
+    def init(params):
+        return SkipSpikesState(inner.init(params), jnp.asarray(jnp.inf, jnp.float32),
+                               jnp.zeros([], jnp.int32))
+
+    def update(grads, state, params=None, *, value, **extra):
+        del extra
+        updates, inner_state = inner.update(grads, state.inner, params)
+        value = jnp.asarray(value, jnp.float32)
+        spike = value > factor * state.last_loss
+        keep = lambda new, old: jnp.where(spike, old, new)  # noqa: E731
+        return (jax.tree.map(lambda u: jnp.where(spike, jnp.zeros_like(u), u), updates),
+                SkipSpikesState(jax.tree.map(keep, inner_state, state.inner),
+                                keep(value, state.last_loss),
+                                state.skipped + spike.astype(jnp.int32)))
+
+    return optax.GradientTransformationExtraArgs(init, update)

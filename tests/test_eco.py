@@ -1,0 +1,180 @@
+"""ECO: the schedule, the frozen teacher, the mixed pairs, the official optimizer extras, and short
+ECO and vanilla runs on the built-in photos."""
+
+import csv
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from msjax import data, methods, optim, steps, tasks
+from msjax.methods import eco
+from tests.helpers import tiny_config
+
+STEPS = 16
+
+
+def sr_config(**overrides):
+    """A tiny EDSR x2 on the built-in photos, MGE with 2 coarse levels (LR 16 -> 8 -> 4)."""
+    c = tiny_config(**{"task.name": "sr", "task.residual": False, "task.loss": "l1",
+                       "model": "edsr", "data.patch": 32, "train.steps": STEPS,
+                       "train.eval_every": STEPS // 2, "train.log_every": 4,
+                       "train.checkpoint_every": STEPS // 2, **overrides})
+    c.model_kwargs = dict(scale=2, n_resblocks=2, n_feats=16)
+    return c
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A short vanilla run: the teacher of the ECO runs and their same-seed vanilla twin."""
+    workdir = tmp_path_factory.mktemp("teacher") / "run"
+    result = methods.run(sr_config(), workdir)
+    return workdir, result
+
+
+def _valid_psnr(workdir):
+    with open(workdir / "valid.csv", newline="") as f:
+        return [float(r["psnr"]) for r in csv.DictReader(f)]
+
+
+def test_sigmoid_schedule_is_teacher_only_then_mixed_then_real():
+    w = eco.teacher_weight
+    assert w(0.0) == 1.0 and w(0.2) == 1.0          # teacher pair only until p ~ 0.26
+    assert w(0.5) == pytest.approx(0.5)
+    assert w(0.3) == pytest.approx(0.957, abs=1e-3) and w(0.4) == pytest.approx(0.777, abs=1e-3)
+    assert w(0.8) == 0.0 and w(1.0) == 0.0          # real pair only after p ~ 0.74
+    assert w(0.5, shift=1.0) > 0.5 > w(0.5, shift=-1.0)  # a positive shift delays the migration
+
+
+def test_linear_schedule():
+    assert [eco.teacher_weight(p, "linear") for p in (0.0, 0.5, 1.0)] == [1.0, 0.5, 0.0]
+
+
+def test_pixel_mix_interpolates_and_sample_mix_picks_whole_pairs():
+    k = jax.random.split(jax.random.key(0), 4)
+    real = (jax.random.uniform(k[0], (8, 4, 4, 3)), jax.random.uniform(k[1], (8, 8, 8, 3)))
+    pre = (jax.random.uniform(k[2], (8, 4, 4, 3)), jax.random.uniform(k[3], (8, 8, 8, 3)))
+    inp, tgt = eco.mix_pairs(real, pre, 0.25, None, mix="pixel")
+    np.testing.assert_allclose(tgt, 0.25 * pre[1] + 0.75 * real[1], atol=1e-6)
+    np.testing.assert_allclose(inp, 0.25 * pre[0] + 0.75 * real[0], atol=1e-6)
+    inp, tgt = eco.mix_pairs(real, pre, 0.5, jax.random.key(1), mix="sample")
+    from_teacher = np.all(np.isclose(tgt, pre[1]), axis=(1, 2, 3))
+    from_real = np.all(np.isclose(tgt, real[1]), axis=(1, 2, 3))
+    assert np.all(from_teacher ^ from_real) and 0 < from_teacher.sum() < 8
+    # The input comes from the same pair as the target.
+    np.testing.assert_array_equal(np.all(np.isclose(inp, pre[0]), axis=(1, 2, 3)), from_teacher)
+
+
+def test_teacher_gets_no_gradient(teacher):
+    teacher_dir, _ = teacher
+    config = sr_config(**{"method": "eco", "eco.teacher_workdir": str(teacher_dir)})
+    state, teacher_task, _ = eco.load_teacher(config)
+    task = tasks.make_task(config.task)
+    hr = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+
+    def student_loss(teacher_params):
+        t = state.replace(params=teacher_params)
+        pre = eco.teacher_pair(t, task.corrupt(hr, None, 0)[0], teacher_task=teacher_task)
+        _, target = eco.mix_pairs((task.corrupt(hr, None, 0)[0], hr), pre, 0.7, None, mix="pixel")
+        return jnp.mean(target**2)
+
+    grads = jax.grad(student_loss)(state.params)
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def test_eco_and_vanilla_runs_from_the_same_seed_both_train(teacher, tmp_path):
+    teacher_dir, vanilla = teacher
+    config = sr_config(**{"method": "eco", "eco.teacher_workdir": str(teacher_dir),
+                          "task.loss": "l1_255", "train.grad_clip_value": 0.1})
+    before, _, _ = eco.load_teacher(config)
+    result = methods.run(config, tmp_path / "eco")
+    after, _, _ = eco.load_teacher(config)  # the teacher's checkpoint is never written to
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, before.params),
+                 jax.tree.map(np.asarray, after.params))
+    for workdir, final in ((teacher_dir, vanilla), (tmp_path / "eco", result)):
+        with open(workdir / "train.csv", newline="") as f:
+            assert all(np.isfinite(float(r["loss"])) for r in csv.DictReader(f))
+        first, last = _valid_psnr(workdir)[0], _valid_psnr(workdir)[-1]
+        assert last > first, (workdir, first, last)  # still far below bicubic after 16 steps
+        assert np.isfinite(final["psnr"])
+    print(f"vanilla {vanilla['psnr']:.2f} dB, ECO {result['psnr']:.2f} dB after {STEPS} steps "
+          f"(bicubic input {vanilla['input_psnr']:.2f} dB)")
+
+
+def test_precomputed_pairs_are_cropped_like_the_loop_batches(teacher, tmp_path):
+    """The cache is index- and size-aligned with the source, so the cache's term batches crop
+    the same windows; a cache holding the HR images themselves must reproduce the HR batches."""
+    config = sr_config(**{"mode": "fullmultiscale"})
+    source = data.open_source(config.data, "train", scale=2)
+    cache = eco.TeacherCache(tmp_path, len(source), paired=False)
+    for i in range(len(source)):
+        eco._save_png(cache.path(i, "sr_pre"), source[i])
+    for step in (0, STEPS - 1):  # first and last FMS stage: different plans
+        cached = eco.cached_batches(config, cache, step)
+        for k in range(len(cached)):
+            loop = data.term_batch(source, seed=config.seed, step=step, term=k,
+                                   batch=cached[k]["target"].shape[0], patch=32, scale=2)
+            np.testing.assert_array_equal(cached[k]["target"], loop["target"])
+
+
+def test_precomputed_eco_run_writes_and_reuses_the_cache(teacher, tmp_path):
+    teacher_dir, _ = teacher
+    config = sr_config(**{"method": "eco", "eco.teacher_workdir": str(teacher_dir),
+                          "eco.precompute": True, "eco.mix": "sample", "train.steps": 4,
+                          "train.eval_every": 4, "eco.cache_dir": str(tmp_path / "cache")})
+    result = methods.run(config, tmp_path / "eco")
+    assert np.isfinite(result["psnr"])
+    files = sorted((tmp_path / "cache").glob("*_sr_pre.png"))
+    assert len(files) == len(data.open_source(config.data, "train"))
+    stamp = [f.stat().st_mtime_ns for f in files]
+    eco.precompute(config, *eco.load_teacher(config), tmp_path / "cache")
+    assert [f.stat().st_mtime_ns for f in files] == stamp  # reused, not recomputed
+
+
+def test_lamb_matches_optax_lamb_with_bias_correction_and_no_cap():
+    params = {"w": jnp.arange(6.0).reshape(2, 3) / 7, "b": jnp.ones(3)}
+    ours, theirs = optim.lamb(1e-2, weight_decay=0.01), optax.lamb(1e-2, weight_decay=0.01)
+    s1, s2, p1, p2 = ours.init(params), theirs.init(params), params, params
+    for i in range(3):
+        g = jax.tree.map(lambda x: jnp.sin(x * (i + 1)), params)
+        u1, s1 = ours.update(g, s1, p1)
+        u2, s2 = theirs.update(g, s2, p2)
+        p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p1, p2)
+
+
+def test_eco_lamb_first_step_uses_raw_moments_and_caps_the_weight_norm():
+    w, g = jnp.full((4,), 10.0), jnp.full((4,), 2.0)  # |w| = 20, capped at 10
+    tx = optim.lamb(0.1, b2=0.99, bias_correction=False, max_weight_norm=10.0)
+    update, _ = tx.update({"w": g}, tx.init({"w": w}), {"w": w})
+    r = (0.1 * 2.0) / (np.sqrt(0.01 * 4.0) + 1e-6)   # m / (sqrt(v) + eps), no bias correction
+    expected = -0.1 * (10.0 / (r * 2.0)) * r           # lr * min(|w|, 10) / |r| * r, |r| = 2r
+    np.testing.assert_allclose(update["w"], np.full(4, expected), rtol=1e-5)
+
+
+def test_a_loss_spike_is_skipped_without_advancing_the_optimizer():
+    tx = optim.skip_loss_spikes(optax.adam(0.1), factor=5.0)
+    params = {"w": jnp.ones(2)}
+    state = tx.init(params)
+    g = {"w": jnp.ones(2)}
+    u, state = tx.update(g, state, params, value=1.0)           # first step: accepted
+    assert float(jnp.abs(u["w"]).sum()) > 0
+    inner = state.inner
+    u, state = tx.update(g, state, params, value=5.5)           # > 5 x 1.0: skipped
+    assert float(jnp.abs(u["w"]).sum()) == 0 and int(state.skipped) == 1
+    jax.tree.map(np.testing.assert_array_equal, state.inner, inner)
+    u, state = tx.update(g, state, params, value=4.0)           # accepted again
+    assert float(jnp.abs(u["w"]).sum()) > 0 and float(state.last_loss) == 4.0
+
+
+def test_official_extras_build_from_the_eco_config():
+    from configs import eco_edsr_x2
+
+    c = eco_edsr_x2.get_config()
+    tx = steps.make_optimizer(c.train, 10)
+    state = tx.init({"w": jnp.ones(3)})
+    assert isinstance(state, optim.SkipSpikesState) and c.task.loss == "l1_255"
+    with pytest.raises(Exception, match="teacher_workdir"):
+        eco.validate(c)
