@@ -37,3 +37,27 @@ def test_a_term_batch_that_does_not_divide_is_a_config_error(tmp_path):
     c = tiny_config(**{"num_devices": 4, "mge.finest_batch": 2})
     with pytest.raises(config_check.ConfigError, match="does not divide by the 4 devices"):
         train.train_and_evaluate(c, tmp_path / "run")
+
+
+def test_steady_state_runs_under_disallow_transfer_guard_on_four_devices(tmp_path):
+    seen = []
+
+    def record_guard(step, batches):  # runs inside the loop's step block
+        seen.append(jax.config.jax_transfer_guard_host_to_device)
+        return batches
+
+    c = tiny_config(**{"num_devices": 4, "mode": "fullmultiscale", "mge.batch_growth": 2,
+                       "batch_size": 8, "train.transfer_guard": "disallow"})
+    result = train.train_and_evaluate(c, tmp_path / "run", batch_transform=record_guard)
+    assert np.isfinite(result["psnr"])
+    assert seen == ["disallow"] * 3
+
+
+def test_an_implicit_host_to_device_copy_in_the_loop_fails_the_run(tmp_path):
+    def add_host_noise(step, batches):  # numpy + device array: an implicit transfer
+        return tuple({**b, "target": b["target"] + np.zeros(b["target"].shape, np.float32)}
+                     for b in batches)
+
+    with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
+        train.train_and_evaluate(tiny_config(num_devices=4), tmp_path / "run",
+                                 batch_transform=add_host_noise)
