@@ -171,7 +171,7 @@ def evaluate_folder(config, state, task, *, input_dir: str = "", target_dir: str
                             multiple=multiple, t=time_value if task.time_conditioned else None)
         _save_png(output_dir / f"{path.stem}.png", out)
         row = {"image": path.name}
-        gt = targets.get(path.stem)
+        gt = ground_truth_for(path.stem, targets)
         if gt is not None:
             x = data.to_float(data.folders.decode(gt))[:out.shape[0], :out.shape[1]]
             out_u8 = np.round(np.clip(out, 0, 1) * 255)
@@ -184,22 +184,91 @@ def evaluate_folder(config, state, task, *, input_dir: str = "", target_dir: str
     return rows
 
 
+def ground_truth_for(stem: str, targets: dict):
+    """The target of an input file: the same stem, or else the longest target stem the input's
+    starts with (benchmark LR files carry suffixes: 'babyx2', 'Canon_001_LR2')."""
+    if stem in targets:
+        return targets[stem]
+    prefixes = [t for t in targets if stem.startswith(t)]
+    return targets[max(prefixes, key=len)] if prefixes else None
+
+
+def benchmark_sets(root: str, scale: int) -> list[tuple[str, str, str]]:
+    """(set name, HR folder, LR folder or '') of every set under ``root``. A set is a folder of HR
+    images (root/Set5/*.png), or root/Set5/HR with the given LR in root/Set5/LR_bicubic/X{scale}
+    if that exists; without given LR, the LR is made from the HR by the run's task (MATLAB
+    bicubic). ``root`` may itself be one set laid out that way."""
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise FileNotFoundError(f"benchmark root {root} is not a directory")
+
+    def as_set(folder: Path):
+        hr = folder / "HR" if (folder / "HR").is_dir() else folder
+        if not any(p.suffix.lower() in data.sources.IMAGE_SUFFIXES for p in hr.iterdir()):
+            return None
+        lr = folder / "LR_bicubic" / f"X{scale}"
+        return folder.name, str(hr), str(lr) if lr.is_dir() and hr != folder else ""
+
+    found = [as_set(base)] if (base / "HR").is_dir() else [
+        as_set(d) for d in sorted(base.iterdir()) if d.is_dir()]
+    found = [s for s in found if s is not None]
+    if not found:
+        raise FileNotFoundError(f"no benchmark sets under {root}: expected one folder of HR "
+                                f"images per set, or <set>/HR (+ <set>/LR_bicubic/X{scale})")
+    return found
+
+
+def evaluate_benchmarks(config, state, task, root: str, *, output_dir: Path,
+                        **folder_options) -> tuple[list[dict], list[dict]]:
+    """Scores every set under ``root`` (see ``benchmark_sets``); returns per-image rows (with the
+    set's name) and per-set means. ``folder_options`` go to ``evaluate_folder``."""
+    rows, per_set = [], []
+    for name, hr, lr in benchmark_sets(root, task.scale):
+        set_rows = evaluate_folder(config, state, task, input_dir=lr, target_dir=hr,
+                                   output_dir=output_dir / name, **folder_options)
+        rows += [{"set": name, **r} for r in set_rows]
+        per_set.append({"set": name, "images": len(set_rows), **summarize(set_rows)})
+    return rows, per_set
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows as a markdown table (floats to 4 decimals)."""
+    keys = list(rows[0])
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def summarize(rows: list[dict]) -> dict:
-    keys = [k for k in rows[0] if k != "image"] if rows else []
+    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float))] if rows else []
     return {k: float(np.mean([r[k] for r in rows])) for k in keys} | {"images": len(rows)}
 
 
 def run(workdir: str, *, which: str = "best", input_dir: str = "", target_dir: str = "",
         output_dir: str = "", tile: int | None = None, self_ensemble: bool | None = None,
         t: float | None = None, crop_border: int | None = None,
-        y_channel: bool | None = None) -> tuple[list[dict], dict, Path]:
-    """eval.py's work: returns (per-image rows, summary, where the CSVs were written)."""
+        y_channel: bool | None = None, benchmark_root: str = "") -> tuple[list[dict], dict, Path]:
+    """eval.py's work: returns (per-image rows, summary, where the CSVs were written).
+
+    With ``benchmark_root`` (SR benchmark sets, see ``benchmark_sets``) the metrics default to the
+    SR literature's: Y channel, border crop = scale; the summary's ``sets`` holds the per-set means
+    (also written to per_set.csv)."""
     workdir = Path(workdir)
     config = load_config(workdir)
     state, task, step = load_state(config, workdir, which)
     out_dir = Path(output_dir) if output_dir else workdir / f"eval_{which}_{step}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    if input_dir or target_dir:
+    per_set = None
+    if benchmark_root:
+        rows, per_set = evaluate_benchmarks(
+            config, state, task, benchmark_root, output_dir=out_dir,
+            tile=config.eval.tile if tile is None else tile, overlap=config.eval.tile_overlap,
+            self_ensemble=config.eval.self_ensemble if self_ensemble is None else self_ensemble,
+            crop_border=task.scale if crop_border is None else crop_border,
+            y_channel=True if y_channel is None else y_channel)
+        _write_rows(out_dir / "per_set.csv", per_set)
+    elif input_dir or target_dir:
         rows = evaluate_folder(
             config, state, task, input_dir=input_dir, target_dir=target_dir, output_dir=out_dir,
             tile=config.eval.tile if tile is None else tile, overlap=config.eval.tile_overlap,
@@ -208,6 +277,8 @@ def run(workdir: str, *, which: str = "best", input_dir: str = "", target_dir: s
     else:
         rows = evaluate_validation(config, state, task)
     summary = {"step": step, **summarize(rows)}
+    if per_set is not None:
+        summary["sets"] = per_set
     if rows:
         _write_rows(out_dir / "per_image.csv", rows)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -55,6 +55,11 @@ class MultiblockChain(nn.Module):
     it get no gradient. ``num_frozen`` stops gradients through the first j blocks, so training
     block j on the fly (``num_active=j + 1, num_frozen=j``) neither updates nor backpropagates into
     earlier blocks. Initialise with the defaults so that every block's parameters exist.
+
+    ``frozen`` is ``num_frozen``'s default and ``clamp_last`` the last block's clamp when it
+    differs from the others' (None: the same): phased training sets both from the config, since
+    the loop calls the model without extra arguments (warm phase of N_i after N_1+..N_{i-1}+ is
+    ``clamp=True, clamp_last=False, frozen=i-1``).
     """
 
     n_blocks: int = 3
@@ -62,6 +67,8 @@ class MultiblockChain(nn.Module):
     n_rcab: int = 16
     attention_hidden: int = 16
     clamp: bool = False
+    clamp_last: bool | None = None
+    frozen: int = 0
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -71,9 +78,11 @@ class MultiblockChain(nn.Module):
         t: jax.Array | None = None,
         train: bool = False,
         num_active: int | None = None,
-        num_frozen: int = 0,
+        num_frozen: int | None = None,
     ) -> jax.Array:
         active = self.n_blocks if num_active is None else num_active
+        num_frozen = self.frozen if num_frozen is None else num_frozen
+        last_clamp = self.clamp if self.clamp_last is None else self.clamp_last
         if not 1 <= active <= self.n_blocks:
             raise ValueError(f"num_active must be in 1..{self.n_blocks}, got {num_active}")
         blocks = [
@@ -81,7 +90,7 @@ class MultiblockChain(nn.Module):
                 self.n_feats,
                 self.n_rcab,
                 self.attention_hidden,
-                self.clamp,
+                last_clamp if i == self.n_blocks - 1 else self.clamp,
                 self.dtype,
                 name=f"block_{i}",
             )

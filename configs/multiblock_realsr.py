@@ -1,0 +1,51 @@
+"""Multiblock phased training on RealSR-style paired folders (Canon x2 "LR2": LR at HR size).
+
+    python train.py --config configs/multiblock_realsr.py --workdir runs/multiblock \
+        --config.data.train_dir=/data/RealSR/Canon/Train/2_HR \
+        --config.data.train_lr_dir=/data/RealSR/Canon/Train/2_LR \
+        --config.data.valid_dir=/data/RealSR/Canon/Test/2_HR \
+        --config.data.valid_lr_dir=/data/RealSR/Canon/Test/2_LR
+    python eval.py --workdir runs/multiblock/joint      # the whole chain's best checkpoint
+    # LR at half size instead: --config.task.scale=2 --config.task.upsample_input=True
+
+One command runs every phase into runs/multiblock/<phase> (phase_1, phase_1_plus, phase_2, ...,
+joint), keeps each phase's best checkpoint and metrics, writes runs/multiblock/phases.csv, and
+resumes where it stopped. Each block: conv, 16 RCAB (64 ch, attention 64->16), convs, input
+residual, orthogonal init (1.26M parameters). The reference's schedule per block: 2000 steps of
+N_i, then the clamped N_i+ for 13000 (reference: 3000 at 1e-4, 10000 at 1e-5; here one cosine),
+then 10000 joint steps; L1, Adam 1e-4, HR patch 48, batch 16; RGB PSNR without border crop.
+Runtime and result: not measured yet (the reference's author reports 32.22 dB for 3 blocks).
+"""
+
+from configs import base
+
+
+def get_config():
+    c = base.get_config()
+    c.method = "multiblock"
+    c.task.name = "sr"
+    c.task.scale = 1                   # same-size pairs; the blocks keep the size
+    c.task.loss = "l1"
+    c.data.source = "paired_folders"
+    c.data.patch = 48
+    c.data.valid_images = 15
+    c.data.valid_patch = 256
+    c.model = "multiblock"
+    c.model_kwargs = dict(n_feats=64, n_rcab=16, attention_hidden=16)
+    c.multiblock.blocks = 3
+    c.multiblock.block_steps = 2000
+    c.multiblock.plus_steps = 13000
+    c.multiblock.plus_lr = 1e-4
+    c.multiblock.joint_steps = 10000
+    c.multiblock.joint_lr = 1e-4
+    c.mode = "multiscale"              # --config.mode=single for the reference (batch 16)
+    c.batch_size = 16
+    c.mge.levels = 2                   # 48 -> 24 -> 12
+    c.mge.finest_batch = 4
+    c.train.lr = 1e-4
+    c.train.lr_end = 1e-6
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500
+    c.eval.crop_border = 0
+    c.eval.y_channel = False
+    return c

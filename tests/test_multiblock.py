@@ -1,0 +1,114 @@
+"""Multiblock phased training: every phase of a 2-block chain end to end, frozen blocks, resume."""
+
+import csv
+import json
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from msjax import checkpoints, evaluate, methods, train
+from msjax.methods import multiblock
+from tests.helpers import tiny_config, write_images
+
+REAL_LOOP = train.train_and_evaluate
+PHASES = ["phase_1", "phase_1_plus", "phase_2", "phase_2_plus", "joint"]
+
+
+def paired_folders(root):
+    """Same-size pairs (RealSR 'LR2' layout): LR = the HR blurred, named with a suffix."""
+    for split in ("train", "valid"):
+        hr = write_images(root / f"{split}_hr", 3, size=(24, 24), seed=split == "valid")
+        (root / f"{split}_lr").mkdir()
+        for p in sorted(hr.iterdir()):
+            img = Image.open(p).resize((12, 12), Image.BICUBIC).resize((24, 24), Image.BICUBIC)
+            img.save(root / f"{split}_lr" / f"{p.stem}_LR2.png")
+    return {"data.train_dir": str(root / "train_hr"), "data.train_lr_dir": str(root / "train_lr"),
+            "data.valid_dir": str(root / "valid_hr"), "data.valid_lr_dir": str(root / "valid_lr")}
+
+
+def multiblock_config(root):
+    c = tiny_config(**{"method": "multiblock", "model": "multiblock", "task.name": "sr",
+                       "task.scale": 1, "task.residual": False, "task.loss": "l1",
+                       "data.source": "paired_folders", "mge.levels": 1, "train.eval_every": 2,
+                       **paired_folders(root)})
+    c.model_kwargs = dict(n_feats=8, n_rcab=1, attention_hidden=2)
+    c.multiblock.update(dict(blocks=2, block_steps=2, plus_steps=2, plus_lr=5e-4,
+                             joint_steps=2, inherit=True))
+    return c
+
+
+def test_phase_plan_grows_the_chain_and_freezes_trained_blocks():
+    c = tiny_config()
+    c.multiblock.update(dict(blocks=3, plus_steps=5, joint_steps=7))
+    plan = multiblock.plan_phases(c)
+    assert [p.name for p in plan] == ["phase_1", "phase_1_plus", "phase_2", "phase_2_plus",
+                                      "phase_3", "phase_3_plus", "joint"]
+    warm2 = plan[2]  # N_2 warm: after the clamped N_1+, itself unclamped, N_1 frozen
+    assert (warm2.blocks, warm2.frozen, warm2.clamp, warm2.clamp_last) == (2, 1, True, False)
+    assert warm2.init_from == "phase_1_plus" and plan[-1].frozen == 0 and plan[-1].steps == 7
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _record_calls(monkeypatch, interrupt_at=None):
+    """Wraps the loop: records which phases run; optionally stops one after its first step."""
+    calls = []
+
+    def wrapped(config, workdir, **hooks):
+        calls.append(workdir.name)
+        if workdir.name == interrupt_at:
+            def stop_after_first_step(step, batches):
+                if step == 1:
+                    raise Interrupted("simulated interruption")
+                return batches
+            hooks["batch_transform"] = stop_after_first_step
+        return REAL_LOOP(config, workdir, **hooks)
+
+    monkeypatch.setattr(train, "train_and_evaluate", wrapped)
+    return calls
+
+
+def test_two_block_run_completes_every_phase_and_resumes(tmp_path, monkeypatch):
+    config = multiblock_config(tmp_path / "data")
+    workdir = tmp_path / "run"
+    calls = _record_calls(monkeypatch, interrupt_at="phase_2")
+    with pytest.raises(Interrupted):
+        methods.run(config, workdir)
+    assert calls == ["phase_1", "phase_1_plus", "phase_2"]
+    assert not (workdir / "phase_2" / "phase.json").exists()
+
+    calls = _record_calls(monkeypatch)
+    result = methods.run(config, workdir)
+    assert calls == ["phase_2", "phase_2_plus", "joint"]  # finished phases are skipped
+    with open(workdir / "phase_2" / "train.csv", newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2]  # resumed after step 1
+
+    for name in PHASES:  # each phase keeps its best checkpoint and its metrics
+        ckpt = checkpoints.Checkpoints(workdir / name / "checkpoints", read_only=True)
+        assert ckpt.best_step() is not None and ckpt.best_step() in ckpt.steps()
+        ckpt.close()
+        assert np.isfinite(json.loads((workdir / name / "phase.json").read_text())["best_psnr"])
+    with open(workdir / "phases.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["phase"] for r in rows] == PHASES and np.isfinite(result["psnr"])
+    assert [r["trained"] for r in rows] == ["block_1", "block_1+", "block_2", "block_2+", "all"]
+
+    def best_params(name):
+        state, _, _ = evaluate.load_state(evaluate.load_config(workdir / name), workdir / name)
+        return jax.tree.map(np.asarray, state.params)
+
+    # N_1+ is frozen while N_2 trains: phase_2's block_0 is phase_1_plus's block_0, bit for bit;
+    # N_2 started from N_1+ (inheritance) and moved.
+    n1, n2 = best_params("phase_1_plus"), best_params("phase_2")
+    jax.tree.map(np.testing.assert_array_equal, n1["block_0"], n2["block_0"])
+    inherited, trained = n1["block_0"]["head"]["kernel"], n2["block_1"]["head"]["kernel"]
+    assert not np.array_equal(trained, inherited)
+    np.testing.assert_allclose(trained, inherited, atol=0.02)  # 2 Adam steps of 1e-3 from it
+
+    calls = _record_calls(monkeypatch)
+    again = methods.run(config, workdir)  # all finished: nothing runs, same result
+    assert calls == [] and again["best_psnr"] == result["best_psnr"]

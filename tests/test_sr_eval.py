@@ -1,0 +1,122 @@
+"""SR evaluation on benchmark folder layouts, and every MGE mode for the SR model families."""
+
+import csv
+import functools
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from msjax import config_check, evaluate, metrics, models, parallel, resize, steps, tasks, train
+from tests.helpers import tiny_config, write_images
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {  # as in test_models_sr
+    "edsr": dict(n_resblocks=2, n_feats=16),
+    "rcan": dict(n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4),
+    "msrn": dict(n_blocks=2, n_feats=16),
+}
+
+
+def edsr_config(**overrides):
+    c = tiny_config(**{"task.name": "sr", "task.residual": False, "model": "edsr",
+                       "data.patch": 32, "mode": "single", "train.steps": 2,
+                       "train.eval_every": 2, **overrides})
+    c.model_kwargs = dict(scale=2, **TINY["edsr"])
+    return c
+
+
+@pytest.fixture(scope="module")
+def sr_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("edsr") / "run"
+    train.train_and_evaluate(edsr_config(), workdir)
+    return workdir
+
+
+@pytest.fixture
+def benchmark_root(tmp_path):
+    """Set5: <set>/HR with given LR in <set>/LR_bicubic/X2 ('babyx2.png' names); Set14: a plain
+    folder of HR images (LR made by MATLAB bicubic); odd sizes on purpose."""
+    root = tmp_path / "benchmark"
+    hr = write_images(root / "Set5" / "HR", 2, size=(21, 30))
+    (root / "Set5" / "LR_bicubic" / "X2").mkdir(parents=True)
+    for p in sorted(hr.iterdir()):
+        x = np.asarray(Image.open(p), np.float64)[:20] / 255.0
+        lr = np.clip(resize.bicubic_downsample(x, 2), 0, 1)
+        Image.fromarray((lr * 255 + 0.5).astype(np.uint8)).save(
+            root / "Set5" / "LR_bicubic" / "X2" / f"{p.stem}x2.png")
+    write_images(root / "Set14", 3, size=(26, 22), seed=1)
+    return root
+
+
+def test_benchmark_sets_are_found_in_both_layouts(benchmark_root):
+    sets = evaluate.benchmark_sets(str(benchmark_root), 2)
+    assert [(name, Path(hr).name, Path(lr).name if lr else "") for name, hr, lr in sets] == [
+        ("Set14", "Set14", ""), ("Set5", "HR", "X2")]
+    assert evaluate.benchmark_sets(str(benchmark_root / "Set5"), 2)[0][0] == "Set5"
+
+
+def test_per_image_and_per_set_tables_on_y_with_crop_scale(sr_run, benchmark_root, tmp_path):
+    rows, summary, out_dir = evaluate.run(str(sr_run), benchmark_root=str(benchmark_root),
+                                          output_dir=str(tmp_path / "eval"))
+    assert [(r["set"], r["image"]) for r in rows] == [
+        ("Set14", "img00.png"), ("Set14", "img01.png"), ("Set14", "img02.png"),
+        ("Set5", "img00x2.png"), ("Set5", "img01x2.png")]
+    per_set = {s["set"]: s for s in summary["sets"]}
+    assert per_set["Set5"]["images"] == 2 and per_set["Set14"]["images"] == 3
+    np.testing.assert_allclose(per_set["Set14"]["psnr"], np.mean([r["psnr"] for r in rows[:3]]))
+    with open(out_dir / "per_set.csv", newline="") as f:
+        assert [r["set"] for r in csv.DictReader(f)] == ["Set14", "Set5"]
+    # One image re-scored by hand: Y channel (BT.601), 2 border pixels cut, 8-bit values.
+    out = np.asarray(Image.open(out_dir / "Set5" / "img01x2.png"), np.float64)
+    hr = np.asarray(Image.open(benchmark_root / "Set5" / "HR" / "img01.png"), np.float64)
+    expected = metrics.psnr(out, hr[:out.shape[0], :out.shape[1]], crop_border=2, y_channel=True)
+    np.testing.assert_allclose(rows[-1]["psnr"], expected, atol=1e-6)
+    assert out.shape[:2] == (20, 30)  # the LR given for the 21-row image has 10 rows
+
+
+def test_self_ensemble_changes_the_scores(sr_run, benchmark_root, tmp_path):
+    _, plain, _ = evaluate.run(str(sr_run), benchmark_root=str(benchmark_root / "Set5"),
+                               output_dir=str(tmp_path / "a"))
+    _, ensemble, _ = evaluate.run(str(sr_run), benchmark_root=str(benchmark_root / "Set5"),
+                                  output_dir=str(tmp_path / "b"), self_ensemble=True)
+    assert np.isfinite(ensemble["psnr"]) and ensemble["psnr"] != plain["psnr"]
+
+
+def test_eval_cli_prints_markdown_tables(sr_run, benchmark_root, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "eval.py", "--workdir", str(sr_run), "--benchmark_root",
+         str(benchmark_root), "--output_dir", str(tmp_path / "cli")],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| set | images | psnr | ssim |" in proc.stdout
+    assert "| Set5 | img00x2.png |" in proc.stdout
+
+
+@pytest.mark.parametrize("mode", ["single", "multiscale", "fullmultiscale"])
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_every_mge_mode_steps_every_sr_model(name, mode):
+    """One compiled step of the first (coarsest, for FMS) stage: LR and HR restricted together."""
+    c = tiny_config(**{"task.name": "sr", "task.residual": False, "model": name,
+                       "data.patch": 32, "mode": mode, "mge.levels": 1,
+                       "fms.stage_weights": (1, 1)})
+    c.model_kwargs = dict(scale=2, **TINY[name])
+    config_check.validate(c)
+    task = tasks.make_task(c.task)
+    stage = config_check.schedule(c)[0]
+    mesh = parallel.make_mesh(1)
+    model = models.create_model(name, **c.model_kwargs)
+    state = train.create_state(model, c, np.zeros((1, 16, 16, 3), np.float32), 1, mesh)
+    rng = np.random.default_rng(0)
+    batches = tuple({"target": rng.random((n, 32, 32, 3), np.float32)}
+                    for n in stage.plan.batch_sizes)
+    step = jax.jit(functools.partial(steps.train_step, plan=stage.plan, task=task))
+    new_state, out = step(state, batches, jax.random.PRNGKey(0))
+    assert np.isfinite(float(out["loss"])) and float(out["grad_norm"]) > 0
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                         new_state.params, state.params)
+    assert max(jax.tree.leaves(moved)) > 0
