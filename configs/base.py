@@ -27,6 +27,7 @@ def get_config():
         kernel="bicubic",          # sr: LR made by MATLAB bicubic or antialiased bilinear
         upsample_input=False,      # sr with a size-keeping model: feed it bilinear-upsampled LR
         residual=False,            # output = model(input) + input
+        model_range="unit",        # model sees [0, 1] (unit) or [-1, 1] (signed: pyramidal tanh)
         loss="mse",                # mse | l1 | l1_255 (ECO's L1 on the 0-255 scale)
     ))
 
@@ -65,7 +66,7 @@ def get_config():
         operator_per_level=False,  # corrupt each level's clean image (blur sigma scaled 2^-l)
     ))
     c.fms = ml_collections.ConfigDict(dict(
-        stage_weights=(8, 4, 2, 1),  # share of train.steps per stage, coarse first (official)
+        stage_weights=(),          # share of train.steps per stage, coarse first; () = 2^J:..:2:1
         batch_growth=1,            # per-term batch growth inside a stage (official: constant)
     ))
 
@@ -83,6 +84,7 @@ def get_config():
         nonfinite="stop",          # stop | skip: what a NaN/inf loss or gradient does
         max_to_keep_best=1,
         transfer_guard="disallow",  # host<->device copies inside the step loop are errors
+        fast_compile=False,        # CPU: cheap XLA optimisation; ~3x faster compile, slower steps
     ))
 
     c.eval = ml_collections.ConfigDict(dict(

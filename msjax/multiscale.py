@@ -84,7 +84,7 @@ def split_steps(total: int, weights: Sequence[float]) -> tuple[int, ...]:
 
 def make_schedule(mode: str, *, steps: int, batch_size: int, levels: int = 3,
                   batch_sizes: Sequence[int] = (), finest_batch: int = 4, batch_growth: int = 4,
-                  stage_weights: Sequence[float] = (8, 4, 2, 1), stage_batch_growth: int = 1,
+                  stage_weights: Sequence[float] = (), stage_batch_growth: int = 1,
                   restriction: str = "area", shared_batch: bool = False,
                   operator_per_level: bool = False) -> list[Stage]:
     """The stages of a run.
@@ -93,7 +93,8 @@ def make_schedule(mode: str, *, steps: int, batch_size: int, levels: int = 3,
     ``batch_sizes`` (or ``finest_batch * batch_growth**k``). fullmultiscale: stages j = 0..levels,
     stage j on finest level ``levels - j`` with j difference terms, base batch
     ``batch_size * 2**(levels - j)`` growing by ``stage_batch_growth`` per coarser term, and
-    ``steps`` split by ``stage_weights`` (official: 2000/1000/500/250, i.e. 8:4:2:1).
+    ``steps`` split by ``stage_weights`` (default and official: halving per finer stage, e.g.
+    2000/1000/500/250 = 8:4:2:1).
     """
     common = dict(restriction=restriction, shared_batch=shared_batch,
                   operator_per_level=operator_per_level)
@@ -106,6 +107,8 @@ def make_schedule(mode: str, *, steps: int, batch_size: int, levels: int = 3,
                              f"levels={levels} needs {levels + 1} (finest first)")
         return [Stage(LevelPlan(sizes, **common), steps)]
     if mode == "fullmultiscale":
+        # Default: each stage half as long as the coarser one before it (official 8:4:2:1).
+        stage_weights = tuple(stage_weights) or tuple(2 ** (levels - j) for j in range(levels + 1))
         if len(stage_weights) != levels + 1:
             raise ValueError(f"fms.stage_weights has {len(stage_weights)} entries; "
                              f"fullmultiscale with levels={levels} needs {levels + 1}")
