@@ -82,16 +82,21 @@ def check_divisible(args):
                                  f"is batch/growth)")
 
 
-def median_seconds(step, warmup: int, repeats: int) -> tuple[float, list[float]]:
-    """``step()`` must block until its work is done."""
+def median_seconds(step, warmup: int, repeats: int) -> dict:
+    """Median wall and CPU seconds of ``step()``, which must block until its work is done.
+
+    CPU seconds over wall seconds is how many cores the step kept busy: a direct view of idle
+    cores, and a steadier measure of work than wall time on a machine shared with other jobs.
+    """
     for _ in range(warmup):
         step()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+        cpu.append(time.process_time() - c0)
+    return dict(seconds=statistics.median(times), cpu_seconds=statistics.median(cpu), times=times)
 
 
 # --- msjax -------------------------------------------------------------------------------------
@@ -136,9 +141,9 @@ def worker(args):
 
     for model, size, mode in cases(args):
         run, flops = msjax_step(model, size, mode, args)
-        median, times = median_seconds(run, args.warmup, args.repeats)
+        timing = median_seconds(run, args.warmup, args.repeats)
         print(json.dumps(dict(model=model, size=size, mode=mode, devices=jax.device_count(),
-                              seconds=median, times=times, flops=flops)), flush=True)
+                              flops=flops, **timing)), flush=True)
 
 
 def measure_msjax(args, devices: int) -> list[dict]:
@@ -208,22 +213,24 @@ def measure_torch(args) -> list[dict]:
 
     records = []
     for model, size, mode in cases(args):
-        median, times = median_seconds(torch_step(model, size, mode, args), args.warmup,
-                                       args.repeats)
-        records.append(dict(model=model, size=size, mode=mode, seconds=median, times=times,
-                            threads=torch.get_num_threads()))
+        timing = median_seconds(torch_step(model, size, mode, args), args.warmup, args.repeats)
+        records.append(dict(model=model, size=size, mode=mode, threads=torch.get_num_threads(),
+                            **timing))
     return records
 
 
 def table(jax_records, torch_records, batch: int) -> str:
-    torch_by_case = {(r["model"], r["size"], r["mode"]): r["seconds"] for r in torch_records}
-    lines = ["| model | size | mode | batch | devices | msjax s | torch s | msjax/torch |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Markdown: wall seconds, cores kept busy (CPU s / wall s) and the msjax / PyTorch ratio."""
+    torch_by_case = {(r["model"], r["size"], r["mode"]): r for r in torch_records}
+    lines = ["| model | size | mode | batch | devices | msjax s | cores | torch s | cores | "
+             "msjax/torch |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in jax_records:
         ref = torch_by_case.get((r["model"], r["size"], r["mode"]))
-        ratio = f"{r['seconds'] / ref:.2f}" if ref else "-"
+        ours = f"{r['seconds']:.3f} | {r['cpu_seconds'] / r['seconds']:.2f}"
+        theirs = (f"{ref['seconds']:.3f} | {ref['cpu_seconds'] / ref['seconds']:.2f} | "
+                  f"{r['seconds'] / ref['seconds']:.2f}") if ref else "- | - | -"
         lines.append(f"| {r['model']} | {r['size']} | {r['mode']} | {batch} | {r['devices']} | "
-                     f"{r['seconds']:.3f} | {f'{ref:.3f}' if ref else '-'} | {ratio} |")
+                     f"{ours} | {theirs} |")
     return "\n".join(lines)
 
 
