@@ -6,7 +6,8 @@
 
 EDSR with 4 residual blocks x 32 channels on HR patches 64 (LR 32) of the scikit-image photos,
 MATLAB-bicubic LR, L1, multiscale MGE (terms of 4/16/64 patches), Adam 2e-3; validation on fixed
-crops of two held-out photos, Y-channel PSNR with crop 2 beside the bicubic input's.
+crops of two held-out photos, Y-channel PSNR with crop 2 beside the bicubic input's. Measured: 3 min
+on 2 busy CPU cores (load ~8), valid PSNR 37.09 dB at step 400 against 35.71 dB for bicubic.
 """
 
 from configs import base
