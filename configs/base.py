@@ -78,6 +78,10 @@ def get_config():
         weight_decay=0.0,
         grad_clip_value=0.0,
         grad_clip_norm=0.0,
+        beta2=0.999,               # Adam / LAMB second-moment decay (ECO: 0.99)
+        lamb_bias_correction=True,  # ECO's official LAMB has none
+        lamb_max_weight_norm=0.0,  # >0: cap on the LAMB trust ratio's weight norm (ECO: 10)
+        loss_spike_factor=0.0,     # >0: skip a step whose loss exceeds this x the last accepted
         eval_every=500,
         log_every=50,
         checkpoint_every=500,
