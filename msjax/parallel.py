@@ -11,11 +11,14 @@ on its own devices, and arrays the loop reads back are replicated, so every proc
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+log = logging.getLogger(__name__)
 
 
 def _distributed_is_initialized() -> bool:
@@ -45,6 +48,22 @@ def initialize_distributed(config) -> None:
     jax.distributed.initialize(coordinator_address=address or None,
                                num_processes=num_processes or None,
                                process_id=process_id if process_id >= 0 else None)
+
+
+def device_count_for(term_batches, requested: int = 0) -> int:
+    """How many devices the data mesh spans: ``requested`` if set, else every device. On the CPU
+    platform simulated devices only put the cores to work, so term batches that do not divide by
+    their count fall back to the largest count that divides them all (with a warning); on
+    accelerators, and over several processes, that stays a config error."""
+    total = jax.device_count()
+    if requested or jax.process_count() > 1 or jax.devices()[0].platform != "cpu":
+        return requested or total
+    count = max(d for d in range(1, total + 1) if all(n % d == 0 for n in term_batches))
+    if count < total:
+        log.warning("term batches %s do not all divide by the %d CPU devices; using %d "
+                    "(set num_devices, or JAX_NUM_CPU_DEVICES, to choose)",
+                    sorted(term_batches), total, count)
+    return count
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:

@@ -61,3 +61,30 @@ def test_an_implicit_host_to_device_copy_in_the_loop_fails_the_run(tmp_path):
     with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
         train.train_and_evaluate(tiny_config(num_devices=4), tmp_path / "run",
                                  batch_transform=add_host_noise)
+
+
+def test_cpu_batches_that_do_not_divide_fall_back_to_fewer_devices(tmp_path, caplog):
+    c = tiny_config(**{"num_devices": 0, "mge.finest_batch": 2})  # term batches 2, 2, 2
+    result = train.train_and_evaluate(c, tmp_path / "run")
+    assert np.isfinite(result["psnr"])
+    assert "do not all divide by the 4 CPU devices; using 2" in caplog.text
+
+
+@pytest.mark.parametrize("env_devices, num_devices, expected", [
+    (None, 0, 8), (None, 3, 3), ("2", 0, 2)])
+def test_cli_default_cpu_device_count(env_devices, num_devices, expected):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")}
+    env["JAX_PLATFORMS"] = "cpu"
+    if env_devices:
+        env["JAX_NUM_CPU_DEVICES"] = env_devices
+    code = ("import train; from tests.helpers import tiny_config; "
+            f"train.set_cpu_devices(tiny_config(num_devices={num_devices})); "
+            "import jax; print(jax.device_count())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[-1] == str(expected)
