@@ -163,12 +163,16 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
         raise config_check.ConfigError(
             f"num_devices={config.num_devices} with {jax.process_count()} processes: a multi-host "
             f"run uses every device ({jax.device_count()}); set num_devices=0")
-    n_devices = config.num_devices or jax.device_count()
+    try:
+        term_batches = {n for s in config_check.schedule(config) for n in s.plan.batch_sizes}
+    except ValueError:
+        term_batches = set()  # validate() names the problem
+    n_devices = parallel.device_count_for(term_batches, config.num_devices)
     config_check.validate(config, workdir=str(workdir), num_devices=n_devices)
     workdir.mkdir(exist_ok=True)
     check_workdir(workdir, config)
 
-    mesh = parallel.make_mesh(config.num_devices)
+    mesh = parallel.make_mesh(n_devices)
     task = tasks.make_task(config.task, operator_per_level=config.mge.operator_per_level)
     stages = config_check.schedule(config)
     total_steps = stages[-1].end_step
