@@ -11,7 +11,9 @@ The batch is fixed and already on the device: this times the step, not the data 
 msjax runs in a subprocess per ``--devices`` count (JAX_NUM_CPU_DEVICES must be set before JAX
 starts): the batch is sharded over that many simulated CPU devices. PyTorch (the optional
 ``bench`` extra, CPU build) runs in this process with its default threads. Ratios below 1.0 mean
-msjax is faster.
+msjax is faster. XLA_FLAGS in the environment reach the msjax workers, e.g.
+``--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION`` (Eigen
+convolutions instead of YNNPACK's; see bench/conv_grads.py).
 """
 
 from __future__ import annotations
