@@ -43,7 +43,7 @@ def initialize_distributed(config) -> None:
     if process_id < 0:
         process_id = int(os.environ.get("JAX_PROCESS_ID", -1))
     # CPU processes need a cross-process collective library (older jax defaulted to none).
-    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=address or None,
                                num_processes=num_processes or None,
