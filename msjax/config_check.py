@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msjax import multiscale, tasks
+from msjax import damage, multiscale, tasks
 from msjax.data import SOURCES
 from msjax.models import MODEL_NAMES, size_multiple
 from msjax.resize import RESTRICTIONS
@@ -33,6 +33,7 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
     _one_of(c.model, MODEL_NAMES, "model")
     _one_of(c.task.name, tasks.TASKS, "task.name")
     _one_of(c.task.loss, tasks.LOSSES, "task.loss")
+    _one_of(c.task.get("model_range", "unit"), tasks.MODEL_RANGES, "task.model_range")
     _one_of(c.data.source, SOURCES, "data.source")
     _one_of(c.mge.restriction, RESTRICTIONS, "mge.restriction")
     _one_of(c.dtype, ("float32", "bfloat16"), "dtype")
@@ -70,6 +71,15 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
                    f"task.scale={scale}; set both to the same factor")
     if c.task.name == "deblur":
         _check(min(c.task.blur_sigma) > 0, f"task.blur_sigma={c.task.blur_sigma} must be > 0")
+    if c.task.name == "damage":
+        _one_of(c.task.damage, damage.DAMAGES, "task.damage")
+        sides = (c.data.patch, c.data.valid_patch or c.data.patch)
+        _check(c.task.damage != "pixelate" or all(side % 8 == 0 for side in sides),
+               f"task.damage=pixelate averages 8x8 blocks; data.patch={c.data.patch} and "
+               f"data.valid_patch={c.data.valid_patch} must divide by 8")
+        _check(c.task.damage != "jpeg" or not c.mge.operator_per_level,
+               "task.damage=jpeg runs on the host at the finest grid only; set "
+               "--config.mge.operator_per_level=False")
     if c.task.name == "inpaint":
         lo, hi = c.task.box_count
         _check(1 <= lo <= hi, f"task.box_count={tuple(c.task.box_count)} must be (min, max) "

@@ -71,8 +71,10 @@ class RunLog:
             if k not in ("step",) and isinstance(v, (int, float)) and math.isfinite(v):
                 self.tb.add_scalar(f"{stream}/{k}", v, int(row["step"]))
 
-    def images(self, step: int, panels: dict[str, np.ndarray], limit: int = 4):
-        """A PNG grid (one row per sample, one column per panel) and TensorBoard images."""
+    def images(self, step: int, panels: dict[str, np.ndarray], limit: int = 4,
+               stream: str = "valid"):
+        """A PNG grid (one row per sample, one column per panel) and TensorBoard images, named
+        by ``stream`` ('valid': the validation set; 'train': a training batch)."""
         if not self.enabled:
             return
         columns = [np.clip(np.asarray(p[:limit], np.float32), 0, 1) for p in panels.values()]
@@ -82,9 +84,9 @@ class RunLog:
                    for c in columns]
         grid = np.concatenate([np.concatenate(list(c), axis=0) for c in columns], axis=1)
         Image.fromarray((grid * 255 + 0.5).astype(np.uint8)).save(
-            self.workdir / "images" / f"valid_{step:08d}.png")
+            self.workdir / "images" / f"{stream}_{step:08d}.png")
         for name, c in zip(panels, columns):
-            self.tb.add_images(f"valid/{name}", c, step, dataformats="NHWC")
+            self.tb.add_images(f"{stream}/{name}", c, step, dataformats="NHWC")
 
     def close(self):
         if self.enabled:

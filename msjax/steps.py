@@ -91,6 +91,16 @@ def predict(state: TrainState, y, t, *, task):
     return out.astype(jnp.float32)
 
 
+def training_panels(state: TrainState, batch, key, *, task):
+    """Input, output (evaluation mode) and target of a training batch on the data grid, for the
+    image logs: beside the validation panels they show over- or under-fitting at a glance."""
+    if "input" in batch:  # paired or host-corrupted data
+        y, t = batch["input"], None
+    else:
+        y, t = task.corrupt(batch["target"], key, 0)
+    return {"input": y, "output": predict(state, y, t, task=task), "target": batch["target"]}
+
+
 def eval_step(state: TrainState, batch, *, task, crop_border: int = 0, y_channel: bool = False):
     """Per-image loss, PSNR and SSIM of the restored (clipped) validation batch.
 

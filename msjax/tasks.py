@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from msjax import operators, resize
+from msjax import damage, operators, resize
 
-TASKS = ("denoise", "deblur", "inpaint", "sr")
+TASKS = ("denoise", "deblur", "inpaint", "sr", "damage")
 LOSSES = ("mse", "l1", "l1_255")
+# The range the model sees: data stays in [0, 1]; "signed" feeds the model 2y - 1 and reads its
+# output o as (o + 1) / 2, i.e. a tanh head on [-1, 1] data as the pyramidal reference.
+MODEL_RANGES = ("unit", "signed")
+# Fixed validation damage for every run, whatever config.seed: runs stay comparable.
+VALIDATION_DAMAGE_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +33,10 @@ class Task:
     ``corrupt(x, key, level)`` maps a clean NHWC batch to (y, t); ``level`` says how many grids
     coarser than the data grid x lives on (only used when the operator is applied per level).
     ``scale`` is the SR factor (1 otherwise): targets are ``scale`` times the input's size.
+    ``host_corrupt(target) -> input`` (numpy) marks a corruption that cannot run under jit (JPEG
+    by Pillow): the data pipeline applies it at the finest grid and the estimator restricts the
+    result like a paired input. ``validation_corrupt(target) -> (y, t)`` is the fixed validation
+    form where the task has one (otherwise validation uses ``corrupt`` with a fixed key).
     """
 
     name: str
@@ -36,6 +46,9 @@ class Task:
     residual: bool = False         # output = model(input) + input
     loss: str = "mse"
     time_conditioned: bool = True
+    model_range: str = "unit"      # what the model sees: MODEL_RANGES
+    host_corrupt: Optional[Callable] = None
+    validation_corrupt: Optional[Callable] = None
 
     def model_input(self, y: jax.Array) -> jax.Array:
         if not self.upsample_input or self.scale == 1:
@@ -46,10 +59,14 @@ class Task:
     def predict(self, apply_fn, variables, y, t, **kwargs):
         """Applies the model to a corrupted batch; returns (output, apply_fn's extra outputs)."""
         inp = self.model_input(y)
-        out = apply_fn(variables, inp, t if self.time_conditioned else None, **kwargs)
+        signed = self.model_range == "signed"
+        out = apply_fn(variables, 2 * inp - 1 if signed else inp,
+                       t if self.time_conditioned else None, **kwargs)
         extra = None
         if isinstance(out, tuple):
             out, extra = out
+        if signed:
+            out = (out + 1) / 2
         if self.residual:
             out = out + inp.astype(out.dtype)
         return out, extra
@@ -77,10 +94,32 @@ def _ignore_level(fn):
     return lambda x, key, level: fn(x, key)
 
 
+def _damage_task(name: str) -> dict:
+    """The pyramidal damage suite (msjax.damage) as Task fields; no t, damage ignores the level
+    (its layouts scale with the image, so per-level damage stays the same damage)."""
+    if name not in damage.DAMAGES:
+        raise ValueError(f"unknown damage {name!r}; choose one of {', '.join(damage.DAMAGES)}")
+
+    def validation(x):
+        fixed = damage.validation_damage(name, x, VALIDATION_DAMAGE_SEED)
+        return jnp.asarray(fixed, jnp.float32), None
+
+    if name == "jpeg":
+        # Pillow runs on the host; outside jit ``corrupt`` still works (e.g. evaluating folders).
+        def host(x):
+            return damage.jpeg(np.asarray(x))
+
+        return dict(corrupt=lambda x, key, level: (jnp.asarray(host(x)), None),
+                    host_corrupt=host, validation_corrupt=validation)
+    return dict(corrupt=lambda x, key, level: (damage.damage(name, x, key), None),
+                validation_corrupt=validation)
+
+
 def make_task(task_config, *, operator_per_level: bool = False) -> Task:
     """Builds a Task from the config's ``task`` section (see configs/base.py)."""
     c = task_config
     name = c.name
+    damage_fields = {}
     if name == "denoise":
         if c.get("noise", "interpolation") == "gaussian":
             fn = functools.partial(operators.denoise_gaussian, sigma=c.get("sigma", 25.0))
@@ -99,9 +138,16 @@ def make_task(task_config, *, operator_per_level: bool = False) -> Task:
     elif name == "sr":
         corrupt = _ignore_level(functools.partial(
             operators.downsample, scale=c.get("scale", 2), kernel=c.get("kernel", "bicubic")))
+    elif name == "damage":
+        damage_fields = _damage_task(c.get("damage", ""))
+        corrupt = damage_fields.pop("corrupt")
     else:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    model_range = c.get("model_range", "unit")
+    if model_range not in MODEL_RANGES:
+        raise ValueError(f"unknown model_range {model_range!r}; choose one of {MODEL_RANGES}")
     return Task(
         name=name, corrupt=corrupt, scale=c.get("scale", 1) if name == "sr" else 1,
         upsample_input=c.get("upsample_input", False), residual=c.get("residual", False),
-        loss=c.get("loss", "mse"), time_conditioned=name != "sr")
+        loss=c.get("loss", "mse"), time_conditioned=name not in ("sr", "damage"),
+        model_range=model_range, **damage_fields)

@@ -13,15 +13,16 @@ import ml_collections
 import numpy as np
 import pytest
 
-from msjax import multiscale, operators, resize, steps, tasks
+from msjax import train, multiscale, operators, resize, steps, tasks
 from msjax.models import create_model
 from msjax.multiscale import LevelPlan
 
 
 # Tests compile with LLVM's cheap settings: the programs hold many network evaluations, compile
 # time dominates on CPU, and no property checked here depends on code generation.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-                "xla_cpu_use_fusion_emitters": False}
+# Cheap XLA settings (compile time dominates these small programs), less any option this jax's
+# XLA does not know (jax 0.12 dropped xla_cpu_use_fusion_emitters).
+FAST_COMPILE = train.cheap_compile()
 
 
 def compile_and_run(fn, *args):

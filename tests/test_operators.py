@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from msjax import operators, resize, tasks
+from msjax import train, operators, resize, tasks
 
 SHAPES = [(96, 96), (128, 128), (48, 64)]
 
@@ -166,8 +166,7 @@ def holes(mask):
 def run(fn, *args):
     """fn(*args) compiled with LLVM's cheap settings: random draws (threefry) otherwise cost
     seconds of compile each on CPU, and nothing checked here depends on code generation."""
-    fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-            "xla_cpu_use_fusion_emitters": False}
+    fast = train.cheap_compile()
     return jax.jit(fn).lower(*args).compile(fast)(*args)
 
 

@@ -16,9 +16,15 @@ Two families, picked by ``variant``:
   the last decoder block has 5 layers in the reference code although its README figure says 4).
 
 Every variant ends in a 3x3 conv to the input's channel count, then tanh (``output='tanh'``, data
-in [-1, 1] as in the reference) or nothing (``output='linear'``, data in [0, 1]). H and W must be
-multiples of ``model.downsampling``: 4 for the two-level conv variants, 2 for pyramidal44, 4 for
-pyramidal457 and 32 for the five-level ones (so 64 and 96 work for all).
+in [-1, 1] as in the reference) or nothing (``output='linear'``, data in [0, 1]). msjax data stay
+in [0, 1]: train a tanh model with ``task.model_range='signed'``, which feeds it 2y - 1 and reads
+its output o as (o + 1) / 2 (msjax/tasks.py). H and W must be multiples of
+``model.downsampling``: 4 for the two-level conv variants, 2 for pyramidal44, 4 for pyramidal457
+and 32 for the five-level ones (so 64 and 96 work for all).
+
+BatchNorm under MGE: in training every evaluation normalises with its own batch's statistics, so
+each level sees its own grid's statistics; the running averages follow the finest evaluation only
+(msjax/multiscale.py), and evaluation uses them.
 """
 
 from __future__ import annotations

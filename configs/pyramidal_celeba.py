@@ -1,0 +1,45 @@
+"""The pyramidal DenseNet autoencoder (103 layers, 9.36M parameters) undoing a damage on CelebA.
+
+    python train.py --config configs/pyramidal_celeba.py --workdir runs/pyramidal_noise
+    python train.py --config configs/pyramidal_celeba.py --workdir runs/pyramidal_block \
+        --config.task.damage=block
+
+The reference's four CelebA experiments are --config.task.damage=noise|pixelate|block|squares
+(grid, blur and jpeg work too). 64x64 crops of aligned faces: each image is resized to 72x72
+(bicubic; the reference resizes to 87x71, keeping the aspect, then centre-crops 64) and cropped
+at random; validation takes fixed crops of 256 validation faces with the fixed damage.
+The model sees [-1, 1] data like the reference (task.model_range=signed) and ends in tanh.
+Needs celeb_a prepared once as ArrayRecord (README, "Datasets"). Not timed here (no GPU or
+CelebA on the machine this was written on); expect hours on one GPU for 50k steps.
+"""
+
+from configs import base
+
+
+def get_config():
+    c = base.get_config()
+    c.task.name = "damage"
+    c.task.damage = "noise"
+    c.task.model_range = "signed"
+    c.data.source = "tfds"
+    c.data.name = "celeb_a"
+    c.data.valid_split = "validation"
+    c.data.resize_to = 72
+    c.data.patch = 64
+    c.data.augment = False           # faces stay upright (the reference only flips)
+    c.data.valid_images = 256
+    c.model = "pyramidal"
+    c.model_kwargs = dict(variant="pyramidal103", features=48, growth=16, output="tanh")
+    # Five poolings need sides that divide by 32, so on 64x64 crops MGE has one coarse level.
+    c.mode = "multiscale"
+    c.batch_size = 80                # the reference's batch (single mode, FMS base)
+    c.mge.levels = 1
+    c.mge.finest_batch = 20
+    c.mge.batch_growth = 4           # terms of 20 at 64x64 and 80 at 32x32
+    c.fms.stage_weights = (2, 1)
+    c.train.steps = 50_000
+    c.train.lr = 3e-4                # the reference's Adam rate (it has no schedule)
+    c.train.eval_every = 1000
+    c.train.checkpoint_every = 1000
+    c.train.log_every = 100
+    return c
