@@ -4,9 +4,13 @@
 
 pyramidal44 (dense blocks 4 | 4 | 4, one pooling; 8 input features, growth 8) on 32x32 patches
 of the scikit-image photographs, damage 'noise' (Gaussian, std 125 on the 0-255 scale) by
-default; any damage works (--config.task.damage=block). Multiscale MGE with two coarse levels
-(terms of 4, 8, 16 patches at 32, 16, 8 pixels). Validation: fixed 64x64 crops of two held-out
-photos.
+default; other damages: --config.task.damage=block (jpeg also needs
+--config.mge.operator_per_level=False). Full-multiscale MGE over three grids (8, 16, 32 px),
+each damaged on its own grid. Validation: fixed 64x64 crops of two held-out photos.
+
+Measured on a shared 2-core CPU (load ~8): 300 steps in 3m50s (183 CPU s), valid PSNR 20.2 dB
+from a damaged input of 9.3 dB, at 177 work units; --config.mode=single reached 20.3 dB at 300
+work units (4m10s).
 """
 
 from configs import base
@@ -23,11 +27,12 @@ def get_config():
     c.data.valid_images = 8
     c.model = "pyramidal"
     c.model_kwargs = dict(variant="pyramidal44", features=8, growth=8, output="tanh")
-    c.mode = "multiscale"
-    c.batch_size = 8
+    c.mode = "fullmultiscale"
+    c.batch_size = 8                 # single batch; FMS stages 32, 16 x 2, 8 x 3 (coarse first)
     c.mge.levels = 2
-    c.mge.finest_batch = 4
+    c.mge.finest_batch = 4           # multiscale: terms of 4, 8, 16
     c.mge.batch_growth = 2
+    c.mge.operator_per_level = True  # the same noise strength on every grid, not restricted noise
     c.fms.stage_weights = (4, 2, 1)
     c.train.steps = 300
     c.train.lr = 1e-3

@@ -196,4 +196,4 @@ def test_short_run_improves_psnr_over_the_damaged_input(tmp_path, mode):
     result = train.train_and_evaluate(c, tmp_path / "run")
     print(f"{mode}: valid PSNR {result['psnr']:.2f} dB, damaged input "
           f"{result['input_psnr']:.2f} dB")
-    assert result["psnr"] > result["input_psnr"] + 3.0  # measured: +6.7 to +8.6 dB
+    assert result["psnr"] > result["input_psnr"] + 3.0  # measured: +6.2 to +6.8 dB
