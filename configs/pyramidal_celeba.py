@@ -1,8 +1,7 @@
 """The pyramidal DenseNet autoencoder (103 layers, 9.36M parameters) undoing a damage on CelebA.
 
     python train.py --config configs/pyramidal_celeba.py --workdir runs/pyramidal_noise
-    python train.py --config configs/pyramidal_celeba.py --workdir runs/pyramidal_block \
-        --config.task.damage=block
+    python train.py --config configs/pyramidal_celeba.py --workdir runs/pyramidal_block --config.task.damage=block
 
 The reference's four CelebA experiments are --config.task.damage=noise|pixelate|block|squares
 (grid, blur and jpeg work too). 64x64 crops of aligned faces: each image is resized to 72x72
