@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax import checkpoints, config_check, data, logs, models, multiscale, parallel, steps, tasks
+from msjax import (checkpoints, config_check, data, logs, models, multiscale, parallel, resize,
+                   steps, tasks)
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def make_validation(config, task, source, mesh):
         y, t = task.corrupt(target, key, 0)
     # The input's own quality, shown beside the model's: the corrupted image, or for SR the
     # bicubic-upsampled LR.
-    baseline = jnp.clip(y if scale == 1 else _upsample_for_baseline(y, scale), 0.0, 1.0)
+    baseline = jnp.clip(y if scale == 1 else resize.imresize(y, float(scale)), 0.0, 1.0)
     from msjax import metrics
 
     kw = dict(crop_border=config.eval.crop_border, y_channel=config.eval.y_channel)
@@ -180,10 +181,6 @@ def _validation_panels(state, batch, *, task, count=4):
             "output": steps.predict(state, head["input"], head.get("t"), task=task)}
 
 
-def _upsample_for_baseline(y, scale):
-    from msjax import resize
-
-    return resize.imresize(y, float(scale))
 
 
 def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -> dict:
@@ -293,7 +290,7 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
 
     pending = []  # per-step metrics on device since the last flush
 
-    def flush(step, stage_index, seconds):
+    def flush(stage_index):
         """Fetches pending metrics, logs them, and stops on a non-finite step (the NaN check
         runs on metrics fetched for logging anyway)."""
         if not pending:
@@ -324,7 +321,6 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
     prefetch = data.Prefetcher(make_host_batches, start, total_steps) if start < total_steps else None
     try:
         with _Signals() as signals:
-            stage_index = multiscale.stage_at(stages, start)
             for step in range(start, total_steps):
                 stage_index = multiscale.stage_at(stages, step)
                 _, host_batches = prefetch.get()
@@ -348,12 +344,12 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
                 if done % config.train.log_every == 0 or boundary or done == total_steps:
                     jax.block_until_ready(state.step)
                     ledger["seconds"] += time.perf_counter() - t0
-                    flush(step, stage_index, ledger["seconds"])
+                    flush(stage_index)
                 else:
                     ledger["seconds"] += time.perf_counter() - t0
                 evaluated = done % config.train.eval_every == 0 or done == total_steps
                 if evaluated:
-                    flush(step, stage_index, ledger["seconds"])
+                    flush(stage_index)
                     row = evaluate(done, stage_index, batches[0])
                     result = row
                     improved = row["psnr"] > best_psnr
@@ -363,10 +359,10 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
                                    f"SSIM {row['ssim']:.4f}{' *best' if improved else ''}")
                     save(done, stage_index, {"psnr": row["psnr"]})
                 elif done % config.train.checkpoint_every == 0 or boundary:
-                    flush(step, stage_index, ledger["seconds"])
+                    flush(stage_index)
                     save(done, stage_index)
                 if signals.received is not None:
-                    flush(step, stage_index, ledger["seconds"])
+                    flush(stage_index)
                     if not evaluated:
                         save(done, stage_index)
                     ckpt.wait()
