@@ -9,6 +9,7 @@ replicated, XLA's all-reduce; every step waited for, as the loop does on CPU):
   operator per level, residual CNN 48 x 5, 64x64 patches, three terms of 8).
 - quickstart ``single``: the same network and task, one term of 8.
 - ``resnet``: the MGE ResNet (128 channels), single-scale denoising, batch 16 of 64x64.
+Each case runs with every ``--cpu_convolutions`` choice (``case:eigen``, ``case:ynnpack``).
 A fresh host batch is transferred every step (as in training); patch sampling is not timed.
 images/s counts the training samples a step draws (the sum of its term batches).
 
@@ -44,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--patch", type=int, default=64, help="image side of every case")
     p.add_argument("--batch", type=int, default=8, help="quickstart batch per term")
     p.add_argument("--resnet_batch", type=int, default=16)
+    p.add_argument("--cpu_convolutions", default="eigen,ynnpack",
+                   help="train.cpu_convolutions values to time (msjax/xla_options.py)")
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--cases", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -53,12 +56,15 @@ def _csv(text, cast=int):
     return [cast(v) for v in text.split(",") if v]
 
 
-def build_case(name: str, args):
-    """(config, plan) of a case; the config's model, task and optimizer are what is timed."""
+def build_case(case: str, args):
+    """(config, plan) of a case ``name:convolutions``; the config's model, task, optimizer and
+    XLA options are what is timed."""
     from configs import quickstart
     from msjax import config_check, multiscale
 
+    name, _, conv = case.partition(":")
     c = quickstart.get_config()
+    c.train.cpu_convolutions = conv or "eigen"
     c.data.patch = args.patch
     c.batch_size = args.batch
     if name == "multiscale":  # the finest full-multiscale stage: the quickstart's costliest
@@ -78,7 +84,7 @@ def time_case(name: str, args) -> dict:
     import jax
     import numpy as np
 
-    from msjax import models, parallel, steps, tasks, train
+    from msjax import models, parallel, steps, tasks, train, xla_options
 
     config, plan = build_case(name, args)
     mesh = parallel.make_mesh()
@@ -93,7 +99,8 @@ def time_case(name: str, args) -> dict:
     fn = jax.jit(functools.partial(steps.train_step, plan=plan, task=task), donate_argnums=(0,),
                  out_shardings=parallel.replicated(mesh))
     t0 = time.perf_counter()
-    exe = fn.lower(state, parallel.put_batch(host[0], mesh), key).compile()
+    exe = fn.lower(state, parallel.put_batch(host[0], mesh), key).compile(
+        xla_options.for_config(config))
     compile_s = time.perf_counter() - t0
     times = []
     for i in range(args.warmup + args.steps):
@@ -124,13 +131,13 @@ def spawn(devices: int, cases: list[str], argv: list[str]) -> list[dict]:
 
 
 def print_table(rows: list[dict]):
-    print(f"{'case':<12}{'devices':>8}{'step ms':>10}{'steps/s':>9}{'images/s':>10}"
+    print(f"{'case':<18}{'devices':>8}{'step ms':>10}{'steps/s':>9}{'images/s':>10}"
           f"{'x vs 1':>8}{'compile s':>11}")
     for case in dict.fromkeys(r["case"] for r in rows):
         mine = sorted((r for r in rows if r["case"] == case), key=lambda r: r["devices"])
         base = next((r for r in mine if r["devices"] == 1), mine[0])
         for r in mine:
-            print(f"{case:<12}{r['devices']:>8}{1e3 * r['step_s']:>10.1f}{r['steps_per_s']:>9.2f}"
+            print(f"{case:<18}{r['devices']:>8}{1e3 * r['step_s']:>10.1f}{r['steps_per_s']:>9.2f}"
                   f"{r['images_per_s']:>10.1f}{r['steps_per_s'] / base['steps_per_s']:>8.2f}"
                   f"{r['compile_s']:>11.1f}")
 
@@ -141,10 +148,11 @@ def main(argv=None):
     if args.worker:
         return run_worker(args)
     plan = {}
+    convs = _csv(args.cpu_convolutions, str)
     for d in _csv(args.devices):
-        plan.setdefault(d, []).extend(["multiscale", "single"])
+        plan.setdefault(d, []).extend(f"{n}:{c}" for n in ("multiscale", "single") for c in convs)
     for d in _csv(args.resnet_devices):
-        plan.setdefault(d, []).append("resnet")
+        plan.setdefault(d, []).extend(f"resnet:{c}" for c in convs)
     for d, cases in plan.items():
         for name in cases:
             _, p = build_case(name, args)

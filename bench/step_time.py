@@ -11,9 +11,9 @@ The batch is fixed and already on the device: this times the step, not the data 
 msjax runs in a subprocess per ``--devices`` count (JAX_NUM_CPU_DEVICES must be set before JAX
 starts): the batch is sharded over that many simulated CPU devices. PyTorch (the optional
 ``bench`` extra, CPU build) runs in this process with its default threads. Ratios below 1.0 mean
-msjax is faster. XLA_FLAGS in the environment reach the msjax workers, e.g.
-``--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION`` (Eigen
-convolutions instead of YNNPACK's; see bench/conv_grads.py).
+msjax is faster. ``--cpu_convolutions eigen,ynnpack`` times both XLA:CPU convolution kernels
+(``train.cpu_convolutions``; eigen is msjax's default, ynnpack XLA's; see msjax/xla_options.py
+and bench/conv_grads.py) and prints their ratio.
 """
 
 from __future__ import annotations
@@ -44,13 +44,16 @@ def make_parser(description=__doc__) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed steps (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     p.add_argument("--devices", default="1", help="simulated CPU device counts for msjax, e.g. 1,4")
+    p.add_argument("--cpu_convolutions", default="eigen",
+                   help="train.cpu_convolutions values to time, e.g. eigen,ynnpack")
     p.add_argument("--no_torch", action="store_true", help="time msjax only")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
 # The flags a worker needs (other scripts reuse measure_msjax with their own parsers' values).
-WORKER_FLAGS = ("models", "sizes", "modes", "batch", "levels", "growth", "repeats", "warmup")
+WORKER_FLAGS = ("models", "sizes", "modes", "batch", "levels", "growth", "repeats", "warmup",
+                "cpu_convolutions")
 
 
 def csv_list(text, cast=str):
@@ -103,7 +106,7 @@ def median_seconds(step, warmup: int, repeats: int) -> dict:
 
 # --- msjax -------------------------------------------------------------------------------------
 
-def msjax_step(model_name: str, size: int, mode: str, args):
+def msjax_step(model_name: str, size: int, mode: str, args, conv: str = "eigen"):
     """(run_one_step, FLOPs of one step over all devices) for the compiled msjax step."""
     import functools
 
@@ -111,10 +114,11 @@ def msjax_step(model_name: str, size: int, mode: str, args):
     import numpy as np
 
     from configs import base
-    from msjax import models, multiscale, parallel, steps, tasks, train
+    from msjax import models, multiscale, parallel, steps, tasks, train, xla_options
 
     config = base.get_config()
     config.task.name = "denoise"
+    config.train.cpu_convolutions = conv
     plan = multiscale.LevelPlan(plan_batches(args, mode))
     mesh = parallel.make_mesh()
     task = tasks.make_task(config.task)
@@ -127,7 +131,7 @@ def msjax_step(model_name: str, size: int, mode: str, args):
     key = parallel.put_replicated(jax.random.PRNGKey(0), mesh)
     fn = jax.jit(functools.partial(steps.train_step, plan=plan, task=task), donate_argnums=(0,),
                  out_shardings=parallel.replicated(mesh))
-    exe = fn.lower(state, batches, key).compile()
+    exe = fn.lower(state, batches, key).compile(xla_options.for_config(config))
     holder = [state]
 
     def run():
@@ -142,10 +146,11 @@ def worker(args):
     import jax
 
     for model, size, mode in cases(args):
-        run, flops = msjax_step(model, size, mode, args)
-        timing = median_seconds(run, args.warmup, args.repeats)
-        print(json.dumps(dict(model=model, size=size, mode=mode, devices=jax.device_count(),
-                              flops=flops, **timing)), flush=True)
+        for conv in csv_list(args.cpu_convolutions):
+            run, flops = msjax_step(model, size, mode, args, conv)
+            timing = median_seconds(run, args.warmup, args.repeats)
+            print(json.dumps(dict(model=model, size=size, mode=mode, devices=jax.device_count(),
+                                  conv=conv, flops=flops, **timing)), flush=True)
 
 
 def measure_msjax(args, devices: int) -> list[dict]:
@@ -224,15 +229,15 @@ def measure_torch(args) -> list[dict]:
 def table(jax_records, torch_records, batch: int) -> str:
     """Markdown: wall seconds, cores kept busy (CPU s / wall s) and the msjax / PyTorch ratio."""
     torch_by_case = {(r["model"], r["size"], r["mode"]): r for r in torch_records}
-    lines = ["| model | size | mode | batch | devices | msjax s | cores | torch s | cores | "
-             "msjax/torch |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | size | mode | batch | devices | convolutions | msjax s | cores | torch s | "
+             "cores | msjax/torch |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in jax_records:
         ref = torch_by_case.get((r["model"], r["size"], r["mode"]))
         ours = f"{r['seconds']:.3f} | {r['cpu_seconds'] / r['seconds']:.2f}"
         theirs = (f"{ref['seconds']:.3f} | {ref['cpu_seconds'] / ref['seconds']:.2f} | "
                   f"{r['seconds'] / ref['seconds']:.2f}") if ref else "- | - | -"
         lines.append(f"| {r['model']} | {r['size']} | {r['mode']} | {batch} | {r['devices']} | "
-                     f"{ours} | {theirs} |")
+                     f"{r['conv']} | {ours} | {theirs} |")
     return "\n".join(lines)
 
 

@@ -17,7 +17,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from msjax import checkpoints, config_check, data, metrics, models, parallel, steps, tasks
+from msjax import (checkpoints, config_check, data, metrics, models, parallel, steps, tasks,
+                   xla_options)
 from msjax import train as training
 
 
@@ -69,8 +70,9 @@ def _ensemble_views(x):
                                                             axes=(1, 2)))
 
 
-def make_restorer(state, task, *, self_ensemble: bool = False):
-    """A jitted function NHWC corrupted batch (+ t) -> restored batch in [0, 1]."""
+def make_restorer(state, task, *, self_ensemble: bool = False, compiler_options=None):
+    """A jitted function NHWC corrupted batch (+ t) -> restored batch in [0, 1]; the run's
+    ``xla_options.for_config(config)`` as ``compiler_options`` gives training's programs."""
 
     def restore(y, t):
         if not self_ensemble:
@@ -78,7 +80,7 @@ def make_restorer(state, task, *, self_ensemble: bool = False):
         outs = [undo(steps.predict(state, v, t, task=task)) for v, undo in _ensemble_views(y)]
         return jnp.clip(sum(outs) / len(outs), 0, 1)
 
-    return jax.jit(restore)
+    return jax.jit(restore, compiler_options=compiler_options)
 
 
 def restore_image(restore, image: np.ndarray, *, scale: int = 1, tile: int = 0,
@@ -132,7 +134,8 @@ def evaluate_validation(config, state, task) -> list[dict]:
     batch, n, _ = training.make_validation(config, task, source, mesh)
     out = parallel.fetch(jax.jit(lambda s, b: steps.eval_step(
         s, b, task=task, crop_border=config.eval.crop_border,
-        y_channel=config.eval.y_channel))(state, batch))
+        y_channel=config.eval.y_channel), compiler_options=xla_options.for_config(config))(
+            state, batch))
     return [{"image": f"valid_{i:03d}", "psnr": float(out["psnr"][i]),
              "ssim": float(out["ssim"][i]), "loss": float(out["loss"][i])} for i in range(n)]
 
@@ -146,7 +149,8 @@ def evaluate_folder(config, state, task, *, input_dir: str = "", target_dir: str
     ``output_dir``; with a ``target_dir`` each image is also scored against its ground truth."""
     crop = config.eval.crop_border if crop_border is None else crop_border
     use_y = config.eval.y_channel if y_channel is None else y_channel
-    restore = make_restorer(state, task, self_ensemble=self_ensemble)
+    restore = make_restorer(state, task, self_ensemble=self_ensemble,
+                            compiler_options=xla_options.for_config(config))
     multiple = 8 * (1 if task.scale == 1 else 1)
     output_dir.mkdir(parents=True, exist_ok=True)
     targets = {p.stem: p for p in data.sources.list_images(target_dir)} if target_dir else {}

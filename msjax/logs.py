@@ -45,9 +45,9 @@ def read_csv(path) -> list[dict]:
 
 
 TRAIN_FIELDS = ["step", "stage", "loss", "finest_loss", "grad_norm", "lr", "work_units",
-                "flops", "seconds", "skipped"]
+                "flops", "seconds", "compile_seconds", "skipped"]
 VALID_FIELDS = ["step", "stage", "loss", "psnr", "ssim", "input_psnr", "input_ssim", "work_units",
-                "flops", "seconds"]
+                "flops", "seconds", "compile_seconds"]
 
 
 class RunLog:

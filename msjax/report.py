@@ -5,7 +5,8 @@
 Reads each run's ``valid.csv``, ``train.csv`` and ``config.json``; writes ``report.png`` and
 ``report.md`` under ``--out`` and prints the table. Ratios are to the first run (put the
 single-scale run first). Costs are the loop's ledger: wall time of the training steps only
-(validation and checkpoints excluded), work units and XLA-counted FLOPs.
+(validation, checkpoints and compiling excluded; compile time is listed apart), work units and
+XLA-counted FLOPs.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def summary(run: Run, target: float | None = None) -> dict:
     row = {"run": run.label, "steps": int(run.total("step")) if run.valid else 0,
            "final_psnr": psnr[-1] if psnr else math.nan,
            "best_psnr": max(psnr) if psnr else math.nan,
-           **{cost: run.total(cost) for cost in COSTS}}
+           **{cost: run.total(cost) for cost in COSTS},
+           "compile_seconds": run.total("compile_seconds")}
     if target is not None:
         row.update({f"{cost}_to_target": cost_to_reach(run.valid, target, cost)
                     for cost in COSTS})
@@ -90,7 +92,7 @@ def _ratio(x, ref) -> str:
 def markdown_table(rows: list[dict], target: float | None = None) -> str:
     """One line per run; ratios (x/first) are to the first row."""
     ref = rows[0]
-    head = ["run", "steps", "final PSNR", "best PSNR", "wall s", "work units", "GFLOPs",
+    head = ["run", "steps", "final PSNR", "best PSNR", "wall s", "compile s", "work units", "GFLOPs",
             "time x", "WU x", "FLOPs x"]
     if target is not None:
         head += [f"s to {target:.2f} dB", "WU to target", "GFLOPs to target",
@@ -99,13 +101,49 @@ def markdown_table(rows: list[dict], target: float | None = None) -> str:
     for r in rows:
         cells = [r["run"], str(r["steps"]), _num(r["final_psnr"], ".2f"),
                  _num(r["best_psnr"], ".2f"), _num(r["seconds"], ".1f"),
-                 _num(r["work_units"], ".1f"), _num(r["flops"] / 1e9, ".1f")]
+                 _num(r["compile_seconds"], ".1f"), _num(r["work_units"], ".1f"), _num(r["flops"] / 1e9, ".1f")]
         cells += [_ratio(r[c], ref[c]) for c in COSTS]
         if target is not None:
             to = [r[f"{c}_to_target"] for c in COSTS]
             cells += [_num(to[0], ".1f"), _num(to[1], ".1f"), _num(to[2] / 1e9, ".1f")]
             cells += [_ratio(r[f"{c}_to_target"], ref[f"{c}_to_target"]) for c in COSTS]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def stage_costs(run: Run) -> list[dict]:
+    """Per stage (full multiscale has several): steps, wall seconds, work units and FLOPs spent in
+    it, from the train log's cumulative ledger at each stage's last logged step (the loop always
+    logs a stage's last step)."""
+    ends = {}
+    for r in run.train:
+        if math.isfinite(r.get("stage", math.nan)):
+            stage = int(r["stage"])
+            if stage not in ends or r["step"] > ends[stage]["step"]:
+                ends[stage] = r
+    rows, before = [], {"step": 0.0, **{c: 0.0 for c in COSTS}}
+    for stage in sorted(ends):
+        end = ends[stage]
+        rows.append({"stage": stage, "steps": int(end["step"] - before["step"]),
+                     **{c: end[c] - before[c] for c in COSTS}})
+        before = end
+    return rows
+
+
+def stage_table(runs: list[Run]) -> str:
+    """What each stage's step costs: seconds per step and per work unit, and the speed of a work
+    unit relative to the first run's (1.0: a coarse stage's pixels are as cheap as the fine ones;
+    below 1: fixed per-step costs, which do not shrink with the image, dominate)."""
+    ref = None
+    lines = ["| run | stage | steps | wall s | work units | ms / step | ms / work unit | "
+             "work-unit speed |", "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for r in stage_costs(run):
+            per_wu = r["seconds"] / r["work_units"] if r["work_units"] else math.nan
+            ref = per_wu if ref is None else ref
+            lines.append(f"| {run.label} | {r['stage']} | {r['steps']} | {r['seconds']:.1f} | "
+                         f"{r['work_units']:.1f} | {1e3 * r['seconds'] / max(r['steps'], 1):.1f} | "
+                         f"{1e3 * per_wu:.1f} | {_ratio(ref, per_wu)} |")
     return "\n".join(lines)
 
 
@@ -140,6 +178,7 @@ def write_report(run_dirs, out, target: float | None = None) -> str:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table([summary(r, target) for r in runs], target)
+    table += "\n\nPer stage:\n\n" + stage_table(runs)
     plot(runs, out / "report.png", target)
     (out / "report.md").write_text(
         f"![validation PSNR against cost](report.png)\n\n{table}\n")

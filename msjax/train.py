@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msjax import (checkpoints, config_check, data, logs, models, multiscale, parallel, resize,
-                   steps, tasks)
+                   steps, tasks, xla_options)
 
 log = logging.getLogger(__name__)
 
@@ -28,37 +28,8 @@ log = logging.getLogger(__name__)
 RESUMABLE_FIELDS = ("train.eval_every", "train.log_every", "train.checkpoint_every",
                     "train.nonfinite", "num_devices", "distributed", "coordinator_address",
                     "num_processes", "process_id", "data.data_dir",
-                    "eval.tile", "eval.tile_overlap", "eval.self_ensemble")
-
-
-# XLA:CPU settings for programs that run once, where compile time is all that matters, and for
-# every program with train.fast_compile: a pyramidal44 MGE step compiled 4x faster and ran 1.7x
-# slower (XLA:CPU emits and optimises each of hundreds of small fusions separately).
-CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-                 "xla_cpu_use_fusion_emitters": False}
-
-
-@functools.cache
-@functools.lru_cache(maxsize=None)
-def cheap_compile() -> dict:
-    """CHEAP_COMPILE less the options this jax's XLA does not know: they come and go between
-    versions (jax 0.12 has no xla_cpu_use_fusion_emitters) and an unknown one fails the compile."""
-    def known(name, value):
-        try:
-            jax.jit(lambda x: x).lower(np.float32(0)).compile({name: value})
-            return True
-        except Exception as e:  # JaxRuntimeError: INVALID_ARGUMENT: No such compile option
-            if "No such compile option" in str(e):
-                return False
-            raise
-
-    return {k: v for k, v in CHEAP_COMPILE.items() if known(k, v)}
-
-
-def compiler_options(config):
-    """XLA options for the run's programs: CHEAP_COMPILE on CPU with train.fast_compile."""
-    cpu = jax.devices()[0].platform == "cpu"
-    return cheap_compile() if cpu and config.train.get("fast_compile", False) else None
+                    "eval.tile", "eval.tile_overlap", "eval.self_ensemble",
+                    "train.fast_compile", "train.cpu_convolutions")
 
 
 class NonFiniteError(FloatingPointError):
@@ -117,8 +88,7 @@ def create_state(model, config, sample_input, total_steps: int, mesh) -> steps.T
     # parameter's unrolled random initializer takes seconds to minutes to compile on CPU
     # (pyramidal44: 19 s -> 2 s of CPU time). Values may differ from an optimised build by an ulp.
     init_fn = jax.jit(init, out_shardings=parallel.replicated(mesh))
-    cheap = cheap_compile() if jax.devices()[0].platform == "cpu" else None
-    return init_fn.lower().compile(cheap)()
+    return init_fn.lower().compile(xla_options.cpu_options(fast_compile=True))()
 
 
 class _Signals:
@@ -222,13 +192,16 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep_best=config.train.max_to_keep_best)
     progress = logs.Progress(total_steps, 0, enabled=jax.process_index() == 0)
     restored = ckpt.restore_latest(state, on_fallback=progress.write)
-    ledger = {"work_units": 0.0, "flops": 0.0, "seconds": 0.0, "skipped": 0}
+    # Costs so far: `seconds` is training wall time without compiling (which a longer run
+    # amortises), `compile_seconds` the stages' compile time, kept apart.
+    ledger = {"work_units": 0.0, "flops": 0.0, "seconds": 0.0, "compile_seconds": 0.0,
+              "skipped": 0}
     best_psnr = -math.inf
     if restored is None and init_fn is not None:
         state = init_fn(state)
     if restored is not None:
         state, meta, start = restored
-        ledger.update({k: meta[k] for k in ledger})
+        ledger.update({k: meta[k] for k in ledger if k in meta})  # older runs: no compile_seconds
         best_psnr = meta.get("best_psnr", best_psnr)
         progress.write(f"resumed from step {start} (stage {meta['stage']}) in {workdir}")
     start = int(parallel.fetch(state.step))
@@ -236,16 +209,16 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
     runlog = logs.RunLog(workdir, resume_step=start if restored is not None else None)
 
     seed_key = parallel.put_replicated(jax.random.PRNGKey(config.seed), mesh)
-    xla_options = compiler_options(config)
+    compile_options = xla_options.for_config(config)
     eval_fn = jax.jit(functools.partial(steps.eval_step, task=task,
                                         crop_border=config.eval.crop_border,
                                         y_channel=config.eval.y_channel),
                       out_shardings=parallel.replicated(mesh),  # readable on every process
-                      compiler_options=xla_options)
+                      compiler_options=compile_options)
     valid_panels_fn = jax.jit(functools.partial(_validation_panels, task=task),
-                              out_shardings=parallel.replicated(mesh), compiler_options=xla_options)
+                              out_shardings=parallel.replicated(mesh), compiler_options=compile_options)
     train_panels_fn = jax.jit(functools.partial(steps.training_panels, task=task),
-                              out_shardings=parallel.replicated(mesh), compiler_options=xla_options)
+                              out_shardings=parallel.replicated(mesh), compiler_options=compile_options)
     # XLA:CPU with several simulated devices can stall in collectives unless each step is waited
     # for; on accelerators steps stay asynchronous.
     sync_each_step = jax.devices()[0].platform == "cpu" and mesh.size > 1
@@ -271,8 +244,10 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
                 steps.train_step, plan=stages[stage_index].plan, task=task,
                 skip_nonfinite=config.train.nonfinite == "skip"), donate_argnums=(0,),
                 out_shardings=parallel.replicated(mesh))
-            exe = fn.lower(state, batches, seed_key).compile(xla_options)
+            t0 = time.perf_counter()
+            exe = fn.lower(state, batches, seed_key).compile(compile_options)
             compiled[stage_index] = (exe, multiscale.compiled_flops(exe) * mesh.size)
+            ledger["compile_seconds"] += time.perf_counter() - t0
         return compiled[stage_index]
 
     def evaluate(step, stage_index, train_batch):
@@ -324,7 +299,7 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
             for step in range(start, total_steps):
                 stage_index = multiscale.stage_at(stages, step)
                 _, host_batches = prefetch.get()
-                t0 = time.perf_counter()
+                t0, compiling = time.perf_counter(), ledger["compile_seconds"]
                 # The steady state moves nothing between host and device but the explicit batch
                 # transfer (and the metrics fetched for logging, outside this block).
                 with jax.transfer_guard(config.train.transfer_guard):
@@ -341,12 +316,13 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
                 ledger["flops"] += flops
                 done = step + 1
                 boundary = done == stages[stage_index].end_step
-                if done % config.train.log_every == 0 or boundary or done == total_steps:
+                flushing = done % config.train.log_every == 0 or boundary or done == total_steps
+                if flushing:
                     jax.block_until_ready(state.step)
-                    ledger["seconds"] += time.perf_counter() - t0
+                compile_s = ledger["compile_seconds"] - compiling  # this step's stage compile
+                ledger["seconds"] += time.perf_counter() - t0 - compile_s
+                if flushing:
                     flush(stage_index)
-                else:
-                    ledger["seconds"] += time.perf_counter() - t0
                 evaluated = done % config.train.eval_every == 0 or done == total_steps
                 if evaluated:
                     flush(stage_index)

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from msjax import train, multiscale, operators, resize, steps, tasks
+from msjax import multiscale, operators, resize, steps, tasks, xla_options
 from msjax.models import create_model
 from msjax.multiscale import LevelPlan
 
@@ -22,7 +22,7 @@ from msjax.multiscale import LevelPlan
 # time dominates on CPU, and no property checked here depends on code generation.
 # Cheap XLA settings (compile time dominates these small programs), less any option this jax's
 # XLA does not know (jax 0.12 dropped xla_cpu_use_fusion_emitters).
-FAST_COMPILE = train.cheap_compile()
+FAST_COMPILE = xla_options.cheap_compile()
 
 
 def compile_and_run(fn, *args):

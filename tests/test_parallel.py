@@ -71,7 +71,7 @@ def test_cpu_batches_that_do_not_divide_fall_back_to_fewer_devices(tmp_path, cap
 
 
 @pytest.mark.parametrize("env_devices, num_devices, expected", [
-    (None, 0, 8), (None, 3, 3), ("2", 0, 2)])
+    (None, 0, 1), (None, 3, 3), ("2", 0, 2)])
 def test_cli_default_cpu_device_count(env_devices, num_devices, expected):
     import os
     import subprocess

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from configs import pyramidal_builtin
-from msjax import damage, data, parallel, steps, tasks, train
+from msjax import damage, data, parallel, steps, tasks, train, xla_options
 from msjax.models.pyramidal import PyramidalAutoencoder
 from msjax.multiscale import LevelPlan, _term_pyramid, restrict_to, telescoping_loss
 from tests.helpers import tiny_config
@@ -18,7 +18,7 @@ from tests.helpers import tiny_config
 
 def compile_and_run(fn, *args):
     """These programs run once: XLA's cheap settings, since compile time is all that counts."""
-    return jax.jit(fn).lower(*args).compile(train.cheap_compile())(*args)
+    return jax.jit(fn).lower(*args).compile(xla_options.cheap_compile())(*args)
 
 
 def photos(n, side, seed):

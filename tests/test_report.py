@@ -71,3 +71,21 @@ def test_cli_writes_plot_and_markdown(runs, tmp_path, capsys):
 def test_missing_logs_say_what_is_wrong(tmp_path):
     with pytest.raises(FileNotFoundError, match="valid.csv"):
         report.load_run(tmp_path)
+
+
+def test_stage_costs_split_the_cumulative_ledger(tmp_path):
+    # Two stages: 3 cheap coarse steps (0.5 work units, 0.1 s each), then 2 fine steps (1 WU,
+    # 0.4 s each); the loop logs every stage's last step.
+    train_rows = [{"step": 3, "stage": 0, "seconds": 0.3, "work_units": 1.5, "flops": 3e9},
+                  {"step": 4, "stage": 1, "seconds": 0.7, "work_units": 2.5, "flops": 5e9},
+                  {"step": 5, "stage": 1, "seconds": 1.1, "work_units": 3.5, "flops": 7e9}]
+    run = report.load_run(write_run(tmp_path / "fms", "fullmultiscale",
+                                    rows([25.0], 1.1, 7e9, 3.5), train_rows))
+    stages = report.stage_costs(run)
+    assert [r["steps"] for r in stages] == [3, 2]
+    assert [r["seconds"] for r in stages] == pytest.approx([0.3, 0.8])
+    assert [r["work_units"] for r in stages] == pytest.approx([1.5, 2.0])
+    lines = report.stage_table([run]).splitlines()
+    # Stage 0: 0.2 s per work unit against stage 1's 0.4: its work units run at 1.0 (the
+    # reference is the first row) and stage 1's at 0.5.
+    assert "| 200.0 | 1.00 |" in lines[2] and "| 400.0 | 0.50 |" in lines[3]

@@ -50,6 +50,11 @@ def test_fms_stage_logged_and_work_units_match_the_plan(tmp_path):
 
     expected = np.cumsum([multiscale.work_units(s.plan, c.batch_size) for s in stages])
     np.testing.assert_allclose([float(r["work_units"]) for r in rows], expected)
+    # Each stage compiles at its first step; that time is logged apart from the steps' own.
+    compiling = [float(r["compile_seconds"]) for r in rows]
+    assert 0 < compiling[0] < compiling[1] < compiling[2]
+    # A tiny step takes milliseconds, a compile hundreds: `seconds` holds no compile time.
+    assert float(rows[-1]["seconds"]) < compiling[-1] / 2
 
 
 def test_tfds_source_trains_on_mock_data(tmp_path):

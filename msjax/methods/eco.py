@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from msjax import config_check, data, evaluate, multiscale, parallel, resize, steps, tasks, train
+from msjax import (config_check, data, evaluate, multiscale, parallel, resize, steps, tasks, train,
+                   xla_options)
 
 SCHEDULES = ("sigmoid", "linear")
 MIXES = ("pixel", "sample")
@@ -103,7 +104,8 @@ class TeacherMix:
         self.seed_key = parallel.put_replicated(
             jax.random.fold_in(jax.random.PRNGKey(config.seed), _MIX_SALT), mesh)
         self._mix = jax.jit(functools.partial(_mix_terms, task=task, teacher_task=teacher_task,
-                                              mix=e.mix))
+                                              mix=e.mix),
+                            compiler_options=xla_options.for_config(config))
         self._prefetch, self._next = None, None
 
     def __call__(self, step: int, batches):
@@ -186,7 +188,8 @@ def precompute(config, teacher_state, teacher_task, teacher_id: dict, directory:
             old.unlink()
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     cache = TeacherCache(directory, len(source), paired)
-    restore = evaluate.make_restorer(teacher_state, teacher_task)
+    restore = evaluate.make_restorer(teacher_state, teacher_task,
+                                     compiler_options=xla_options.for_config(config))
     for i in range(len(source)):
         if cache.path(i, "sr_pre").exists() and (not paired or cache.path(i, "lr_pre").exists()):
             continue
