@@ -16,6 +16,7 @@ flags resumes or reuses finished runs.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 from pathlib import Path
@@ -38,6 +39,16 @@ def make_config(mode: str, args):
     c.train.eval_every = args.eval_every
     c.train.log_every = min(c.train.log_every, args.eval_every)
     c.train.checkpoint_every = c.train.steps  # checkpoints are not the point here
+    for item in args.set:
+        field, _, text = item.partition("=")
+        node, *path = c, *field.split(".")
+        for key in path[:-1]:
+            node = node[key]
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text  # a bare string such as fixed
+        node[path[-1]] = value
     return c
 
 
@@ -52,7 +63,12 @@ def main(argv=None):
     p.add_argument("--target", type=float, default=None,
                    help=f"validation PSNR (dB); default: the first run's final minus "
                         f"{DEFAULT_MARGIN_DB}")
+    p.add_argument("--smooth", type=int, default=3,
+                   help="judge the target on the trailing mean of this many validation PSNRs "
+                        "(training noise moves single evaluations by tenths of a dB)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="config override for every mode, e.g. task.level_blur=fixed (repeatable)")
     p.add_argument("--devices", type=int, default=0,
                    help="simulated CPU devices (sets JAX_NUM_CPU_DEVICES); 0: JAX's default")
     args = p.parse_args(argv)
@@ -71,7 +87,7 @@ def main(argv=None):
     target = args.target
     if target is None:
         target = report.load_run(run_dirs[0]).valid[-1]["psnr"] - DEFAULT_MARGIN_DB
-    print(report.write_report(run_dirs, out, target))
+    print(report.write_report(run_dirs, out, target, args.smooth))
     print(f"\nplot and table: {out / 'report.png'}, {out / 'report.md'}")
 
 

@@ -75,6 +75,7 @@ def get_config():
         optimizer="adam",          # adam | lamb
         lr=5e-4,
         lr_end=1e-6,               # cosine to this over the whole run
+        lr_schedule="cosine",      # cosine (one over the run, official) | cosine_per_stage (FMS)
         weight_decay=0.0,
         grad_clip_value=0.0,
         grad_clip_norm=0.0,

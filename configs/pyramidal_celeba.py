@@ -38,6 +38,7 @@ def get_config():
     c.fms.stage_weights = (2, 1)
     c.train.steps = 50_000
     c.train.lr = 3e-4                # the reference's Adam rate (it has no schedule)
+    c.train.weight_decay = 1e-4      # the reference's coupled L2 (torch Adam weight_decay)
     c.train.eval_every = 1000
     c.train.checkpoint_every = 1000
     c.train.log_every = 100

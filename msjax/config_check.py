@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msjax import damage, multiscale, tasks, xla_options
+from msjax import damage, multiscale, steps, tasks, xla_options
 from msjax.data import SOURCES
 from msjax.models import MODEL_NAMES, size_multiple
 from msjax.resize import RESTRICTIONS
@@ -42,6 +42,7 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
     _one_of(c.data.bad_images, ("skip", "error"), "data.bad_images")
     _one_of(c.train.get("cpu_convolutions", "eigen"), xla_options.CPU_CONVOLUTIONS,
             "train.cpu_convolutions")
+    _one_of(c.train.get("lr_schedule", "cosine"), steps.LR_SCHEDULES, "train.lr_schedule")
     _check(c.train.steps > 0, f"train.steps={c.train.steps} must be positive")
     _check(c.train.lr > 0, f"train.lr={c.train.lr} must be positive")
     _check(0 <= c.train.lr_end <= c.train.lr,

@@ -165,7 +165,11 @@ def evaluate_folder(config, state, task, *, input_dir: str = "", target_dir: str
             x = data.to_float(data.folders.decode(path))
             s = task.scale
             x = x[:x.shape[0] // s * s, :x.shape[1] // s * s]
-            y_batch, t_batch = task.corrupt(jnp.asarray(x[None]), jax.random.fold_in(key, i), 0)
+            if task.validation_corrupt is not None:  # the task's fixed form (damage suite)
+                y_batch, t_batch = task.validation_corrupt(jnp.asarray(x[None]))
+            else:
+                y_batch, t_batch = task.corrupt(jnp.asarray(x[None]), jax.random.fold_in(key, i),
+                                                0)
             y = np.asarray(y_batch[0])
             if t_batch is not None and time_value is None:
                 time_value = float(t_batch[0])

@@ -50,11 +50,23 @@ def load_run(run_dir) -> Run:
     return Run(run_dir.name, read_csv(run_dir / "valid.csv"), train, config)
 
 
-def cost_to_reach(valid: list[dict], target: float, cost: str) -> float:
-    """Cumulative ``cost`` at which validation PSNR first reaches ``target``, interpolated
-    linearly between validation rows; NaN if never reached. Before the first row the curve
-    starts at zero cost with the input's own PSNR (an untrained residual model returns its
-    input)."""
+def smoothed(valid: list[dict], window: int) -> list[dict]:
+    """Validation rows with PSNR replaced by the trailing mean of ``window`` rows (the run's own
+    step-to-step noise would otherwise let one lucky evaluation count as reaching a target)."""
+    psnr = [r["psnr"] for r in valid]
+    rows = []
+    for i, r in enumerate(valid):
+        recent = psnr[max(0, i + 1 - window):i + 1]
+        rows.append({**r, "psnr": sum(recent) / len(recent)})
+    return rows
+
+
+def cost_to_reach(valid: list[dict], target: float, cost: str, smooth: int = 1) -> float:
+    """Cumulative ``cost`` at which validation PSNR (trailing mean of ``smooth`` rows) first
+    reaches ``target``, interpolated linearly between validation rows; NaN if never reached.
+    Before the first row the curve starts at zero cost with the input's own PSNR (an untrained
+    residual model returns its input)."""
+    valid = smoothed(valid, smooth) if smooth > 1 else valid
     points = [(0.0, valid[0].get("input_psnr", math.nan))] if valid else []
     points += [(r[cost], r["psnr"]) for r in valid]
     for i, (c, psnr) in enumerate(points):
@@ -67,7 +79,7 @@ def cost_to_reach(valid: list[dict], target: float, cost: str) -> float:
     return math.nan
 
 
-def summary(run: Run, target: float | None = None) -> dict:
+def summary(run: Run, target: float | None = None, smooth: int = 1) -> dict:
     psnr = [r["psnr"] for r in run.valid]
     row = {"run": run.label, "steps": int(run.total("step")) if run.valid else 0,
            "final_psnr": psnr[-1] if psnr else math.nan,
@@ -75,7 +87,7 @@ def summary(run: Run, target: float | None = None) -> dict:
            **{cost: run.total(cost) for cost in COSTS},
            "compile_seconds": run.total("compile_seconds")}
     if target is not None:
-        row.update({f"{cost}_to_target": cost_to_reach(run.valid, target, cost)
+        row.update({f"{cost}_to_target": cost_to_reach(run.valid, target, cost, smooth)
                     for cost in COSTS})
     return row
 
@@ -172,12 +184,15 @@ def plot(runs: list[Run], path, target: float | None = None) -> None:
     plt.close(fig)
 
 
-def write_report(run_dirs, out, target: float | None = None) -> str:
+def write_report(run_dirs, out, target: float | None = None, smooth: int = 1) -> str:
     """Writes report.png and report.md under ``out``; returns the markdown table."""
     runs = [load_run(d) for d in run_dirs]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table([summary(r, target) for r in runs], target)
+    table = markdown_table([summary(r, target, smooth) for r in runs], target)
+    if target is not None and smooth > 1:
+        table += (f"\n\nCost to target: first time the trailing mean of {smooth} validation "
+                  "PSNRs reaches it.")
     table += "\n\nPer stage:\n\n" + stage_table(runs)
     plot(runs, out / "report.png", target)
     (out / "report.md").write_text(
@@ -192,8 +207,10 @@ def main(argv=None):
     p.add_argument("--out", default=".", help="where report.png and report.md go")
     p.add_argument("--target", type=float, default=None,
                    help="also report the cost to reach this validation PSNR (dB)")
+    p.add_argument("--smooth", type=int, default=1,
+                   help="judge the target on the trailing mean of this many validation rows")
     args = p.parse_args(argv)
-    print(write_report(args.run_dirs, args.out, args.target))
+    print(write_report(args.run_dirs, args.out, args.target, args.smooth))
 
 
 if __name__ == "__main__":

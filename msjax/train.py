@@ -81,7 +81,8 @@ def create_state(model, config, sample_input, total_steps: int, mesh) -> steps.T
         variables = model.init({"params": rng, "dropout": rng}, sample_input, t, train=False)
         params = variables.pop("params")
         return steps.TrainState.create(apply_fn=model.apply, params=params,
-                                       tx=steps.make_optimizer(config.train, total_steps),
+                                       tx=steps.make_optimizer(config.train, total_steps,
+                                                               _stage_ends(config)),
                                        model_state=dict(variables))
 
     # init runs once, so its speed is irrelevant, but XLA's default optimisation of every
@@ -357,4 +358,11 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
 
 
 def _lr(config, total_steps, step):
-    return float(steps.learning_rate(config.train, total_steps)(step))
+    return float(steps.learning_rate(config.train, total_steps, _stage_ends(config))(step))
+
+
+def _stage_ends(config) -> tuple[int, ...]:
+    """Each stage's end step, for a schedule that restarts per stage (else empty)."""
+    if config.train.get("lr_schedule", "cosine") != "cosine_per_stage":
+        return ()
+    return tuple(s.end_step for s in config_check.schedule(config))

@@ -126,3 +126,22 @@ def test_bfloat16_compute_keeps_float32_params(name):
     out = model.apply(init_variables(name), x, jnp.array([0.5, 0.1]))
     assert out.dtype == jnp.bfloat16 and out.shape == x.shape
     assert bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
+
+
+def test_sample_layer_norm_gradient_matches_autodiff_of_the_formula():
+    from msjax.models.layers import sample_layer_norm
+
+    def reference(x, eps=1e-5):  # F.layer_norm over (H, W, C), differentiated by jax
+        mean = x.mean(axis=(1, 2, 3), keepdims=True)
+        return (x - mean) / jnp.sqrt(x.var(axis=(1, 2, 3), keepdims=True) + eps)
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(3.0 + 2.0 * rng.standard_normal((2, 5, 6, 4)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)  # a loss that weighs every pixel
+    np.testing.assert_allclose(sample_layer_norm(x), reference(x), atol=1e-5)
+    ours = jax.grad(lambda x: jnp.sum(w * jnp.tanh(sample_layer_norm(x))))(x)
+    theirs = jax.grad(lambda x: jnp.sum(w * jnp.tanh(reference(x))))(x)
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)
+    assert float(jnp.abs(theirs).max()) > 0.1   # a gradient worth comparing
+    bf16 = sample_layer_norm(x.astype(jnp.bfloat16))
+    assert bf16.dtype == jnp.bfloat16

@@ -89,3 +89,13 @@ def test_stage_costs_split_the_cumulative_ledger(tmp_path):
     # Stage 0: 0.2 s per work unit against stage 1's 0.4: its work units run at 1.0 (the
     # reference is the first row) and stage 1's at 0.5.
     assert "| 200.0 | 1.00 |" in lines[2] and "| 400.0 | 0.50 |" in lines[3]
+
+
+def test_a_single_lucky_evaluation_does_not_reach_a_smoothed_target(tmp_path):
+    noisy = rows([22.0, 25.0, 22.0, 24.0, 25.0, 25.0], seconds_per_eval=10.0,
+                 flops_per_eval=1e9, wu_per_eval=1)
+    valid = report.load_run(write_run(tmp_path / "noisy", "single", noisy, [])).valid
+    assert report.cost_to_reach(valid, 24.5, "seconds") == pytest.approx(10 + 10 * 2.5 / 3)  # spike
+    # Trailing means of 3: 22, 23.5, 23, 23.67, 23.67, 24.67: reached between 50 s and 60 s.
+    assert report.cost_to_reach(valid, 24.5, "seconds", smooth=3) == pytest.approx(
+        50 + 10 * (24.5 - 71 / 3) / (74 / 3 - 71 / 3))
