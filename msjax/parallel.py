@@ -162,3 +162,12 @@ def fetch(tree):
         return np.asarray(jax.device_get(x))
 
     return jax.tree.map(get, tree)
+
+
+def agreed_signal(local: int | None) -> int | None:
+    """The stop signal as every process sees it: the largest signal number any process received,
+    None if none did. A collective: every process must call it at the same step."""
+    from jax.experimental import multihost_utils
+
+    received = multihost_utils.process_allgather(np.int32(local or 0))
+    return int(np.max(received)) or None

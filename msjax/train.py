@@ -338,14 +338,21 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
                 elif done % config.train.checkpoint_every == 0 or boundary:
                     flush(stage_index)
                     save(done, stage_index)
-                if signals.received is not None:
+                stop = signals.received
+                if jax.process_count() > 1:
+                    # Checkpoints are written by all processes together, so all must stop at the
+                    # same step, whichever got the signal: they agree at every flush step (the
+                    # same steps everywhere, and already a sync point).
+                    stop = parallel.agreed_signal(stop) if flushing else None
+                if stop is not None:
                     flush(stage_index)
                     if not evaluated:
                         save(done, stage_index)
                     ckpt.wait()
-                    raise Preempted(signals.received, (
-                        f"stopped by signal {signals.received} at step {done}; checkpoint saved "
-                        f"in {workdir}. Run the same command again to resume."))
+                    by = "" if signals.received else " (received by another process)"
+                    raise Preempted(stop, (
+                        f"stopped by signal {stop}{by} at step {done}; checkpoint saved in "
+                        f"{workdir}. Run the same command again to resume."))
     finally:
         ckpt.close()
         runlog.close()

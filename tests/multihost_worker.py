@@ -1,9 +1,11 @@
 """One process of a multi-process tiny training run (launched by tests/test_multihost.py).
 
-    python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR OUT_DIR
+    python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR OUT_DIR [preempt]
 
 Trains a tiny config in the shared WORKDIR, then restores the latest checkpoint on the global mesh
 (the resume path) and writes this process's copy of the parameters to OUT_DIR/params.npz.
+With ``preempt``: a long run that the test stops with SIGTERM to one process; prints the stop
+message and exits 128 + signal, as train.py does.
 """
 
 import os
@@ -41,6 +43,22 @@ def main(process_id, num_processes, port, workdir, out_dir):
     np.savez(out / "params.npz", step=int(parallel.fetch(state.step)), psnr=result["psnr"], **flat)
 
 
+def preempt(process_id, num_processes, port, workdir):
+    c = tiny_config(**{"mode": "multiscale", "mge.batch_growth": 2, "num_devices": 0,
+                       "coordinator_address": f"127.0.0.1:{port}",
+                       "num_processes": num_processes, "process_id": process_id,
+                       "train.steps": 2000, "train.log_every": 5, "train.eval_every": 2000,
+                       "train.checkpoint_every": 2000})
+    try:
+        train.train_and_evaluate(c, workdir)
+    except train.Preempted as e:
+        print(f"PREEMPTED: {e}", flush=True)
+        sys.exit(128 + e.signum)
+    sys.exit("not preempted")
+
+
 if __name__ == "__main__":
     pid, n, port = (int(a) for a in sys.argv[1:4])
+    if sys.argv[6:] == ["preempt"]:
+        preempt(pid, n, port, sys.argv[4])
     main(pid, n, port, sys.argv[4], sys.argv[5])
