@@ -123,6 +123,11 @@ def get_config():
         plus_lr=0.0,               # its learning rate (0: train.lr)
         joint_steps=0,             # >0: then the whole chain fine-tuned (official 20 x 500)
         joint_lr=0.0,              # its learning rate (0: train.lr)
+        plus_low_steps=0,          # >0: N_i+ again at plus_low_lr, fresh Adam (official 10000)
+        plus_low_lr=0.0,
+        joint_low_steps=0,         # >0: the chain again at joint_low_lr, fresh Adam (official 5000)
+        joint_low_lr=0.0,
+        constant_lr=False,         # each phase at a constant rate (official) instead of a cosine
         inherit=False,             # N_i starts from N_{i-1}'s trained weights
     ))
 

@@ -5,16 +5,18 @@
         --config.data.train_lr_dir=/data/RealSR/Canon/Train/2_LR \
         --config.data.valid_dir=/data/RealSR/Canon/Test/2_HR \
         --config.data.valid_lr_dir=/data/RealSR/Canon/Test/2_LR
-    python eval.py --workdir runs/multiblock/joint      # the whole chain's best checkpoint
+    python eval.py --workdir runs/multiblock/joint_low  # the whole chain's best checkpoint
     # LR at half size instead: --config.task.scale=2 --config.task.upsample_input=True
 
-One command runs every phase into runs/multiblock/<phase> (phase_1, phase_1_plus, phase_2, ...,
-joint), keeps each phase's best checkpoint and metrics, writes runs/multiblock/phases.csv, and
-resumes where it stopped. Each block: conv, 16 RCAB (64 ch, attention 64->16), convs, input
-residual, orthogonal init (1.26M parameters). The reference's schedule per block: 2000 steps of
-N_i, then the clamped N_i+ for 13000 (reference: 3000 at 1e-4, 10000 at 1e-5; here one cosine),
-then 10000 joint steps; L1, Adam 1e-4, HR patch 48, batch 16; RGB PSNR without border crop.
-Runtime and result: not measured yet (the reference's author reports 32.22 dB for 3 blocks).
+One command runs every phase into runs/multiblock/<phase> (phase_1, phase_1_plus,
+phase_1_plus_low, phase_2, ..., joint, joint_low), keeps each phase's best checkpoint and metrics,
+writes runs/multiblock/phases.csv, and resumes where it stopped. Each block: conv, 16 RCAB (64 ch,
+attention 64->16), convs, input residual, orthogonal init (1.26M parameters). The reference's
+schedule, at constant rates with a new Adam at each change: per block 2000 steps of N_i at 1e-4,
+then the clamped N_i+ 3000 at 1e-4 and 10000 at 1e-5; then the chain 5000 at 1e-4 and 5000 at
+1e-5; L1, HR patch 48, batch 16 (the reference's joint phase used batch 8 of patch 120); RGB
+PSNR without border crop. Runtime and result: not measured yet (the reference's author reports
+32.22 dB for 3 blocks).
 """
 
 from configs import base
@@ -34,10 +36,15 @@ def get_config():
     c.model_kwargs = dict(n_feats=64, n_rcab=16, attention_hidden=16)
     c.multiblock.blocks = 3
     c.multiblock.block_steps = 2000
-    c.multiblock.plus_steps = 13000
+    c.multiblock.plus_steps = 3000
     c.multiblock.plus_lr = 1e-4
-    c.multiblock.joint_steps = 10000
+    c.multiblock.plus_low_steps = 10000
+    c.multiblock.plus_low_lr = 1e-5
+    c.multiblock.joint_steps = 5000
     c.multiblock.joint_lr = 1e-4
+    c.multiblock.joint_low_steps = 5000
+    c.multiblock.joint_low_lr = 1e-5
+    c.multiblock.constant_lr = True
     c.mode = "multiscale"              # --config.mode=single for the reference (batch 16)
     c.batch_size = 16
     c.mge.levels = 2                   # 48 -> 24 -> 12

@@ -112,3 +112,21 @@ def test_two_block_run_completes_every_phase_and_resumes(tmp_path, monkeypatch):
     calls = _record_calls(monkeypatch)
     again = methods.run(config, workdir)  # all finished: nothing runs, same result
     assert calls == [] and again["best_psnr"] == result["best_psnr"]
+
+
+def test_reference_schedule_two_constant_rates_per_clamped_block_and_for_the_chain():
+    from configs import multiblock_realsr
+
+    c = multiblock_realsr.get_config()
+    plan = multiblock.plan_phases(c)
+    assert [p.name for p in plan][:3] == ["phase_1", "phase_1_plus", "phase_1_plus_low"]
+    assert [p.name for p in plan][-2:] == ["joint", "joint_low"]
+    by_name = {p.name: p for p in plan}
+    assert [(by_name[n].steps, by_name[n].lr) for n in ("phase_1", "phase_1_plus",
+                                                        "phase_1_plus_low")] == [
+        (2000, 1e-4), (3000, 1e-4), (10000, 1e-5)]
+    assert by_name["phase_2"].init_from == "phase_1_plus_low"  # N_2 follows the finished N_1+
+    assert by_name["joint_low"].init_from == "joint" and by_name["joint_low"].frozen == 0
+    assert sum(p.steps for p in plan) == 3 * 15000 + 10000       # the reference's iterations
+    low = multiblock.phase_config(c, by_name["phase_1_plus_low"])
+    assert low.train.lr == low.train.lr_end == 1e-5               # constant, not a cosine

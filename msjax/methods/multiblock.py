@@ -44,7 +44,7 @@ class Phase:
     @property
     def frozen(self) -> int:
         """Blocks that do not train: all but the last, except in the joint phase."""
-        return 0 if self.name == "joint" else self.blocks - 1
+        return 0 if self.name.startswith("joint") else self.blocks - 1
 
 
 def plan_phases(config) -> list[Phase]:
@@ -58,10 +58,18 @@ def plan_phases(config) -> list[Phase]:
             phases.append(Phase(f"phase_{i}_plus", i, clamp=True, clamp_last=True,
                                 steps=mb.plus_steps, lr=mb.plus_lr or lr,
                                 init_from=phases[-1].name))
+            if mb.get("plus_low_steps", 0) > 0:  # the reference's second, 10x lower rate
+                phases.append(Phase(f"phase_{i}_plus_low", i, clamp=True, clamp_last=True,
+                                    steps=mb.plus_low_steps, lr=mb.plus_low_lr or lr,
+                                    init_from=phases[-1].name))
         previous = phases[-1].name
     if mb.joint_steps > 0:
         phases.append(Phase("joint", mb.blocks, clamp=plus, clamp_last=plus, steps=mb.joint_steps,
                             lr=mb.joint_lr or lr, init_from=previous))
+        if mb.get("joint_low_steps", 0) > 0:
+            phases.append(Phase("joint_low", mb.blocks, clamp=plus, clamp_last=plus,
+                                steps=mb.joint_low_steps, lr=mb.joint_low_lr or lr,
+                                init_from="joint"))
     return phases
 
 
@@ -73,7 +81,9 @@ def phase_config(config, phase: Phase) -> ml_collections.ConfigDict:
                                clamp_last=phase.clamp_last))
     c.train.steps = phase.steps
     c.train.lr = phase.lr
-    c.train.lr_end = min(c.train.lr_end, phase.lr)
+    # The reference holds each phase's rate constant (a new Adam at each rate change).
+    c.train.lr_end = phase.lr if config.multiblock.get("constant_lr", False) else min(
+        c.train.lr_end, phase.lr)
     return c
 
 
@@ -114,7 +124,7 @@ def validate(config) -> None:
 
 
 def _summary_row(phase: Phase, result: dict) -> dict:
-    trained = "all" if phase.name == "joint" else f"block_{phase.blocks}" + (
+    trained = "all" if phase.name.startswith("joint") else f"block_{phase.blocks}" + (
         "+" if phase.clamp_last else "")
     row = {"phase": phase.name, "blocks": phase.blocks, "trained": trained, "steps": phase.steps,
            "lr": phase.lr}
