@@ -44,6 +44,7 @@ def get_config():
         valid_lr_dir="",
         patch=64,                  # training patch side on the data grid (HR side for SR)
         resize_to=0,               # >0: resize whole images to this side first (official: 128)
+        resize_mode="square",      # square (size x size) | short_side (keep the aspect)
         augment=True,              # random flips and 90-degree rotations
         valid_images=8,            # how many validation images (fixed crops)
         valid_patch=0,             # validation crop side (0: same as patch)

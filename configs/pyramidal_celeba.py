@@ -4,9 +4,10 @@
     python train.py --config configs/pyramidal_celeba.py --workdir runs/pyramidal_block --config.task.damage=block
 
 The reference's four CelebA experiments are --config.task.damage=noise|pixelate|block|squares
-(grid, blur and jpeg work too). 64x64 crops of aligned faces: each image is resized to 72x72
-(bicubic; the reference resizes to 87x71, keeping the aspect, then centre-crops 64) and cropped
-at random; validation takes fixed crops of 256 validation faces with the fixed damage.
+(grid, blur and jpeg work too). 64x64 crops of aligned faces: each 218x178 image is resized to
+87x71 (bicubic, the shorter side to 71 keeping the aspect, as the reference) and cropped at random
+(the reference centre-crops after a small random affine); validation takes the centre crop of 256
+validation faces with the fixed damage, as the reference.
 The model sees [-1, 1] data like the reference (task.model_range=signed) and ends in tanh.
 Needs celeb_a prepared once as ArrayRecord (README, "Datasets"). Not timed here (no GPU or
 CelebA on the machine this was written on); expect hours on one GPU for 50k steps.
@@ -23,7 +24,8 @@ def get_config():
     c.data.source = "tfds"
     c.data.name = "celeb_a"
     c.data.valid_split = "validation"
-    c.data.resize_to = 72
+    c.data.resize_to = 71
+    c.data.resize_mode = "short_side"
     c.data.patch = 64
     c.data.augment = False           # faces stay upright (the reference only flips)
     c.data.valid_images = 256

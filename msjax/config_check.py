@@ -6,6 +6,7 @@ from pathlib import Path
 
 from msjax import damage, multiscale, steps, tasks, xla_options
 from msjax.data import SOURCES
+from msjax.data.pipeline import RESIZE_MODES
 from msjax.models import MODEL_NAMES, size_multiple
 from msjax.resize import RESTRICTIONS
 
@@ -40,6 +41,7 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
     _one_of(c.train.optimizer, ("adam", "lamb"), "train.optimizer")
     _one_of(c.train.nonfinite, ("stop", "skip"), "train.nonfinite")
     _one_of(c.data.bad_images, ("skip", "error"), "data.bad_images")
+    _one_of(c.data.get("resize_mode", "square"), RESIZE_MODES, "data.resize_mode")
     _one_of(c.train.get("cpu_convolutions", "eigen"), xla_options.CPU_CONVOLUTIONS,
             "train.cpu_convolutions")
     _one_of(c.train.get("lr_schedule", "cosine"), steps.LR_SCHEDULES, "train.lr_schedule")

@@ -120,7 +120,7 @@ def make_validation(config, task, source, mesh):
     scale = task.scale
     crops = data.validation_crops(source, config.data.valid_images,
                                   config.data.valid_patch or config.data.patch, scale=scale,
-                                  resize_to=config.data.resize_to)
+                                  resize=data.pipeline.whole_image_resize(config.data))
     target = jnp.asarray(crops["target"])
     if "input" in crops:
         y, t = jnp.asarray(crops["input"]), None
@@ -224,13 +224,15 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
     # for; on accelerators steps stay asynchronous.
     sync_each_step = jax.devices()[0].platform == "cpu" and mesh.size > 1
 
+    resize_whole = data.pipeline.whole_image_resize(config.data)
+
     def make_host_batches(step):
         plan = stages[multiscale.stage_at(stages, step)].plan
         terms = 1 if plan.shared_batch else plan.num_terms
         batches = tuple(data.term_batch(
             train_source, seed=config.seed, step=step, term=k, batch=plan.batch_sizes[k],
             patch=config.data.patch, scale=task.scale, augment=config.data.augment,
-            rows=parallel.process_rows(plan.batch_sizes[k], mesh), resize_to=config.data.resize_to)
+            rows=parallel.process_rows(plan.batch_sizes[k], mesh), resize=resize_whole)
             for k in range(terms))
         if task.host_corrupt is not None:  # e.g. JPEG: the step restricts it like paired data
             batches = tuple({**b, "input": task.host_corrupt(b["target"])} for b in batches)

@@ -189,3 +189,20 @@ def test_per_stage_cosine_restarts_the_rate_at_every_fms_stage():
     c.train.lr_schedule = "step"
     with pytest.raises(config_check.ConfigError, match="train.lr_schedule"):
         config_check.validate(c)
+
+
+def test_short_side_resize_keeps_the_aspect_and_one_crop_per_image_is_the_centre():
+    from msjax.data import pipeline
+
+    face = np.zeros((218, 178, 3), np.uint8)
+    face[109 - 2:109 + 2, 89 - 2:89 + 2] = 255              # a bright dot at the centre
+    resize = pipeline.whole_image_resize(tiny_config(**{"data.resize_to": 71,
+                                                        "data.resize_mode": "short_side"}).data)
+    assert resize(face).shape == (87, 71, 3)               # the pyramidal reference's (87, 71)
+    assert pipeline.resize_whole(face, 64).shape == (64, 64, 3)   # the official MGE loaders
+    crops = pipeline.validation_crops([face], 1, 64, resize=resize)["target"]
+    assert crops.shape == (1, 64, 64, 3)
+    ys, xs = np.nonzero(crops[0, ..., 0] > 0.5)
+    assert abs(ys.mean() - 31.5) < 2 and abs(xs.mean() - 31.5) < 2   # the dot stays central
+    with pytest.raises(config_check.ConfigError, match="data.resize_mode"):
+        config_check.validate(tiny_config(**{"data.resize_mode": "stretch"}))

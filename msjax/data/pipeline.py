@@ -32,14 +32,37 @@ def _augment(patches: list[np.ndarray], rng: np.random.Generator) -> list[np.nda
     return out
 
 
-def resize_square(img: np.ndarray, side: int) -> np.ndarray:
-    """The whole image resized to side x side (bicubic), as the official loaders' Resize."""
+RESIZE_MODES = ("square", "short_side")
+
+
+def resize_whole(img: np.ndarray, size: int, mode: str = "square") -> np.ndarray:
+    """The whole image resized (bicubic) before cropping, as the reference loaders' Resize:
+    ``square`` to size x size (the official MGE loaders), ``short_side`` keeping the aspect with
+    the shorter side at ``size`` (torchvision's Resize(int); the pyramidal reference's (87, 71)
+    for CelebA's 218 x 178 faces)."""
     from PIL import Image
 
     img = _ensure_rgb(img)
     if img.dtype != np.uint8:
         img = (np.clip(to_float(img), 0, 1) * 255 + 0.5).astype(np.uint8)
-    return np.asarray(Image.fromarray(img).resize((side, side), Image.BICUBIC))
+    h, w = img.shape[:2]
+    if mode == "square":
+        out_h, out_w = size, size
+    elif mode == "short_side":
+        out_h, out_w = round(h * size / min(h, w)), round(w * size / min(h, w))
+    else:
+        raise ValueError(f"resize mode {mode!r}; use one of {RESIZE_MODES}")
+    return np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.BICUBIC))
+
+
+def whole_image_resize(data_config):
+    """The config's whole-image resize (``data.resize_to``, ``data.resize_mode``) as a function
+    of one image, or None when off."""
+    size = data_config.get("resize_to", 0)
+    if not size:
+        return None
+    mode = data_config.get("resize_mode", "square")
+    return lambda img: resize_whole(img, size, mode)
 
 
 def _ensure_rgb(img: np.ndarray) -> np.ndarray:
@@ -75,14 +98,14 @@ def sample_patch(item, patch: int, rng: np.random.Generator, *, scale: int = 1,
 
 def term_batch(source, *, seed: int, step: int, term: int, batch: int, patch: int,
                scale: int = 1, augment: bool = True, rows: slice | None = None,
-               resize_to: int = 0) -> dict:
+               resize=None) -> dict:
     """Term ``term``'s batch at ``step``: ``{'target': N x P x P x 3}`` (plus ``'input'`` for
     paired data). ``rows`` selects this process's share of the global batch (multi-host)."""
     rng = np.random.default_rng((seed, step, term))
     indices = rng.integers(0, len(source), size=batch)
     sample_rngs = [np.random.default_rng((seed, step, term, i)) for i in range(batch)]
     chosen = range(batch)[rows] if rows is not None else range(batch)
-    load = (lambda i: resize_square(source[i], resize_to)) if resize_to else source.__getitem__
+    load = (lambda i: resize(source[i])) if resize else source.__getitem__
     samples = [sample_patch(load(indices[i]), patch, sample_rngs[i], scale=scale,
                             augment=augment) for i in chosen]
     if isinstance(samples[0], tuple):
@@ -92,19 +115,23 @@ def term_batch(source, *, seed: int, step: int, term: int, batch: int, patch: in
 
 
 def validation_crops(source, count: int, patch: int, *, scale: int = 1,
-                     resize_to: int = 0) -> dict:
+                     resize=None) -> dict:
     """``count`` fixed crops of ``patch`` (evenly spaced over the validation images)."""
     per_image = max(1, math.ceil(count / len(source)))
     targets, inputs = [], []
     for i in range(len(source)):
-        item = resize_square(source[i], resize_to) if resize_to else source[i]
+        item = resize(source[i]) if resize else source[i]
         hr = _ensure_rgb(item[0] if isinstance(item, tuple) else item)
         h, w = hr.shape[:2]
         if min(h, w) < patch:
             continue
         grid = math.ceil(math.sqrt(per_image))
-        tops = np.linspace(0, h - patch, grid).astype(int) // max(scale, 1) * max(scale, 1)
-        lefts = np.linspace(0, w - patch, grid).astype(int) // max(scale, 1) * max(scale, 1)
+        # One crop per image is the centre one (the reference loaders' CenterCrop); more are
+        # spread from corner to corner.
+        step = max(scale, 1)
+        tops, lefts = ((np.linspace(0, n - patch, grid) if grid > 1
+                        else np.array([(n - patch) / 2])).astype(int) // step * step
+                       for n in (h, w))
         for j in range(per_image):
             top, left = int(tops[j // grid]), int(lefts[j % grid])
             targets.append(to_float(hr[top:top + patch, left:left + patch]))

@@ -197,8 +197,8 @@ def precompute(config, teacher_state, teacher_task, teacher_id: dict, directory:
         if paired:
             hr_shape, lr = None, data.to_float(item[1])
         else:
-            hr = item if not config.data.resize_to else data.pipeline.resize_square(
-                item, config.data.resize_to)
+            resize_image = data.pipeline.whole_image_resize(config.data)
+            hr = resize_image(item) if resize_image else item
             hr = data.to_float(hr).astype(np.float64)
             hr_shape = hr.shape
             lr = resize.bicubic_downsample(hr[:hr.shape[0] // scale * scale,
