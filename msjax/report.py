@@ -104,8 +104,8 @@ def _ratio(x, ref) -> str:
 def markdown_table(rows: list[dict], target: float | None = None) -> str:
     """One line per run; ratios (x/first) are to the first row."""
     ref = rows[0]
-    head = ["run", "steps", "final PSNR", "best PSNR", "wall s", "compile s", "work units", "GFLOPs",
-            "time x", "WU x", "FLOPs x"]
+    head = ["run", "steps", "final PSNR", "best PSNR", "wall s", "compile s", "work units",
+            "GFLOPs", "time x", "WU x", "FLOPs x"]
     if target is not None:
         head += [f"s to {target:.2f} dB", "WU to target", "GFLOPs to target",
                  "time x", "WU x", "FLOPs x"]
@@ -113,7 +113,8 @@ def markdown_table(rows: list[dict], target: float | None = None) -> str:
     for r in rows:
         cells = [r["run"], str(r["steps"]), _num(r["final_psnr"], ".2f"),
                  _num(r["best_psnr"], ".2f"), _num(r["seconds"], ".1f"),
-                 _num(r["compile_seconds"], ".1f"), _num(r["work_units"], ".1f"), _num(r["flops"] / 1e9, ".1f")]
+                 _num(r["compile_seconds"], ".1f"), _num(r["work_units"], ".1f"),
+                 _num(r["flops"] / 1e9, ".1f")]
         cells += [_ratio(r[c], ref[c]) for c in COSTS]
         if target is not None:
             to = [r[f"{c}_to_target"] for c in COSTS]

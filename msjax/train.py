@@ -211,15 +211,18 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
 
     seed_key = parallel.put_replicated(jax.random.PRNGKey(config.seed), mesh)
     compile_options = xla_options.for_config(config)
+    lr_schedule = steps.learning_rate(config.train, total_steps, _stage_ends(config))  # for logs
     eval_fn = jax.jit(functools.partial(steps.eval_step, task=task,
                                         crop_border=config.eval.crop_border,
                                         y_channel=config.eval.y_channel),
                       out_shardings=parallel.replicated(mesh),  # readable on every process
                       compiler_options=compile_options)
     valid_panels_fn = jax.jit(functools.partial(_validation_panels, task=task),
-                              out_shardings=parallel.replicated(mesh), compiler_options=compile_options)
+                              out_shardings=parallel.replicated(mesh),
+                              compiler_options=compile_options)
     train_panels_fn = jax.jit(functools.partial(steps.training_panels, task=task),
-                              out_shardings=parallel.replicated(mesh), compiler_options=compile_options)
+                              out_shardings=parallel.replicated(mesh),
+                              compiler_options=compile_options)
     # XLA:CPU with several simulated devices can stall in collectives unless each step is waited
     # for; on accelerators steps stay asynchronous.
     sync_each_step = jax.devices()[0].platform == "cpu" and mesh.size > 1
@@ -287,7 +290,7 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
         s, m = fetched[-1]
         row = {"step": s + 1, "stage": stage_index, "loss": float(m["loss"]),
                "finest_loss": float(m["finest_loss"]), "grad_norm": float(m["grad_norm"]),
-               "lr": _lr(config, total_steps, s), **ledger}
+               "lr": float(lr_schedule(s)), **ledger}
         runlog.scalars("train", row)
         progress.update(s + 1, stage=stage_index, loss=row["loss"], psnr=best_psnr)
 
@@ -364,10 +367,6 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
     result["best_psnr"] = best_psnr
     result["best_step"] = ckpt.best_step()
     return result
-
-
-def _lr(config, total_steps, step):
-    return float(steps.learning_rate(config.train, total_steps, _stage_ends(config))(step))
 
 
 def _stage_ends(config) -> tuple[int, ...]:

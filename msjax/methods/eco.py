@@ -190,6 +190,7 @@ def precompute(config, teacher_state, teacher_task, teacher_id: dict, directory:
     cache = TeacherCache(directory, len(source), paired)
     restore = evaluate.make_restorer(teacher_state, teacher_task,
                                      compiler_options=xla_options.for_config(config))
+    resize_image = data.pipeline.whole_image_resize(config.data)
     for i in range(len(source)):
         if cache.path(i, "sr_pre").exists() and (not paired or cache.path(i, "lr_pre").exists()):
             continue
@@ -197,7 +198,6 @@ def precompute(config, teacher_state, teacher_task, teacher_id: dict, directory:
         if paired:
             hr_shape, lr = None, data.to_float(item[1])
         else:
-            resize_image = data.pipeline.whole_image_resize(config.data)
             hr = resize_image(item) if resize_image else item
             hr = data.to_float(hr).astype(np.float64)
             hr_shape = hr.shape
