@@ -2,30 +2,27 @@
 kernel gradient, in JAX (XLA:CPU) and PyTorch, as GFLOP per wall second and per CPU second.
 
     python bench/conv_grads.py --batch 4 --size 64 --channels 128
-    XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION \\
-        python bench/conv_grads.py          # the same with XLA's Eigen convolutions
 
-This is where the train step's time goes on CPU: with jax 0.10's default (YNNPACK convolutions)
-the kernel gradient of a wide full-resolution layer runs 3-5x below the forward's speed per CPU
-second; Eigen's kernel gradient runs near it, but Eigen's forward is slower on small images.
+JAX runs with each ``--cpu_convolutions`` choice (msjax/xla_options.py): ``eigen``, msjax's
+default, and ``ynnpack``, XLA's. This is where the train step's time went on CPU: with YNNPACK
+the kernel gradient of a wide full-resolution layer runs 3-5x below the forward's speed; Eigen's
+runs within 1.5x of it (2026-11-22, 4x64x64x128: 19 / 18 / 80 ms against 19 / 17 / 29 ms).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.step_time import median_seconds  # noqa: E402
 
 
 def rate(fn, flops: float, repeats: int) -> str:
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    w, c = statistics.median(wall), statistics.median(cpu)
+    timing = median_seconds(fn, 1, repeats)
+    w, c = timing["seconds"], timing["cpu_seconds"]
     return f"{w * 1e3:8.1f} ms {flops / w / 1e9:6.1f} GFLOP/s {flops / c / 1e9:6.1f} GFLOP/cpu-s"
 
 
@@ -36,12 +33,16 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--cpu_convolutions", default="eigen,ynnpack",
+                   help="train.cpu_convolutions values to time")
     args = p.parse_args(argv)
     n, s, c = args.batch, args.size, args.channels
     flops = 2.0 * n * s * s * c * c * 9
 
     import jax
     import numpy as np
+
+    from msjax import xla_options
 
     rng = np.random.default_rng(0)
     x, g = (rng.random((n, s, s, c), np.float32) for _ in range(2))
@@ -54,10 +55,13 @@ def main(argv=None):
     parts = {"forward": (conv, (x, w)),
              "input grad": (lambda g, w: jax.vjp(lambda x: conv(x, w), x)[1](g)[0], (g, w)),
              "kernel grad": (lambda g, x: jax.vjp(lambda w: conv(x, w), w)[1](g)[0], (g, x))}
-    for name, (fn, operands) in parts.items():
-        jitted, operands = jax.jit(fn), [jax.device_put(a) for a in operands]
-        print(f"jax   {name:12s}", rate(lambda: jitted(*operands).block_until_ready(), flops,
-                                        args.repeats))
+    for conv_kind in args.cpu_convolutions.split(","):
+        options = xla_options.cpu_options(cpu_convolutions=conv_kind)
+        for name, (fn, operands) in parts.items():
+            operands = [jax.device_put(a) for a in operands]
+            exe = jax.jit(fn).lower(*operands).compile(options)
+            print(f"jax {conv_kind:8s} {name:12s}",
+                  rate(lambda: exe(*operands).block_until_ready(), flops, args.repeats))
     try:
         import torch
     except ImportError:
@@ -69,7 +73,7 @@ def main(argv=None):
               "kernel grad": lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tg, padding=1)}
     with torch.no_grad():
         for name, fn in tparts.items():
-            print(f"torch {name:12s}", rate(fn, flops, args.repeats))
+            print(f"torch        {name:12s}", rate(fn, flops, args.repeats))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ On CPU two choices matter (measured in bench/conv_grads.py and bench/step_time.p
 - ``train.cpu_convolutions``: jax 0.10-0.12's XLA:CPU hands convolutions to YNNPACK by default,
   whose kernel-gradient convolution runs 3-4x slower than the forward; XLA's own Eigen
   convolutions (``xla_cpu_experimental_ynn_fusion_type`` emptied) run a 3x3 layer's forward +
-  both gradients 1.2-3x faster at every shape we measured (8x8 to 64x64, 3 to 512 channels).
+  both gradients 1.1-3x faster on the layers that dominate a step (8x8 to 64x64, 3 to 512
+  channels, batch x pixels >= 4096), and up to 2x slower on tiny ones (under 2 ms).
   ``eigen`` (default) or ``ynnpack``.
 - ``train.fast_compile``: cheap optimisation for programs that run a few times, where compile
   time dominates (a pyramidal44 MGE step compiled 4x faster and ran 1.7x slower).
