@@ -123,12 +123,10 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
             _check(n % num_devices == 0,
                    f"a term batch of {n} does not divide by the {num_devices} devices; "
                    f"use batch sizes that are multiples of {num_devices} (or set num_devices)")
-    if workdir is not None:  # missing folders are created; a file in the way is an error
-        existing = Path(workdir).expanduser().resolve()
-        while not existing.exists():
-            existing = existing.parent
-        _check(existing.is_dir(), f"--workdir {workdir} cannot be created: {existing} is a "
-               "file; choose another --workdir")
+    if workdir is not None:
+        parent = Path(workdir).expanduser().resolve().parent
+        _check(parent.is_dir(), f"the workdir's parent {parent} does not exist; create it or "
+               "choose another --workdir")
 
 
 def schedule(config) -> list:

@@ -174,7 +174,7 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
         term_batches = set()  # validate() names the problem
     n_devices = parallel.device_count_for(term_batches, config.num_devices)
     config_check.validate(config, workdir=str(workdir), num_devices=n_devices)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(exist_ok=True)
     check_workdir(workdir, config)
 
     mesh = parallel.make_mesh(n_devices)

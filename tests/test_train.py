@@ -206,13 +206,3 @@ def test_short_side_resize_keeps_the_aspect_and_one_crop_per_image_is_the_centre
     assert abs(ys.mean() - 31.5) < 2 and abs(xs.mean() - 31.5) < 2   # the dot stays central
     with pytest.raises(config_check.ConfigError, match="data.resize_mode"):
         config_check.validate(tiny_config(**{"data.resize_mode": "stretch"}))
-
-
-def test_a_nested_new_workdir_is_created_and_a_file_in_the_way_is_refused(tmp_path):
-    # The README's `--workdir runs/quickstart` on a fresh clone: runs/ does not exist yet.
-    workdir = tmp_path / "runs" / "nested" / "run"
-    train.train_and_evaluate(tiny_config(**{"train.steps": 1, "train.eval_every": 1}), workdir)
-    assert (workdir / "valid.csv").exists()
-    (tmp_path / "afile").write_text("not a folder")
-    with pytest.raises(config_check.ConfigError, match="afile is a file"):
-        train.train_and_evaluate(tiny_config(), tmp_path / "afile" / "run")
