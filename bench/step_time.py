@@ -13,7 +13,7 @@ starts): the batch is sharded over that many simulated CPU devices. PyTorch (the
 ``bench`` extra, CPU build) runs in this process with its default threads. Ratios below 1.0 mean
 msjax is faster. ``--cpu_convolutions eigen,ynnpack`` times both XLA:CPU convolution kernels
 (``train.cpu_convolutions``; eigen is msjax's default, ynnpack XLA's; see msjax/xla_options.py
-and bench/conv_grads.py) and prints their ratio.
+and bench/conv_grads.py), ``--cpu_reductions ynnpack,xla`` both reduction kernels.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def make_parser(description=__doc__) -> argparse.ArgumentParser:
     p.add_argument("--devices", default="1", help="simulated CPU device counts for msjax, e.g. 1,4")
     p.add_argument("--cpu_convolutions", default="eigen",
                    help="train.cpu_convolutions values to time, e.g. eigen,ynnpack")
+    p.add_argument("--cpu_reductions", default="ynnpack",
+                   help="train.cpu_reductions values to time, e.g. ynnpack,xla")
     p.add_argument("--no_torch", action="store_true", help="time msjax only")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -53,7 +55,7 @@ def make_parser(description=__doc__) -> argparse.ArgumentParser:
 
 # The flags a worker needs (other scripts reuse measure_msjax with their own parsers' values).
 WORKER_FLAGS = ("models", "sizes", "modes", "batch", "levels", "growth", "repeats", "warmup",
-                "cpu_convolutions")
+                "cpu_convolutions", "cpu_reductions")
 
 
 def csv_list(text, cast=str):
@@ -106,7 +108,8 @@ def median_seconds(step, warmup: int, repeats: int) -> dict:
 
 # --- msjax -------------------------------------------------------------------------------------
 
-def msjax_step(model_name: str, size: int, mode: str, args, conv: str = "eigen"):
+def msjax_step(model_name: str, size: int, mode: str, args, conv: str = "eigen",
+               reductions: str = "ynnpack"):
     """(run_one_step, FLOPs of one step over all devices) for the compiled msjax step."""
     import functools
 
@@ -119,6 +122,7 @@ def msjax_step(model_name: str, size: int, mode: str, args, conv: str = "eigen")
     config = base.get_config()
     config.task.name = "denoise"
     config.train.cpu_convolutions = conv
+    config.train.cpu_reductions = reductions
     plan = multiscale.LevelPlan(plan_batches(args, mode))
     mesh = parallel.make_mesh()
     task = tasks.make_task(config.task)
@@ -147,10 +151,12 @@ def worker(args):
 
     for model, size, mode in cases(args):
         for conv in csv_list(args.cpu_convolutions):
-            run, flops = msjax_step(model, size, mode, args, conv)
-            timing = median_seconds(run, args.warmup, args.repeats)
-            print(json.dumps(dict(model=model, size=size, mode=mode, devices=jax.device_count(),
-                                  conv=conv, flops=flops, **timing)), flush=True)
+            for red in csv_list(args.cpu_reductions):
+                run, flops = msjax_step(model, size, mode, args, conv, red)
+                timing = median_seconds(run, args.warmup, args.repeats)
+                print(json.dumps(dict(model=model, size=size, mode=mode,
+                                      devices=jax.device_count(), conv=conv, reductions=red,
+                                      flops=flops, **timing)), flush=True)
 
 
 def measure_msjax(args, devices: int) -> list[dict]:
@@ -229,15 +235,15 @@ def measure_torch(args) -> list[dict]:
 def table(jax_records, torch_records, batch: int) -> str:
     """Markdown: wall seconds, cores kept busy (CPU s / wall s) and the msjax / PyTorch ratio."""
     torch_by_case = {(r["model"], r["size"], r["mode"]): r for r in torch_records}
-    lines = ["| model | size | mode | batch | devices | convolutions | msjax s | cores | torch s | "
-             "cores | msjax/torch |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | size | mode | batch | devices | convolutions / reductions | msjax s | "
+             "cores | torch s | cores | msjax/torch |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in jax_records:
         ref = torch_by_case.get((r["model"], r["size"], r["mode"]))
         ours = f"{r['seconds']:.3f} | {r['cpu_seconds'] / r['seconds']:.2f}"
         theirs = (f"{ref['seconds']:.3f} | {ref['cpu_seconds'] / ref['seconds']:.2f} | "
                   f"{r['seconds'] / ref['seconds']:.2f}") if ref else "- | - | -"
         lines.append(f"| {r['model']} | {r['size']} | {r['mode']} | {batch} | {r['devices']} | "
-                     f"{r['conv']} | {ours} | {theirs} |")
+                     f"{r['conv']} / {r['reductions']} | {ours} | {theirs} |")
     return "\n".join(lines)
 
 

@@ -92,6 +92,7 @@ def get_config():
         transfer_guard="disallow",  # host<->device copies inside the step loop are errors
         fast_compile=False,        # CPU: cheap XLA settings; ~4x faster compile, slower steps
         cpu_convolutions="eigen",  # CPU: eigen | ynnpack, XLA's convolution kernels (xla_options)
+        cpu_reductions="ynnpack",  # CPU: ynnpack | xla, XLA's reduction kernels (xla_options)
     ))
 
     c.eval = ml_collections.ConfigDict(dict(

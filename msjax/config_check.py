@@ -44,6 +44,8 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
     _one_of(c.data.get("resize_mode", "square"), RESIZE_MODES, "data.resize_mode")
     _one_of(c.train.get("cpu_convolutions", "eigen"), xla_options.CPU_CONVOLUTIONS,
             "train.cpu_convolutions")
+    _one_of(c.train.get("cpu_reductions", "ynnpack"), xla_options.CPU_REDUCTIONS,
+            "train.cpu_reductions")
     _one_of(c.train.get("lr_schedule", "cosine"), steps.LR_SCHEDULES, "train.lr_schedule")
     _check(c.train.steps > 0, f"train.steps={c.train.steps} must be positive")
     _check(c.train.lr > 0, f"train.lr={c.train.lr} must be positive")

@@ -29,7 +29,8 @@ RESUMABLE_FIELDS = ("train.eval_every", "train.log_every", "train.checkpoint_eve
                     "train.nonfinite", "num_devices", "distributed", "coordinator_address",
                     "num_processes", "process_id", "data.data_dir",
                     "eval.tile", "eval.tile_overlap", "eval.self_ensemble",
-                    "train.fast_compile", "train.cpu_convolutions")
+                    "train.fast_compile", "train.cpu_convolutions",
+                    "train.cpu_reductions")
 
 
 class NonFiniteError(FloatingPointError):

@@ -2,14 +2,20 @@
 ``jax.jit(..., compiler_options=...)``), per run rather than through process-wide XLA_FLAGS, so a
 library caller gets the same programs as ``train.py``.
 
-On CPU two choices matter (measured in bench/conv_grads.py and bench/step_time.py):
+On CPU three choices matter (measured in bench/conv_grads.py and bench/step_time.py):
 
 - ``train.cpu_convolutions``: jax 0.10-0.12's XLA:CPU hands convolutions to YNNPACK by default,
   whose kernel-gradient convolution runs 3-4x slower than the forward; XLA's own Eigen
-  convolutions (``xla_cpu_experimental_ynn_fusion_type`` emptied) run a 3x3 layer's forward +
+  convolutions (left out of ``xla_cpu_experimental_ynn_fusion_type``) run a 3x3 layer's forward +
   both gradients 1.1-3x faster on the layers that dominate a step (8x8 to 64x64, 3 to 512
   channels, batch x pixels >= 4096), and up to 2x slower on tiny ones (under 2 ms).
   ``eigen`` (default) or ``ynnpack``.
+- ``train.cpu_reductions``: XLA's own reductions over large tensors that keep the channel axis
+  (every convolution's bias gradient) run 20-40x slower than YNNPACK's (a 16x64x64x128 bias
+  gradient: 31 ms against 0.8 ms; XLA rewrites it into a strided reduce-window), which cost the
+  ResNet b16 step an eighth of its time. ``ynnpack`` (default, as in XLA's default) or ``xla``
+  (XLA's fused loops: faster on small steps whose reductions are small and fuse with their
+  neighbours, e.g. SRNet at batch 4).
 - ``train.fast_compile``: cheap optimisation for programs that run a few times, where compile
   time dominates (a pyramidal44 MGE step compiled 4x faster and ran 1.7x slower).
 
@@ -28,10 +34,14 @@ log = logging.getLogger(__name__)
 
 CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
                  "xla_cpu_use_fusion_emitters": False}
-# The YNNPACK fusion kinds XLA:CPU may form; none: convolutions and dots go to XLA's own
-# (Eigen) kernels.
-EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# The YNNPACK fusion kinds XLA:CPU may form (a comma-separated list of enum names; options
+# passed per compile take no +/- edits of the default). XLA's default (no option) hands both
+# convolutions and reductions to YNNPACK; what is left out goes to XLA's own (Eigen) kernels.
+YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
+YNN_KINDS = {"convolutions": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+             "reductions": "LIBRARY_FUSION_TYPE_REDUCE"}
 CPU_CONVOLUTIONS = ("eigen", "ynnpack")
+CPU_REDUCTIONS = ("ynnpack", "xla")
 _warned: set[str] = set()
 
 
@@ -65,20 +75,33 @@ def cheap_compile() -> dict:
     return supported(CHEAP_COMPILE)
 
 
-def cpu_options(*, cpu_convolutions: str = "eigen", fast_compile: bool = False) -> dict | None:
-    """Options for this process's backend: None off CPU, else the convolution and compile-cost
+def ynn_fusion_types(cpu_convolutions: str, cpu_reductions: str) -> dict:
+    """The YNNPACK fusion option for the two kernel choices; {} when both are XLA's defaults."""
+    for name, value, allowed in (("cpu_convolutions", cpu_convolutions, CPU_CONVOLUTIONS),
+                                 ("cpu_reductions", cpu_reductions, CPU_REDUCTIONS)):
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r}; use one of {allowed}")
+    kinds = [YNN_KINDS[kind] for kind, value in (("convolutions", cpu_convolutions),
+                                                 ("reductions", cpu_reductions))
+             if value == "ynnpack"]
+    return {} if len(kinds) == len(YNN_KINDS) else {YNN_FUSION_TYPE: ",".join(kinds)}
+
+
+def cpu_options(*, cpu_convolutions: str = "eigen", cpu_reductions: str = "ynnpack",
+                fast_compile: bool = False) -> dict | None:
+    """Options for this process's backend: None off CPU, else the kernel and compile-cost
     choices (see the module docstring)."""
     if jax.devices()[0].platform != "cpu":
         return None
-    if cpu_convolutions not in CPU_CONVOLUTIONS:
-        raise ValueError(f"cpu_convolutions={cpu_convolutions!r}; use one of {CPU_CONVOLUTIONS}")
-    options = dict(EIGEN_CONVOLUTIONS) if cpu_convolutions == "eigen" else {}
+    options = ynn_fusion_types(cpu_convolutions, cpu_reductions)
     if fast_compile:
         options.update(CHEAP_COMPILE)
     return supported(options) or None
 
 
 def for_config(config) -> dict | None:
-    """The run's options from ``config.train`` (``cpu_convolutions``, ``fast_compile``)."""
+    """The run's options from ``config.train`` (``cpu_convolutions``, ``cpu_reductions``,
+    ``fast_compile``)."""
     return cpu_options(cpu_convolutions=config.train.get("cpu_convolutions", "eigen"),
+                       cpu_reductions=config.train.get("cpu_reductions", "ynnpack"),
                        fast_compile=config.train.get("fast_compile", False))

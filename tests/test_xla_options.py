@@ -1,5 +1,5 @@
-"""msjax.xla_options: the CPU convolution choice and compile-cost options reach XLA, and the two
-convolution kernels compute the same thing."""
+"""msjax.xla_options: the CPU kernel choices and compile-cost options reach XLA, and the kernels
+compute the same thing."""
 
 import jax
 import jax.numpy as jnp
@@ -10,30 +10,42 @@ from msjax import config_check, xla_options
 from tests.helpers import tiny_config
 
 
-def test_default_run_uses_eigen_convolutions_and_options_are_checked():
-    options = xla_options.for_config(tiny_config())
-    assert options == xla_options.EIGEN_CONVOLUTIONS  # jax 0.10-0.12 know the option
+def test_default_run_uses_eigen_convolutions_and_ynnpack_reductions_and_options_are_checked():
+    kinds = xla_options.YNN_FUSION_TYPE
+    # jax 0.10-0.12 know the option and its enum names.
+    assert xla_options.for_config(tiny_config()) == {kinds: "LIBRARY_FUSION_TYPE_REDUCE"}
+    assert xla_options.for_config(tiny_config(**{"train.cpu_reductions": "xla"})) == {kinds: ""}
     assert xla_options.for_config(tiny_config(**{"train.cpu_convolutions": "ynnpack"})) is None
+    assert xla_options.for_config(tiny_config(**{"train.cpu_convolutions": "ynnpack",
+                                                 "train.cpu_reductions": "xla"})) == {
+        kinds: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
     cheap = xla_options.for_config(tiny_config(**{"train.fast_compile": True}))
     assert cheap.items() >= xla_options.cheap_compile().items() and len(cheap) > 1
     with pytest.raises(config_check.ConfigError, match="train.cpu_convolutions"):
         config_check.validate(tiny_config(**{"train.cpu_convolutions": "mkl"}))
+    with pytest.raises(config_check.ConfigError, match="train.cpu_reductions"):
+        config_check.validate(tiny_config(**{"train.cpu_reductions": "eigen"}))
     # An option this XLA does not know is dropped (an unknown one would fail every compile).
     assert xla_options.supported({"xla_no_such_option_anywhere": True}) == {}
 
 
-def test_eigen_and_ynnpack_convolutions_agree_on_a_layer_and_its_gradients():
+def test_every_kernel_choice_computes_the_same_layer_and_gradients():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((2, 16, 16, 8), np.float32))
     w = jnp.asarray(rng.standard_normal((3, 3, 8, 8), np.float32))
+    b = jnp.asarray(rng.standard_normal((8,), np.float32))
 
-    def loss(x, w):
+    def loss(x, w, b):  # the bias gradient is a reduction that keeps the channel axis
         y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return jnp.sum(jnp.tanh(y) ** 2)
+        return jnp.sum(jnp.tanh(y + b) ** 2)
 
-    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-    eigen = fn.lower(x, w).compile(xla_options.cpu_options(cpu_convolutions="eigen"))(x, w)
-    ynn = fn.lower(x, w).compile(xla_options.cpu_options(cpu_convolutions="ynnpack"))(x, w)
-    for a, b in zip(jax.tree.leaves(eigen), jax.tree.leaves(ynn)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+    lowered = fn.lower(x, w, b)
+    results = {(c, r): lowered.compile(xla_options.cpu_options(cpu_convolutions=c,
+                                                               cpu_reductions=r))(x, w, b)
+               for c in xla_options.CPU_CONVOLUTIONS for r in xla_options.CPU_REDUCTIONS}
+    reference = results.pop(("eigen", "xla"))
+    for choice, result in results.items():
+        for a, ref in zip(jax.tree.leaves(result), jax.tree.leaves(reference)):
+            np.testing.assert_allclose(a, ref, rtol=1e-4, atol=1e-4, err_msg=str(choice))
