@@ -9,7 +9,8 @@ replicated, XLA's all-reduce; every step waited for, as the loop does on CPU):
   operator per level, residual CNN 48 x 5, 64x64 patches, three terms of 8).
 - quickstart ``single``: the same network and task, one term of 8.
 - ``resnet``: the MGE ResNet (128 channels), single-scale denoising, batch 16 of 64x64.
-Each case runs with every ``--cpu_convolutions`` choice (``case:eigen``, ``case:ynnpack``).
+Each case runs with every ``--cpu_convolutions`` and ``--cpu_reductions`` choice
+(``case:eigen/ynnpack``: convolutions / reductions; msjax/xla_options.py).
 A fresh host batch is transferred every step (as in training); patch sampling is not timed.
 images/s counts the training samples a step draws (the sum of its term batches).
 
@@ -47,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--resnet_batch", type=int, default=16)
     p.add_argument("--cpu_convolutions", default="eigen,ynnpack",
                    help="train.cpu_convolutions values to time (msjax/xla_options.py)")
+    p.add_argument("--cpu_reductions", default="ynnpack",
+                   help="train.cpu_reductions values to time, e.g. ynnpack,xla")
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--cases", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -57,14 +60,16 @@ def _csv(text, cast=int):
 
 
 def build_case(case: str, args):
-    """(config, plan) of a case ``name:convolutions``; the config's model, task, optimizer and
-    XLA options are what is timed."""
+    """(config, plan) of a case ``name:convolutions/reductions``; the config's model, task,
+    optimizer and XLA options are what is timed."""
     from configs import quickstart
     from msjax import config_check, multiscale
 
-    name, _, conv = case.partition(":")
+    name, _, kernels = case.partition(":")
+    conv, _, reductions = kernels.partition("/")
     c = quickstart.get_config()
     c.train.cpu_convolutions = conv or "eigen"
+    c.train.cpu_reductions = reductions or "ynnpack"
     c.data.patch = args.patch
     c.batch_size = args.batch
     if name == "multiscale":  # the finest full-multiscale stage: the quickstart's costliest
@@ -131,13 +136,13 @@ def spawn(devices: int, cases: list[str], argv: list[str]) -> list[dict]:
 
 
 def print_table(rows: list[dict]):
-    print(f"{'case':<18}{'devices':>8}{'step ms':>10}{'steps/s':>9}{'images/s':>10}"
+    print(f"{'case':<26}{'devices':>8}{'step ms':>10}{'steps/s':>9}{'images/s':>10}"
           f"{'x vs 1':>8}{'compile s':>11}")
     for case in dict.fromkeys(r["case"] for r in rows):
         mine = sorted((r for r in rows if r["case"] == case), key=lambda r: r["devices"])
         base = next((r for r in mine if r["devices"] == 1), mine[0])
         for r in mine:
-            print(f"{case:<18}{r['devices']:>8}{1e3 * r['step_s']:>10.1f}{r['steps_per_s']:>9.2f}"
+            print(f"{case:<26}{r['devices']:>8}{1e3 * r['step_s']:>10.1f}{r['steps_per_s']:>9.2f}"
                   f"{r['images_per_s']:>10.1f}{r['steps_per_s'] / base['steps_per_s']:>8.2f}"
                   f"{r['compile_s']:>11.1f}")
 
@@ -148,7 +153,8 @@ def main(argv=None):
     if args.worker:
         return run_worker(args)
     plan = {}
-    convs = _csv(args.cpu_convolutions, str)
+    convs = [f"{c}/{r}" for c in _csv(args.cpu_convolutions, str)
+             for r in _csv(args.cpu_reductions, str)]
     for d in _csv(args.devices):
         plan.setdefault(d, []).extend(f"{n}:{c}" for n in ("multiscale", "single") for c in convs)
     for d in _csv(args.resnet_devices):
