@@ -70,8 +70,7 @@ def main(argv=None):
     # "per CPU s" compares work per CPU second, steadier when other jobs share the machine.
     print(f"peak {peak / 1e9:.1f} GFLOP/s, {cpu_peak / 1e9:.1f} GFLOP per CPU s")
     print("| model | size | mode | batch | devices | convolutions / reductions | GFLOP/step | "
-          "msjax GFLOP/s | "
-          "of peak | per CPU s | torch GFLOP/s | of peak | per CPU s |")
+          "msjax GFLOP/s | of peak | per CPU s | torch GFLOP/s | of peak | per CPU s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     def rates(flops, r):
@@ -81,7 +80,8 @@ def main(argv=None):
     for r in records:
         ref = torch_by_case.get((r["model"], r["size"], r["mode"]))
         print(f"| {r['model']} | {r['size']} | {r['mode']} | {args.batch} | {r['devices']} | "
-              f"{r['conv']} / {r['reductions']} | {r['flops'] / 1e9:.2f} | {rates(r['flops'], r)} | "
+              f"{r['conv']} / {r['reductions']} | {r['flops'] / 1e9:.2f} | "
+              f"{rates(r['flops'], r)} | "
               f"{rates(r['flops'], ref) if ref else '- | - | -'} |")
 
 

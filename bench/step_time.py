@@ -236,7 +236,7 @@ def table(jax_records, torch_records, batch: int) -> str:
     """Markdown: wall seconds, cores kept busy (CPU s / wall s) and the msjax / PyTorch ratio."""
     torch_by_case = {(r["model"], r["size"], r["mode"]): r for r in torch_records}
     lines = ["| model | size | mode | batch | devices | convolutions / reductions | msjax s | "
-             "cores | torch s | cores | msjax/torch |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "cores | torch s | cores | msjax/torch |", "|---" * 11 + "|"]
     for r in jax_records:
         ref = torch_by_case.get((r["model"], r["size"], r["mode"]))
         ours = f"{r['seconds']:.3f} | {r['cpu_seconds'] / r['seconds']:.2f}"

@@ -47,13 +47,14 @@ _warned: set[str] = set()
 
 @functools.cache
 def _known(name: str, value) -> bool:
-    """Whether this jax's XLA accepts the option: they come and go between versions (jax 0.12
-    has no xla_cpu_use_fusion_emitters) and an unknown one fails the compile."""
+    """Whether this jax's XLA accepts the option with this value: options and their enum values
+    come and go between versions (jax 0.12 has no xla_cpu_use_fusion_emitters) and an unknown
+    one fails the compile."""
     try:
         jax.jit(lambda x: x).lower(np.float32(0)).compile({name: value})
         return True
-    except Exception as e:  # JaxRuntimeError: INVALID_ARGUMENT: No such compile option
-        if "No such compile option" in str(e):
+    except Exception as e:  # JaxRuntimeError: INVALID_ARGUMENT: No such compile option / ...
+        if "No such compile option" in str(e) or "not a valid enum value" in str(e):
             return False
         raise
 
@@ -66,7 +67,7 @@ def supported(options: dict) -> dict:
             kept[k] = v
         elif k not in _warned:
             _warned.add(k)
-            log.warning("XLA option %s is unknown to jax %s; not used", k, jax.__version__)
+            log.warning("XLA option %s=%r is unknown to jax %s; not used", k, v, jax.__version__)
     return kept
 
 

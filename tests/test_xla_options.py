@@ -27,6 +27,8 @@ def test_default_run_uses_eigen_convolutions_and_ynnpack_reductions_and_options_
         config_check.validate(tiny_config(**{"train.cpu_reductions": "eigen"}))
     # An option this XLA does not know is dropped (an unknown one would fail every compile).
     assert xla_options.supported({"xla_no_such_option_anywhere": True}) == {}
+    unknown_kind = {xla_options.YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_NONE_SUCH"}
+    assert xla_options.supported(unknown_kind) == {}
 
 
 def test_every_kernel_choice_computes_the_same_layer_and_gradients():
