@@ -153,12 +153,12 @@ def main(argv=None):
     if args.worker:
         return run_worker(args)
     plan = {}
-    convs = [f"{c}/{r}" for c in _csv(args.cpu_convolutions, str)
-             for r in _csv(args.cpu_reductions, str)]
+    kernels = [f"{c}/{r}" for c in _csv(args.cpu_convolutions, str)
+               for r in _csv(args.cpu_reductions, str)]
     for d in _csv(args.devices):
-        plan.setdefault(d, []).extend(f"{n}:{c}" for n in ("multiscale", "single") for c in convs)
+        plan.setdefault(d, []).extend(f"{n}:{c}" for n in ("multiscale", "single") for c in kernels)
     for d in _csv(args.resnet_devices):
-        plan.setdefault(d, []).extend(f"resnet:{c}" for c in convs)
+        plan.setdefault(d, []).extend(f"resnet:{c}" for c in kernels)
     for d, cases in plan.items():
         for name in cases:
             _, p = build_case(name, args)

@@ -38,8 +38,8 @@ CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensiv
 # passed per compile take no +/- edits of the default). XLA's default (no option) hands both
 # convolutions and reductions to YNNPACK; what is left out goes to XLA's own (Eigen) kernels.
 YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
-YNN_KINDS = {"convolutions": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
-             "reductions": "LIBRARY_FUSION_TYPE_REDUCE"}
+YNN_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+YNN_REDUCTIONS = "LIBRARY_FUSION_TYPE_REDUCE"
 CPU_CONVOLUTIONS = ("eigen", "ynnpack")
 CPU_REDUCTIONS = ("ynnpack", "xla")
 _warned: set[str] = set()
@@ -82,10 +82,11 @@ def ynn_fusion_types(cpu_convolutions: str, cpu_reductions: str) -> dict:
                                  ("cpu_reductions", cpu_reductions, CPU_REDUCTIONS)):
         if value not in allowed:
             raise ValueError(f"{name}={value!r}; use one of {allowed}")
-    kinds = [YNN_KINDS[kind] for kind, value in (("convolutions", cpu_convolutions),
-                                                 ("reductions", cpu_reductions))
-             if value == "ynnpack"]
-    return {} if len(kinds) == len(YNN_KINDS) else {YNN_FUSION_TYPE: ",".join(kinds)}
+    if cpu_convolutions == cpu_reductions == "ynnpack":
+        return {}
+    kinds = [kind for kind, choice in ((YNN_CONVOLUTIONS, cpu_convolutions),
+                                       (YNN_REDUCTIONS, cpu_reductions)) if choice == "ynnpack"]
+    return {YNN_FUSION_TYPE: ",".join(kinds)}
 
 
 def cpu_options(*, cpu_convolutions: str = "eigen", cpu_reductions: str = "ynnpack",
