@@ -33,7 +33,7 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--cpu_convolutions", default="eigen,ynnpack",
+    p.add_argument("--cpu_convolutions", default="eigen,ynnpack,onednn",
                    help="train.cpu_convolutions values to time")
     args = p.parse_args(argv)
     n, s, c = args.batch, args.size, args.channels
@@ -42,24 +42,26 @@ def main(argv=None):
     import jax
     import numpy as np
 
-    from msjax import xla_options
+    from msjax import kernels, xla_options
 
     rng = np.random.default_rng(0)
     x, g = (rng.random((n, s, s, c), np.float32) for _ in range(2))
     w = rng.random((3, 3, c, c), np.float32)
 
     def conv(x, w):
-        return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+        return kernels.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    parts = {"forward": (conv, (x, w)),
-             "input grad": (lambda g, w: jax.vjp(lambda x: conv(x, w), x)[1](g)[0], (g, w)),
-             "kernel grad": (lambda g, x: jax.vjp(lambda w: conv(x, w), w)[1](g)[0], (g, x))}
+    def parts_for():  # new functions per kind: jax caches a trace by function
+        return {"forward": (conv, (x, w)),
+                "input grad": (lambda g, w: jax.vjp(lambda x: conv(x, w), x)[1](g)[0], (g, w)),
+                "kernel grad": (lambda g, x: jax.vjp(lambda w: conv(x, w), w)[1](g)[0], (g, x))}
     for conv_kind in args.cpu_convolutions.split(","):
         options = xla_options.cpu_options(cpu_convolutions=conv_kind)
-        for name, (fn, operands) in parts.items():
+        for name, (fn, operands) in parts_for().items():
             operands = [jax.device_put(a) for a in operands]
-            exe = jax.jit(fn).lower(*operands).compile(options)
+            with kernels.convolutions(conv_kind):
+                exe = jax.jit(fn).lower(*operands).compile(options)
             print(f"jax {conv_kind:8s} {name:12s}",
                   rate(lambda: exe(*operands).block_until_ready(), flops, args.repeats))
     try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msjax import damage, multiscale, steps, tasks, xla_options
+import jax
+
+from msjax import damage, kernels, multiscale, steps, tasks, xla_options
 from msjax.data import SOURCES
 from msjax.data.pipeline import RESIZE_MODES
 from msjax.models import MODEL_NAMES, size_multiple
@@ -46,6 +48,15 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
             "train.cpu_convolutions")
     _one_of(c.train.get("cpu_reductions", "ynnpack"), xla_options.CPU_REDUCTIONS,
             "train.cpu_reductions")
+    if c.train.get("cpu_convolutions", "eigen") == "onednn" and jax.default_backend() == "cpu":
+        _check(num_devices == 1,
+               f"train.cpu_convolutions=onednn runs on one CPU device (oneDNN spreads each "
+               f"convolution over every core itself), not {num_devices}; set num_devices=1 or "
+               f"use train.cpu_convolutions=eigen")
+        try:
+            kernels.onednn.load()
+        except kernels.onednn.OneDNNUnavailable as e:
+            raise ConfigError(f"train.cpu_convolutions=onednn: {e}") from None
     _one_of(c.train.get("lr_schedule", "cosine"), steps.LR_SCHEDULES, "train.lr_schedule")
     _check(c.train.steps > 0, f"train.steps={c.train.steps} must be positive")
     _check(c.train.lr > 0, f"train.lr={c.train.lr} must be positive")

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from msjax import resize
+from msjax.kernels import onednn
 
 MODES = ("single", "multiscale", "fullmultiscale")
 
@@ -145,12 +146,14 @@ def schedule_work_units(stages: Sequence[Stage], reference_batch: int) -> float:
 
 def compiled_flops(compiled) -> float:
     """FLOPs of one call of a compiled program (``jax.jit(f).lower(...).compile()``), from XLA's
-    cost analysis; NaN where the backend reports none. For a program partitioned over devices
-    this is one device's share."""
+    cost analysis plus the oneDNN convolutions it cannot see (``kernels.onednn``); NaN where the
+    backend reports none. For a program partitioned over devices this is one device's share."""
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jax returns one dict per device program
         analysis = analysis[0] if analysis else {}
-    return float((analysis or {}).get("flops", float("nan")))
+    flops = float((analysis or {}).get("flops", float("nan")))
+    text = compiled.as_text()
+    return flops + (onednn.custom_call_flops(text) if "msjax_onednn_conv" in text else 0.0)
 
 
 # --- the estimator -------------------------------------------------------------------------------

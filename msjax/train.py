@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax import (checkpoints, config_check, data, logs, models, multiscale, parallel, resize,
-                   steps, tasks, xla_options)
+from msjax import (checkpoints, config_check, data, kernels, logs, models, multiscale, parallel,
+                   resize, steps, tasks, xla_options)
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,13 @@ def check_workdir(workdir: Path, config) -> None:
 def create_state(model, config, sample_input, total_steps: int, mesh) -> steps.TrainState:
     rng = jax.random.PRNGKey(config.seed)
     t = jnp.zeros((sample_input.shape[0],), jnp.float32)
+    # Every program that runs the model (step, evaluation, panels) traces this apply_fn.
+    apply_fn = kernels.apply_with(model.apply, config.train.get("cpu_convolutions", "eigen"))
 
     def init():
         variables = model.init({"params": rng, "dropout": rng}, sample_input, t, train=False)
         params = variables.pop("params")
-        return steps.TrainState.create(apply_fn=model.apply, params=params,
+        return steps.TrainState.create(apply_fn=apply_fn, params=params,
                                        tx=steps.make_optimizer(config.train, total_steps,
                                                                _stage_ends(config)),
                                        model_state=dict(variables))

@@ -9,7 +9,8 @@ On CPU three choices matter (measured in bench/conv_grads.py and bench/step_time
   convolutions (left out of ``xla_cpu_experimental_ynn_fusion_type``) run a 3x3 layer's forward +
   both gradients 1.1-3x faster on the layers that dominate a step (8x8 to 64x64, 3 to 512
   channels, batch x pixels >= 4096), and up to 2x slower on tiny ones (under 2 ms).
-  ``eigen`` (default) or ``ynnpack``.
+  ``eigen`` (default) or ``ynnpack``; ``onednn`` (msjax/kernels) replaces the models'
+  convolutions with oneDNN's at trace time and leaves the rest on Eigen.
 - ``train.cpu_reductions``: XLA's own reductions over large tensors that keep the channel axis
   (every convolution's bias gradient) run 20-40x slower than YNNPACK's (a 16x64x64x128 bias
   gradient: 31 ms against 0.8 ms; XLA rewrites it into a strided reduce-window), which cost the
@@ -40,7 +41,9 @@ CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensiv
 YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
 YNN_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
 YNN_REDUCTIONS = "LIBRARY_FUSION_TYPE_REDUCE"
-CPU_CONVOLUTIONS = ("eigen", "ynnpack")
+# "onednn" runs the model's convolutions on oneDNN (msjax/kernels); what it leaves to XLA gets
+# Eigen's kernels.
+CPU_CONVOLUTIONS = ("eigen", "ynnpack", "onednn")
 CPU_REDUCTIONS = ("ynnpack", "xla")
 _warned: set[str] = set()
 

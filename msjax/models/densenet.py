@@ -14,6 +14,8 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msjax.models.layers import NNConv
+
 DOWN_KINDS = ("maxpool", "avgpool", "strided")
 UP_KINDS = ("transposed", "resize_conv")
 
@@ -36,7 +38,7 @@ class DenseLayer(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = nn.relu(batch_norm(train, self.dtype)(x))
-        x = nn.Conv(self.growth, (3, 3), padding="SAME", dtype=self.dtype)(x)
+        x = NNConv(self.growth, (3, 3), padding="SAME", dtype=self.dtype)(x)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
@@ -76,9 +78,9 @@ class TransitionDown(nn.Module):
             raise ValueError(f"unknown transition down {self.kind!r}; choose one of {DOWN_KINDS}")
         features = self.features or x.shape[-1]
         if self.kind == "strided":
-            x = nn.Conv(features, (3, 3), (2, 2), padding=STRIDED_X2_PADDING, dtype=self.dtype)(x)
+            x = NNConv(features, (3, 3), (2, 2), padding=STRIDED_X2_PADDING, dtype=self.dtype)(x)
         else:
-            x = nn.Conv(features, (1, 1), dtype=self.dtype)(x)
+            x = NNConv(features, (1, 1), dtype=self.dtype)(x)
         x = nn.relu(batch_norm(train, self.dtype)(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         if self.kind == "maxpool":
@@ -109,4 +111,4 @@ class TransitionUp(nn.Module):
                 features, (3, 3), (2, 2), padding=TRANSPOSED_X2_PADDING, dtype=self.dtype
             )(x)
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return nn.Conv(features, (3, 3), padding="SAME", dtype=self.dtype)(x)
+        return NNConv(features, (3, 3), padding="SAME", dtype=self.dtype)(x)

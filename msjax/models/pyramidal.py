@@ -35,6 +35,8 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msjax.models.layers import NNConv
+
 from msjax.models.densenet import (
     STRIDED_X2_PADDING,
     TRANSPOSED_X2_PADDING,
@@ -78,11 +80,11 @@ class ConvBNReLU(nn.Module):
                 self.features, (3, 3), (2, 2), padding=TRANSPOSED_X2_PADDING, dtype=self.dtype
             )
         elif self.resample == "down":
-            conv = nn.Conv(
+            conv = NNConv(
                 self.features, (3, 3), (2, 2), padding=STRIDED_X2_PADDING, dtype=self.dtype
             )
         else:
-            conv = nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype)
+            conv = NNConv(self.features, (3, 3), padding="SAME", dtype=self.dtype)
         return nn.relu(batch_norm(train, self.dtype)(conv(x)))
 
 
@@ -120,12 +122,12 @@ class PyramidalAutoencoder(nn.Module):
                 f"{self.variant} needs H and W divisible by {factor}, got {x.shape[1]}x{x.shape[2]}"
             )
         out_channels = x.shape[-1]
-        x = nn.relu(nn.Conv(self._input_width(), (3, 3), padding="SAME", dtype=self.dtype)(x))
+        x = nn.relu(NNConv(self._input_width(), (3, 3), padding="SAME", dtype=self.dtype)(x))
         if self.variant in CONV_VARIANTS:
             y = self._conv_pyramid(x, train)
         else:
             y = self._dense_pyramid(x, train)
-        y = nn.Conv(out_channels, (3, 3), padding="SAME", dtype=self.dtype)(y)
+        y = NNConv(out_channels, (3, 3), padding="SAME", dtype=self.dtype)(y)
         return jnp.tanh(y) if self.output == "tanh" else y
 
     def _input_width(self) -> int:

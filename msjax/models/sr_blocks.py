@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from msjax.models.layers import NNConv
+
 Initializer = Callable[..., jax.Array]
 
 # DIV2K training-set RGB mean, as in EDSR/RCAN/MSRN (`MeanShift` with std 1).
@@ -31,9 +33,9 @@ def conv(
     dtype: Any = jnp.float32,
     kernel_init: Initializer = torch_default_init,
     name: str | None = None,
-) -> nn.Conv:
+) -> nn.Module:
     """A k x k conv with bias and 'same' padding (PyTorch's padding k // 2 for odd k)."""
-    return nn.Conv(
+    return NNConv(
         features,
         (kernel, kernel),
         padding="SAME",
