@@ -10,7 +10,8 @@ replicated, XLA's all-reduce; every step waited for, as the loop does on CPU):
 - quickstart ``single``: the same network and task, one term of 8.
 - ``resnet``: the MGE ResNet (128 channels), single-scale denoising, batch 16 of 64x64.
 Each case runs with every ``--cpu_convolutions`` and ``--cpu_reductions`` choice
-(``case:eigen/ynnpack``: convolutions / reductions; msjax/xla_options.py).
+(``case:eigen/ynnpack``: convolutions / reductions; msjax/xla_options.py). ``auto``, msjax's
+default, is oneDNN's convolutions (msjax/kernels) on one device and Eigen's on several.
 A fresh host batch is transferred every step (as in training); patch sampling is not timed.
 images/s counts the training samples a step draws (the sum of its term batches).
 
@@ -46,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--patch", type=int, default=64, help="image side of every case")
     p.add_argument("--batch", type=int, default=8, help="quickstart batch per term")
     p.add_argument("--resnet_batch", type=int, default=16)
-    p.add_argument("--cpu_convolutions", default="eigen,ynnpack",
+    p.add_argument("--cpu_convolutions", default="auto,eigen",
                    help="train.cpu_convolutions values to time (msjax/xla_options.py)")
     p.add_argument("--cpu_reductions", default="ynnpack",
                    help="train.cpu_reductions values to time, e.g. ynnpack,xla")
@@ -68,7 +69,7 @@ def build_case(case: str, args):
     name, _, kernels = case.partition(":")
     conv, _, reductions = kernels.partition("/")
     c = quickstart.get_config()
-    c.train.cpu_convolutions = conv or "eigen"
+    c.train.cpu_convolutions = conv or "auto"
     c.train.cpu_reductions = reductions or "ynnpack"
     c.data.patch = args.patch
     c.batch_size = args.batch

@@ -11,8 +11,9 @@ The batch is fixed and already on the device: this times the step, not the data 
 msjax runs in a subprocess per ``--devices`` count (JAX_NUM_CPU_DEVICES must be set before JAX
 starts): the batch is sharded over that many simulated CPU devices. PyTorch (the optional
 ``bench`` extra, CPU build) runs in this process with its default threads. Ratios below 1.0 mean
-msjax is faster. ``--cpu_convolutions eigen,ynnpack`` times both XLA:CPU convolution kernels
-(``train.cpu_convolutions``; eigen is msjax's default, ynnpack XLA's; see msjax/xla_options.py
+msjax is faster. ``--cpu_convolutions onednn,eigen,ynnpack`` times the convolution kernels
+(``train.cpu_convolutions``; onednn is what msjax's default ``auto`` picks on one CPU device,
+msjax/kernels; eigen and ynnpack are XLA:CPU's own, ynnpack its default; see msjax/xla_options.py
 and bench/conv_grads.py), ``--cpu_reductions ynnpack,xla`` both reduction kernels.
 """
 
@@ -44,8 +45,8 @@ def make_parser(description=__doc__) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed steps (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     p.add_argument("--devices", default="1", help="simulated CPU device counts for msjax, e.g. 1,4")
-    p.add_argument("--cpu_convolutions", default="eigen",
-                   help="train.cpu_convolutions values to time, e.g. eigen,ynnpack")
+    p.add_argument("--cpu_convolutions", default="onednn,eigen",
+                   help="train.cpu_convolutions values to time, e.g. onednn,eigen,ynnpack")
     p.add_argument("--cpu_reductions", default="ynnpack",
                    help="train.cpu_reductions values to time, e.g. ynnpack,xla")
     p.add_argument("--no_torch", action="store_true", help="time msjax only")
@@ -108,7 +109,7 @@ def median_seconds(step, warmup: int, repeats: int) -> dict:
 
 # --- msjax -------------------------------------------------------------------------------------
 
-def msjax_step(model_name: str, size: int, mode: str, args, conv: str = "eigen",
+def msjax_step(model_name: str, size: int, mode: str, args, conv: str = "auto",
                reductions: str = "ynnpack"):
     """(run_one_step, FLOPs of one step over all devices) for the compiled msjax step."""
     import functools

@@ -91,7 +91,7 @@ def get_config():
         max_to_keep_best=1,
         transfer_guard="disallow",  # host<->device copies inside the step loop are errors
         fast_compile=False,        # CPU: cheap XLA settings; ~4x faster compile, slower steps
-        cpu_convolutions="eigen",  # CPU: eigen | ynnpack (XLA kernels, xla_options) | onednn (kernels)
+        cpu_convolutions="auto",  # CPU: auto | onednn (msjax/kernels) | eigen | ynnpack (xla_options)
         cpu_reductions="ynnpack",  # CPU: ynnpack | xla, XLA's reduction kernels (xla_options)
     ))
 

@@ -44,11 +44,11 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
     _one_of(c.train.nonfinite, ("stop", "skip"), "train.nonfinite")
     _one_of(c.data.bad_images, ("skip", "error"), "data.bad_images")
     _one_of(c.data.get("resize_mode", "square"), RESIZE_MODES, "data.resize_mode")
-    _one_of(c.train.get("cpu_convolutions", "eigen"), xla_options.CPU_CONVOLUTIONS,
+    _one_of(c.train.get("cpu_convolutions", "auto"), xla_options.CPU_CONVOLUTIONS,
             "train.cpu_convolutions")
     _one_of(c.train.get("cpu_reductions", "ynnpack"), xla_options.CPU_REDUCTIONS,
             "train.cpu_reductions")
-    if c.train.get("cpu_convolutions", "eigen") == "onednn" and jax.default_backend() == "cpu":
+    if c.train.get("cpu_convolutions", "auto") == "onednn" and jax.default_backend() == "cpu":
         _check(num_devices == 1,
                f"train.cpu_convolutions=onednn runs on one CPU device (oneDNN spreads each "
                f"convolution over every core itself), not {num_devices}; set num_devices=1 or "

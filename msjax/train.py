@@ -78,7 +78,8 @@ def create_state(model, config, sample_input, total_steps: int, mesh) -> steps.T
     rng = jax.random.PRNGKey(config.seed)
     t = jnp.zeros((sample_input.shape[0],), jnp.float32)
     # Every program that runs the model (step, evaluation, panels) traces this apply_fn.
-    apply_fn = kernels.apply_with(model.apply, config.train.get("cpu_convolutions", "eigen"))
+    apply_fn = kernels.apply_with(model.apply, config.train.get("cpu_convolutions", "auto"),
+                                  devices=mesh.size)
 
     def init():
         variables = model.init({"params": rng, "dropout": rng}, sample_input, t, train=False)
@@ -195,6 +196,9 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
 
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep_best=config.train.max_to_keep_best)
     progress = logs.Progress(total_steps, 0, enabled=jax.process_index() == 0)
+    if jax.default_backend() == "cpu":
+        progress.write(f"CPU convolutions: "
+                       f"{kernels.choose(config.train.get('cpu_convolutions', 'auto'), mesh.size)}")
     restored = ckpt.restore_latest(state, on_fallback=progress.write)
     # Costs so far: `seconds` is training wall time without compiling (which a longer run
     # amortises), `compile_seconds` the stages' compile time, kept apart.

@@ -9,8 +9,9 @@ On CPU three choices matter (measured in bench/conv_grads.py and bench/step_time
   convolutions (left out of ``xla_cpu_experimental_ynn_fusion_type``) run a 3x3 layer's forward +
   both gradients 1.1-3x faster on the layers that dominate a step (8x8 to 64x64, 3 to 512
   channels, batch x pixels >= 4096), and up to 2x slower on tiny ones (under 2 ms).
-  ``eigen`` (default) or ``ynnpack``; ``onednn`` (msjax/kernels) replaces the models'
-  convolutions with oneDNN's at trace time and leaves the rest on Eigen.
+  ``eigen`` or ``ynnpack``; ``onednn`` (msjax/kernels) replaces the models' convolutions with
+  oneDNN's at trace time and leaves the rest on Eigen; ``auto`` (default) is ``onednn`` where it
+  can run, else ``eigen``.
 - ``train.cpu_reductions``: XLA's own reductions over large tensors that keep the channel axis
   (every convolution's bias gradient) run 20-40x slower than YNNPACK's (a 16x64x64x128 bias
   gradient: 31 ms against 0.8 ms; XLA rewrites it into a strided reduce-window), which cost the
@@ -41,9 +42,9 @@ CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensiv
 YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
 YNN_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
 YNN_REDUCTIONS = "LIBRARY_FUSION_TYPE_REDUCE"
-# "onednn" runs the model's convolutions on oneDNN (msjax/kernels); what it leaves to XLA gets
-# Eigen's kernels.
-CPU_CONVOLUTIONS = ("eigen", "ynnpack", "onednn")
+# "onednn" runs the model's convolutions on oneDNN (msjax/kernels; "auto" where it can); what it
+# leaves to XLA gets Eigen's kernels.
+CPU_CONVOLUTIONS = ("auto", "onednn", "eigen", "ynnpack")
 CPU_REDUCTIONS = ("ynnpack", "xla")
 _warned: set[str] = set()
 
@@ -107,6 +108,6 @@ def cpu_options(*, cpu_convolutions: str = "eigen", cpu_reductions: str = "ynnpa
 def for_config(config) -> dict | None:
     """The run's options from ``config.train`` (``cpu_convolutions``, ``cpu_reductions``,
     ``fast_compile``)."""
-    return cpu_options(cpu_convolutions=config.train.get("cpu_convolutions", "eigen"),
+    return cpu_options(cpu_convolutions=config.train.get("cpu_convolutions", "auto"),
                        cpu_reductions=config.train.get("cpu_reductions", "ynnpack"),
                        fast_compile=config.train.get("fast_compile", False))

@@ -132,3 +132,23 @@ def test_onednn_that_cannot_run_is_refused_before_training(monkeypatch, tmp_path
     monkeypatch.setattr(onednn, "load", missing)
     with pytest.raises(config_check.ConfigError, match="cpu_convolutions=onednn: no C"):
         config_check.validate(tiny_config(**{"train.cpu_convolutions": "onednn"}))
+
+
+def test_auto_is_onednn_on_one_cpu_device_where_it_loads_else_eigen(monkeypatch, caplog):
+    assert tiny_config().train.cpu_convolutions == "auto"
+    assert kernels.choose("auto", devices=1) == "onednn"
+    assert kernels.choose("auto", devices=2) == "eigen"  # batch-sharded: XLA's kernels
+    assert kernels.choose("ynnpack", devices=1) == "ynnpack"
+    model = models.create_model("residual_cnn", features=4, depth=2)
+    with pytest.raises(ValueError, match="one CPU device"):
+        kernels.apply_with(model.apply, "onednn", devices=2)
+    assert kernels.apply_with(model.apply, "auto", devices=2) == model.apply
+
+    def missing():
+        raise onednn.OneDNNUnavailable("no C++ compiler found")
+
+    monkeypatch.setattr(onednn, "load", missing)
+    monkeypatch.setattr(kernels, "_warned", [])
+    with caplog.at_level("WARNING"):
+        assert kernels.choose("auto", devices=1) == "eigen"
+    assert "no C++ compiler found" in caplog.text

@@ -10,7 +10,7 @@ from msjax import config_check, xla_options
 from tests.helpers import tiny_config
 
 
-def test_default_run_uses_eigen_convolutions_and_ynnpack_reductions_and_options_are_checked():
+def test_default_run_leaves_convolutions_off_ynnpack_keeps_ynnpack_reductions_and_checks():
     kinds = xla_options.YNN_FUSION_TYPE
     # jax 0.10-0.12 know the option and its enum names.
     assert xla_options.for_config(tiny_config()) == {kinds: "LIBRARY_FUSION_TYPE_REDUCE"}

@@ -8,7 +8,10 @@ program that traces it (train step, evaluation, ECO teacher) gets it.
 
 ``train.cpu_convolutions`` picks: ``eigen`` / ``ynnpack`` are XLA:CPU kernel choices made by
 compile options (``xla_options``); ``onednn`` is this module's, on CPU only (elsewhere the apply
-function is returned unchanged), with XLA's Eigen kernels for what oneDNN does not take.
+function is returned unchanged), with XLA's Eigen kernels for what oneDNN does not take. It runs
+on one CPU device: oneDNN spreads each convolution over every core itself, and XLA's partitioner
+would gather a batch-sharded operand onto every device before a custom call. ``auto`` (the
+default) is ``onednn`` on one CPU device where it can be built and loaded, else ``eigen``.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import logging
 
 import jax
 from jax import lax
 
 from msjax.kernels import onednn
 
+log = logging.getLogger(__name__)
+_warned = []
 _use_onednn = contextvars.ContextVar("msjax_onednn_convolutions", default=False)
 
 
@@ -42,12 +48,33 @@ def convolutions(kind: str):
         _use_onednn.reset(token)
 
 
-def apply_with(apply_fn, cpu_convolutions: str):
-    """``apply_fn`` whose convolutions run on ``cpu_convolutions`` (see module doc). For "onednn"
-    on CPU this builds and loads the kernels now and raises ``onednn.OneDNNUnavailable`` saying
-    what is missing."""
-    if cpu_convolutions != "onednn" or jax.default_backend() != "cpu":
+def choose(cpu_convolutions: str, devices: int = 1) -> str:
+    """The kernels ``train.cpu_convolutions`` stands for on this machine with ``devices``
+    devices: "auto" becomes "onednn" or "eigen" (with a warning saying why not oneDNN)."""
+    if cpu_convolutions != "auto":
+        return cpu_convolutions
+    if jax.default_backend() != "cpu" or devices != 1:
+        return "eigen"
+    try:
+        onednn.load()
+        return "onednn"
+    except onednn.OneDNNUnavailable as e:
+        if not _warned:
+            _warned.append(e)
+            log.warning("train.cpu_convolutions=auto: XLA's Eigen convolutions, not oneDNN's "
+                        "(train steps about 1.2-1.4x slower): %s", e)
+        return "eigen"
+
+
+def apply_with(apply_fn, cpu_convolutions: str, devices: int = 1):
+    """``apply_fn`` whose convolutions run on ``choose(cpu_convolutions, devices)`` (see module
+    doc). For oneDNN on CPU this builds and loads the kernels now and raises
+    ``onednn.OneDNNUnavailable`` saying what is missing."""
+    kind = choose(cpu_convolutions, devices)
+    if kind != "onednn" or jax.default_backend() != "cpu":
         return apply_fn
+    if devices != 1:
+        raise ValueError(f"train.cpu_convolutions=onednn runs on one CPU device, not {devices}")
     onednn.load()  # fail here, before any long work, if it cannot be built
 
     @functools.wraps(apply_fn)

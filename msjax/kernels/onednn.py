@@ -105,20 +105,27 @@ def build() -> Path:
 
 
 @functools.cache
-def load() -> None:
-    """Builds (once) and registers the handlers with XLA:CPU; raises OneDNNUnavailable."""
-    library = ctypes.cdll.LoadLibrary(str(build()))
+def _load() -> str:
+    """"" once the handlers are registered with XLA:CPU, else why they cannot be (tried once)."""
+    try:
+        library = ctypes.cdll.LoadLibrary(str(build()))
+    except (OneDNNUnavailable, OSError) as e:
+        return str(e)
     for name, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(f"msjax_onednn_conv_{name}",
                                     jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    return ""
+
+
+def load() -> None:
+    """Builds (once) and registers the handlers with XLA:CPU; raises OneDNNUnavailable."""
+    error = _load()
+    if error:
+        raise OneDNNUnavailable(error)
 
 
 def available() -> bool:
-    try:
-        load()
-        return True
-    except OneDNNUnavailable:
-        return False
+    return not _load()
 
 
 def _call(name, shape, *operands, geometry):
