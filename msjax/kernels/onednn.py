@@ -4,7 +4,7 @@ XLA:CPU's own convolution kernels reach 60-78% of this machine's float32 peak on
 dominate a step and YNNPACK's kernel gradient much less (bench/conv_grads.py); oneDNN's NHWC
 kernels run a 3x3 layer's forward and both gradients at 90-100% of it. ``onednn_conv.cc`` wraps
 them as XLA FFI handlers; this module builds it on first use (a C++17 compiler, jax's FFI headers
-and the ``onednn`` extra: ``pip install 'msjax[onednn]'``), caches the library under
+and oneDNN's wheels, which msjax installs on x86-64 Linux), caches the library under
 ``$MSJAX_KERNEL_CACHE`` (default ``~/.cache/msjax/kernels``), registers the handlers and gives
 ``conv2d``, a float32 NHWC / HWIO convolution with a custom VJP whose three convolutions are
 oneDNN's.
@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 TARGETS = {"forward": "MsjaxConvForward", "backward_data": "MsjaxConvBackwardData",
            "backward_weights": "MsjaxConvBackwardWeights"}
-INSTALL_HINT = ("pip install 'msjax[onednn]' (oneDNN's wheels, x86-64 Linux) and a C++17 compiler "
-                "(g++), or set MSJAX_ONEDNN_ROOT to a oneDNN install (include/, lib/); "
+INSTALL_HINT = ("it needs oneDNN (pip install onednn-cpu-gomp==2023.2.0 "
+                "onednn-devel-cpu-gomp==2023.2.0, x86-64 Linux; or MSJAX_ONEDNN_ROOT set to a "
+                "oneDNN install with include/ and lib/) and a C++17 compiler (g++ or $CXX); "
                 "or use train.cpu_convolutions=eigen")
 
 
