@@ -11,6 +11,11 @@ one HR folder per set, or <set>/HR + <set>/LR_bicubic/X<scale>) on Y with crop =
 
 import sys
 
+if __name__ == "__main__":  # before jax starts (msjax/hugepages.py)
+    from msjax.hugepages import restart_with_huge_pages
+
+    restart_with_huge_pages()
+
 from absl import app, flags, logging
 
 from msjax import data, evaluate

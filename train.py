@@ -6,6 +6,11 @@ Override any field with ``--config.a.b=value``. Running the same command again r
 import os
 import sys
 
+if __name__ == "__main__":  # before jax starts (msjax/hugepages.py)
+    from msjax.hugepages import restart_with_huge_pages
+
+    restart_with_huge_pages()
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 

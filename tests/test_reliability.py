@@ -234,3 +234,24 @@ def test_missing_workdir_parent_is_refused(tmp_path):
 def test_model_options_that_do_not_exist_are_a_config_error():
     with pytest.raises(config_check.ConfigError, match="do not fit model=residual_cnn"):
         config_check.validate(tiny_config(model_kwargs={"width": 3}), num_devices=1)
+
+
+def test_clis_restart_once_on_huge_pages_keeping_pid_and_other_tunables():
+    code = ("import os; print('pid', os.getpid(), flush=True); "
+            "from msjax.hugepages import restart_with_huge_pages; restart_with_huge_pages(); "
+            "print('tunables', os.environ.get('GLIBC_TUNABLES'))")
+
+    def run(**env):
+        base = {k: v for k, v in os.environ.items()
+                if k not in ("GLIBC_TUNABLES", "MSJAX_HUGE_PAGES")}
+        out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split("\n")
+        pids = [line for line in out if line.startswith("pid")]
+        assert len(set(pids)) == 1  # execve: the same process
+        return len(pids), [line for line in out if line.startswith("tunables")]
+
+    assert run() == (2, ["tunables glibc.malloc.hugetlb=1"])
+    assert run(GLIBC_TUNABLES="glibc.malloc.arena_max=2") == (
+        2, ["tunables glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"])
+    assert run(GLIBC_TUNABLES="glibc.malloc.hugetlb=0") == (1, ["tunables glibc.malloc.hugetlb=0"])
+    assert run(MSJAX_HUGE_PAGES="0") == (1, ["tunables None"])
