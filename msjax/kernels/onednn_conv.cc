@@ -110,6 +110,35 @@ ffi::Error Guarded(Body body) {
 
 memory Scratch(const memory::desc& d) { return memory(d, Engine()); }
 
+// The kernel is an input of the forward and input-gradient convolutions, the output of the
+// kernel gradient.
+enum class KernelIs { kInput, kOutput };
+
+Plan MakePlan(dnnl::primitive conv, const memory::desc& kernel_desc,
+              const memory::desc& scratch_desc, const Geometry& g, KernelIs role) {
+  memory user(UserKernel(g.w), Engine()), ours(kernel_desc, Engine());
+  auto reorder = role == KernelIs::kInput ? dnnl::reorder(user, ours) : dnnl::reorder(ours, user);
+  return Plan{conv, reorder, kernel_desc, scratch_desc};
+}
+
+// Runs the plan on two activation tensors and the kernel at `kernel_data` (HWIO).
+void Execute(const Plan& plan, const Geometry& g, KernelIs role, float* kernel_data,
+             std::initializer_list<std::pair<const int, memory>> activations) {
+  dnnl::stream stream(Engine());
+  memory user(UserKernel(g.w), Engine(), kernel_data), kernel = Scratch(plan.kernel_desc);
+  std::unordered_map<int, memory> args(activations);
+  args[role == KernelIs::kInput ? DNNL_ARG_WEIGHTS : DNNL_ARG_DIFF_WEIGHTS] = kernel;
+  args[DNNL_ARG_SCRATCHPAD] = Scratch(plan.scratch_desc);
+  if (role == KernelIs::kInput) plan.kernel_reorder.execute(stream, user, kernel);
+  plan.conv.execute(stream, args);
+  if (role == KernelIs::kOutput) plan.kernel_reorder.execute(stream, kernel, user);
+  stream.wait();
+}
+
+memory Tensor(const memory::dims& d, const float* data) {
+  return memory(Activations(d), Engine(), const_cast<float*>(data));
+}
+
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                    int64_t pl, int64_t pr, int64_t dh, int64_t dw) {
@@ -118,20 +147,12 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                               pr, dh, dw);
     auto plan = GetPlan(Key("fwd", g), [&] {
       auto pd = ForwardDesc(g);
-      return Plan{dnnl::convolution_forward(pd),
-                  dnnl::reorder(memory(UserKernel(g.w), Engine()),
-                                memory(pd.weights_desc(), Engine())),
-                  pd.weights_desc(), pd.scratchpad_desc()};
+      return MakePlan(dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc(), g,
+                      KernelIs::kInput);
     });
-    dnnl::stream stream(Engine());
-    memory user_w(UserKernel(g.w), Engine(), w.typed_data());
-    memory kernel = Scratch(plan->kernel_desc), scratch = Scratch(plan->scratch_desc);
-    plan->kernel_reorder.execute(stream, user_w, kernel);
-    plan->conv.execute(stream, {{DNNL_ARG_SRC, memory(Activations(g.x), Engine(), x.typed_data())},
-                                {DNNL_ARG_WEIGHTS, kernel},
-                                {DNNL_ARG_DST, memory(Activations(g.y), Engine(), y->typed_data())},
-                                {DNNL_ARG_SCRATCHPAD, scratch}});
-    stream.wait();
+    Execute(*plan, g, KernelIs::kInput, w.typed_data(),
+            {{DNNL_ARG_SRC, Tensor(g.x, x.typed_data())},
+             {DNNL_ARG_DST, Tensor(g.y, y->typed_data())}});
   });
 }
 
@@ -147,21 +168,12 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
           Engine(), dnnl::algorithm::convolution_direct, Activations(g.x), AnyKernel(g.w),
           Activations(g.y), g.strides, g.dilation, g.pad_lo, g.pad_hi, ForwardDesc(g),
           UserScratchpad());
-      return Plan{dnnl::convolution_backward_data(pd),
-                  dnnl::reorder(memory(UserKernel(g.w), Engine()),
-                                memory(pd.weights_desc(), Engine())),
-                  pd.weights_desc(), pd.scratchpad_desc()};
+      return MakePlan(dnnl::convolution_backward_data(pd), pd.weights_desc(),
+                      pd.scratchpad_desc(), g, KernelIs::kInput);
     });
-    dnnl::stream stream(Engine());
-    memory user_w(UserKernel(g.w), Engine(), w.typed_data());
-    memory kernel = Scratch(plan->kernel_desc), scratch = Scratch(plan->scratch_desc);
-    plan->kernel_reorder.execute(stream, user_w, kernel);
-    plan->conv.execute(stream,
-                       {{DNNL_ARG_DIFF_DST, memory(Activations(g.y), Engine(), dy.typed_data())},
-                        {DNNL_ARG_WEIGHTS, kernel},
-                        {DNNL_ARG_DIFF_SRC, memory(Activations(g.x), Engine(), dx->typed_data())},
-                        {DNNL_ARG_SCRATCHPAD, scratch}});
-    stream.wait();
+    Execute(*plan, g, KernelIs::kInput, w.typed_data(),
+            {{DNNL_ARG_DIFF_DST, Tensor(g.y, dy.typed_data())},
+             {DNNL_ARG_DIFF_SRC, Tensor(g.x, dx->typed_data())}});
   });
 }
 
@@ -177,21 +189,12 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
           Engine(), dnnl::algorithm::convolution_direct, Activations(g.x), AnyKernel(g.w),
           Activations(g.y), g.strides, g.dilation, g.pad_lo, g.pad_hi, ForwardDesc(g),
           UserScratchpad());
-      return Plan{dnnl::convolution_backward_weights(pd),
-                  dnnl::reorder(memory(pd.diff_weights_desc(), Engine()),
-                                memory(UserKernel(g.w), Engine())),
-                  pd.diff_weights_desc(), pd.scratchpad_desc()};
+      return MakePlan(dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(),
+                      pd.scratchpad_desc(), g, KernelIs::kOutput);
     });
-    dnnl::stream stream(Engine());
-    memory kernel = Scratch(plan->kernel_desc), scratch = Scratch(plan->scratch_desc);
-    plan->conv.execute(stream, {{DNNL_ARG_SRC, memory(Activations(g.x), Engine(), x.typed_data())},
-                                {DNNL_ARG_DIFF_DST,
-                                 memory(Activations(g.y), Engine(), dy.typed_data())},
-                                {DNNL_ARG_DIFF_WEIGHTS, kernel},
-                                {DNNL_ARG_SCRATCHPAD, scratch}});
-    memory user_dw(UserKernel(g.w), Engine(), dw_out->typed_data());
-    plan->kernel_reorder.execute(stream, kernel, user_dw);
-    stream.wait();
+    Execute(*plan, g, KernelIs::kOutput, dw_out->typed_data(),
+            {{DNNL_ARG_SRC, Tensor(g.x, x.typed_data())},
+             {DNNL_ARG_DIFF_DST, Tensor(g.y, dy.typed_data())}});
   });
 }
 
