@@ -74,6 +74,14 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
       g.pad_hi, UserScratchpad());
 }
 
+// Both gradients: (x, kernel, y) descriptors in the same order, hinted by the forward.
+template <class PrimitiveDesc>
+PrimitiveDesc BackwardDesc(const Geometry& g) {
+  return PrimitiveDesc(Engine(), dnnl::algorithm::convolution_direct, Activations(g.x),
+                       AnyKernel(g.w), Activations(g.y), g.strides, g.dilation, g.pad_lo,
+                       g.pad_hi, ForwardDesc(g), UserScratchpad());
+}
+
 // A primitive, the kernel-layout reorder around it and the sizes it needs, built once per shape.
 struct Plan {
   dnnl::primitive conv;
@@ -164,10 +172,7 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
     Geometry g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb,
                               pl, pr, dh, dw);
     auto plan = GetPlan(Key("bwd_data", g), [&] {
-      auto pd = dnnl::convolution_backward_data::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, Activations(g.x), AnyKernel(g.w),
-          Activations(g.y), g.strides, g.dilation, g.pad_lo, g.pad_hi, ForwardDesc(g),
-          UserScratchpad());
+      auto pd = BackwardDesc<dnnl::convolution_backward_data::primitive_desc>(g);
       return MakePlan(dnnl::convolution_backward_data(pd), pd.weights_desc(),
                       pd.scratchpad_desc(), g, KernelIs::kInput);
     });
@@ -185,10 +190,7 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
     Geometry g = MakeGeometry(x.dimensions(), dw_out->dimensions(), dy.dimensions(), sh, sw, pt,
                               pb, pl, pr, dh, dw);
     auto plan = GetPlan(Key("bwd_weights", g), [&] {
-      auto pd = dnnl::convolution_backward_weights::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, Activations(g.x), AnyKernel(g.w),
-          Activations(g.y), g.strides, g.dilation, g.pad_lo, g.pad_hi, ForwardDesc(g),
-          UserScratchpad());
+      auto pd = BackwardDesc<dnnl::convolution_backward_weights::primitive_desc>(g);
       return MakePlan(dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(),
                       pd.scratchpad_desc(), g, KernelIs::kOutput);
     });
