@@ -110,8 +110,11 @@ def _load() -> str:
     """"" once the handlers are registered with XLA:CPU, else why they cannot be (tried once)."""
     try:
         library = ctypes.cdll.LoadLibrary(str(build()))
-    except (OneDNNUnavailable, OSError) as e:
+    except OneDNNUnavailable as e:
         return str(e)
+    except OSError as e:  # an unwritable cache, a library that does not load
+        return (f"{e}; MSJAX_KERNEL_CACHE names a writable folder for the built kernels "
+                f"(now {_cache_dir()})")
     for name, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(f"msjax_onednn_conv_{name}",
                                     jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
