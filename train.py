@@ -17,13 +17,14 @@ from ml_collections import config_flags
 from msjax import config_check, data, methods, train
 
 FLAGS = flags.FLAGS
-# Simulated CPU devices the batch is sharded over when the user sets none. With msjax's default
-# Eigen convolutions (msjax/xla_options.py) one device keeps both cores busy and was the fastest
-# or within 10% of it in every case bench/devices.py measured (2026-11-22, 2 cores: quickstart
-# FMS step 159 ms on 1 device, 180 on 2, 356 on 8; ResNet b16 1.11 s on 1, 1.10 s on 2, 1.84 s
-# on 8). Simulated devices only paid off with YNNPACK convolutions, which leave cores idle. A
-# constant, not the core count, so a run gives the same numbers (and resumes exactly) on any
-# machine.
+# Simulated CPU devices the batch is sharded over when the user sets none. msjax's default CPU
+# convolutions are oneDNN's (msjax/kernels), which run on one device and use every core; with
+# Eigen's (msjax/xla_options.py) one device also kept both cores busy and was the fastest or within
+# 10% of it in every case bench/devices.py measured (2026-11-22, 2 cores: quickstart FMS step 159
+# ms on 1 device, 180 on 2, 356 on 8; ResNet b16 1.11 s on 1, 1.10 s on 2, 1.84 s on 8; oneDNN on
+# one device: 0.83 s). Simulated devices only paid off with YNNPACK convolutions, which leave cores
+# idle. A constant, not the core count, so a run gives the same numbers (and resumes exactly) on
+# any machine.
 DEFAULT_CPU_DEVICES = 1
 config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for checkpoints and logs (resumes if it exists)")

@@ -9,8 +9,9 @@ each coarse stage poses the same physical problem with noise of the same strengt
 
 For longer runs, ``--config.task.level_blur=fixed`` (the same sigma in pixels on every grid, so
 each coarse stage poses the fine problem again) transfers better: at 1800 steps full multiscale
-ends at 26.36 dB that way against 25.54 dB with the scaled blur, but at this config's 600 steps
-at 24.31 dB against 24.98 (bench/cost_to_quality.py, README).
+ends at 26.18 dB that way against 25.37 dB with the scaled blur (oneDNN convolutions, seed 42),
+but at this config's 600 steps it ended at 24.31 dB against 24.98 (session 3, Eigen
+convolutions; bench/cost_to_quality.py, README).
 """
 
 from configs import base
