@@ -54,7 +54,7 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
                f"convolution over every core itself), not {num_devices}; set num_devices=1 or "
                f"use train.cpu_convolutions=eigen")
         try:
-            kernels.onednn.load()
+            kernels.require_onednn()
         except kernels.onednn.OneDNNUnavailable as e:
             raise ConfigError(f"train.cpu_convolutions=onednn: {e}") from None
     _one_of(c.train.get("lr_schedule", "cosine"), steps.LR_SCHEDULES, "train.lr_schedule")

@@ -152,7 +152,7 @@ def compiled_flops(compiled) -> float:
     if isinstance(analysis, (list, tuple)):  # older jax returns one dict per device program
         analysis = analysis[0] if analysis else {}
     flops = float((analysis or {}).get("flops", float("nan")))
-    text = compiled.as_text()
+    text = compiled.as_text() or ""
     return flops + (onednn.custom_call_flops(text) if "msjax_onednn_conv" in text else 0.0)
 
 

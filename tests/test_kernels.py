@@ -132,6 +132,10 @@ def test_onednn_that_cannot_run_is_refused_before_training(monkeypatch, tmp_path
     monkeypatch.setattr(onednn, "load", missing)
     with pytest.raises(config_check.ConfigError, match="cpu_convolutions=onednn: no C"):
         config_check.validate(tiny_config(**{"train.cpu_convolutions": "onednn"}))
+    # A flax without nn.Conv's conv_general_dilated field cannot reach oneDNN: refused too.
+    monkeypatch.setattr(kernels, "FLAX_HOOK", False)
+    with pytest.raises(config_check.ConfigError, match="conv_general_dilated"):
+        config_check.validate(tiny_config(**{"train.cpu_convolutions": "onednn"}))
 
 
 def test_auto_is_onednn_on_one_cpu_device_where_it_loads_else_eigen(monkeypatch, caplog):

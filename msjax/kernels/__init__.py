@@ -21,10 +21,15 @@ import contextvars
 import functools
 import logging
 
+import flax.linen as nn
 import jax
 from jax import lax
 
 from msjax.kernels import onednn
+
+# Models hand their convolutions to ``conv_general_dilated`` through this field of ``nn.Conv``
+# (``models/layers.py``); flax marks it deprecated, and without it oneDNN cannot be reached.
+FLAX_HOOK = "conv_general_dilated" in getattr(nn.Conv, "__dataclass_fields__", {})
 
 log = logging.getLogger(__name__)
 _warned = []
@@ -40,12 +45,21 @@ def convolutions(kind: str):
     object under one choice only (``apply_with`` makes a new one per choice).
     """
     if kind == "onednn":
-        onednn.load()
+        require_onednn()
     token = _use_onednn.set(kind == "onednn")
     try:
         yield
     finally:
         _use_onednn.reset(token)
+
+
+def require_onednn() -> None:
+    """Builds and loads the kernels (once); raises ``onednn.OneDNNUnavailable`` saying why not."""
+    if not FLAX_HOOK:
+        raise onednn.OneDNNUnavailable(
+            f"flax {getattr(nn, '__version__', '')} has no nn.Conv.conv_general_dilated field, "
+            f"through which msjax's models reach oneDNN; use train.cpu_convolutions=eigen")
+    onednn.load()
 
 
 def choose(cpu_convolutions: str, devices: int = 1) -> str:
@@ -56,7 +70,7 @@ def choose(cpu_convolutions: str, devices: int = 1) -> str:
     if jax.default_backend() != "cpu" or devices != 1:
         return "eigen"
     try:
-        onednn.load()
+        require_onednn()
         return "onednn"
     except onednn.OneDNNUnavailable as e:
         if not _warned:
@@ -75,7 +89,7 @@ def apply_with(apply_fn, cpu_convolutions: str, devices: int = 1):
         return apply_fn
     if devices != 1:
         raise ValueError(f"train.cpu_convolutions=onednn runs on one CPU device, not {devices}")
-    onednn.load()  # fail here, before any long work, if it cannot be built
+    require_onednn()  # fail here, before any long work, if it cannot be built
 
     @functools.wraps(apply_fn)
     def apply(*args, **kwargs):

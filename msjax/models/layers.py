@@ -34,10 +34,10 @@ def scaled(init: nn.initializers.Initializer, factor: float) -> nn.initializers.
 # Explicit symmetric padding, as in PyTorch: 'SAME' pads (0, 1) for stride 2 on even sizes, which
 # would shift the downsampling grid by half a pixel relative to the reference.
 # nn.Conv whose convolution msjax.kernels picks (oneDNN's on CPU under train.cpu_convolutions=
-# onednn, else XLA's). flax marks the conv_general_dilated field deprecated; without it every
-# convolution stays on XLA and asking for oneDNN is refused (kernels.apply_with).
+# auto|onednn, else XLA's). flax marks the conv_general_dilated field deprecated; without it every
+# convolution stays on XLA and oneDNN is refused (kernels.require_onednn).
 NNConv = (partial(nn.Conv, conv_general_dilated=kernels.conv_general_dilated)
-          if "conv_general_dilated" in nn.Conv.__dataclass_fields__ else nn.Conv)
+          if kernels.FLAX_HOOK else nn.Conv)
 Conv = partial(NNConv, kernel_init=torch_default_init, param_dtype=jnp.float32)
 Conv3x3 = partial(Conv, kernel_size=(3, 3), padding=1)
 Conv1x1 = partial(Conv, kernel_size=(1, 1), padding=0)
