@@ -59,8 +59,7 @@ def _onednn_dirs() -> tuple[Path, Path]:
     """(include dir holding dnnl.hpp, lib dir holding libdnnl.so.3)."""
     root = os.environ.get("MSJAX_ONEDNN_ROOT")
     if root:
-        include, lib = Path(root) / "include", Path(root) / "lib"
-        header, library = include / "dnnl.hpp", lib / "libdnnl.so.3"
+        header, library = Path(root) / "include" / "dnnl.hpp", Path(root) / "lib" / "libdnnl.so.3"
     else:
         header = _package_file("onednn-devel-cpu-gomp", "include/dnnl.hpp")
         library = _package_file("onednn-cpu-gomp", "/libdnnl.so.3")
@@ -91,7 +90,7 @@ def build() -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    log.info("building oneDNN convolutions (once, ~30 s) into %s", out)
+    log.info("building oneDNN convolutions (once, a few seconds) into %s", out)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_out = Path(tmp) / out.name
         cmd = [cxx, "-O2", "-std=c++17", "-w", "-shared", "-fPIC", str(SOURCE), f"-I{ffi_include}",
@@ -126,10 +125,6 @@ def load() -> None:
     error = _load()
     if error:
         raise OneDNNUnavailable(error)
-
-
-def available() -> bool:
-    return not _load()
 
 
 def _call(name, shape, *operands, geometry):
