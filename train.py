@@ -32,14 +32,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def set_cpu_devices(config):
-    """config.num_devices, else DEFAULT_CPU_DEVICES, unless JAX_NUM_CPU_DEVICES or XLA_FLAGS'
+    """config.runtime.num_devices, else DEFAULT_CPU_DEVICES, unless JAX_NUM_CPU_DEVICES or XLA_FLAGS'
     --xla_force_host_platform_device_count already say (before JAX starts its backends)."""
     if ("JAX_NUM_CPU_DEVICES" in os.environ
             or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
         return
     import jax
 
-    jax.config.update("jax_num_cpu_devices", config.num_devices or DEFAULT_CPU_DEVICES)
+    jax.config.update("jax_num_cpu_devices", config.runtime.num_devices or DEFAULT_CPU_DEVICES)
 
 
 def main(argv):

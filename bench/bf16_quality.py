@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ is not installed
 
-from configs import quickstart  # noqa: E402
+from msjax.configs import quickstart  # noqa: E402
 from msjax import logs, train  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def main():
         c = quickstart.get_config()
         c.dtype = dtype
         c.train.steps = args.steps
-        c.train.eval_every = c.train.checkpoint_every = max(1, args.steps // 6)
+        c.log.eval_every = c.log.checkpoint_every = max(1, args.steps // 6)
         t0 = time.perf_counter()
         result = train.train_and_evaluate(c, root / dtype)
         valid = logs.read_csv(root / dtype / "valid.csv")

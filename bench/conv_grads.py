@@ -34,7 +34,7 @@ def main(argv=None):
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--cpu_convolutions", default="eigen,ynnpack,onednn",
-                   help="train.cpu_convolutions values to time")
+                   help="runtime.cpu_convolutions values to time")
     args = p.parse_args(argv)
     n, s, c = args.batch, args.size, args.channels
     flops = 2.0 * n * s * s * c * c * 9

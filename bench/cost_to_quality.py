@@ -30,15 +30,15 @@ DEFAULT_MARGIN_DB = 0.1
 
 
 def make_config(mode: str, args):
-    from configs import quickstart
+    from msjax.configs import quickstart
 
     c = quickstart.get_config()
     c.mode = mode
     c.seed = args.seed
     c.train.steps = args.fms_steps if mode == "fullmultiscale" and args.fms_steps else args.steps
-    c.train.eval_every = args.eval_every
-    c.train.log_every = min(c.train.log_every, args.eval_every)
-    c.train.checkpoint_every = c.train.steps  # checkpoints are not the point here
+    c.log.eval_every = args.eval_every
+    c.log.every = min(c.log.every, args.eval_every)
+    c.log.checkpoint_every = c.train.steps  # checkpoints are not the point here
     for item in args.set:
         field, _, text = item.partition("=")
         node, *path = c, *field.split(".")

@@ -48,9 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=8, help="quickstart batch per term")
     p.add_argument("--resnet_batch", type=int, default=16)
     p.add_argument("--cpu_convolutions", default="auto,eigen",
-                   help="train.cpu_convolutions values to time (msjax/xla_options.py)")
+                   help="runtime.cpu_convolutions values to time (msjax/xla_options.py)")
     p.add_argument("--cpu_reductions", default="ynnpack",
-                   help="train.cpu_reductions values to time, e.g. ynnpack,xla")
+                   help="runtime.cpu_reductions values to time, e.g. ynnpack,xla")
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--cases", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -63,14 +63,14 @@ def _csv(text, cast=int):
 def build_case(case: str, args):
     """(config, plan) of a case ``name:convolutions/reductions``; the config's model, task,
     optimizer and XLA options are what is timed."""
-    from configs import quickstart
+    from msjax.configs import quickstart
     from msjax import config_check, multiscale
 
     name, _, kernels = case.partition(":")
     conv, _, reductions = kernels.partition("/")
     c = quickstart.get_config()
-    c.train.cpu_convolutions = conv or "auto"
-    c.train.cpu_reductions = reductions or "ynnpack"
+    c.runtime.cpu_convolutions = conv or "auto"
+    c.runtime.cpu_reductions = reductions or "ynnpack"
     c.data.patch = args.patch
     c.batch_size = args.batch
     if name == "multiscale":  # the finest full-multiscale stage: the quickstart's costliest

@@ -12,7 +12,7 @@ msjax runs in a subprocess per ``--devices`` count (JAX_NUM_CPU_DEVICES must be 
 starts): the batch is sharded over that many simulated CPU devices. PyTorch (the optional
 ``bench`` extra, CPU build) runs in this process with its default threads. Ratios below 1.0 mean
 msjax is faster. ``--cpu_convolutions onednn,eigen,ynnpack`` times the convolution kernels
-(``train.cpu_convolutions``; onednn is what msjax's default ``auto`` picks on one CPU device,
+(``runtime.cpu_convolutions``; onednn is what msjax's default ``auto`` picks on one CPU device,
 msjax/kernels; eigen and ynnpack are XLA:CPU's own, ynnpack its default; see msjax/xla_options.py
 and bench/conv_grads.py), ``--cpu_reductions ynnpack,xla`` both reduction kernels.
 """
@@ -46,9 +46,9 @@ def make_parser(description=__doc__) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     p.add_argument("--devices", default="1", help="simulated CPU device counts for msjax, e.g. 1,4")
     p.add_argument("--cpu_convolutions", default="onednn,eigen",
-                   help="train.cpu_convolutions values to time, e.g. onednn,eigen,ynnpack")
+                   help="runtime.cpu_convolutions values to time, e.g. onednn,eigen,ynnpack")
     p.add_argument("--cpu_reductions", default="ynnpack",
-                   help="train.cpu_reductions values to time, e.g. ynnpack,xla")
+                   help="runtime.cpu_reductions values to time, e.g. ynnpack,xla")
     p.add_argument("--no_torch", action="store_true", help="time msjax only")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -117,13 +117,13 @@ def msjax_step(model_name: str, size: int, mode: str, args, conv: str = "auto",
     import jax
     import numpy as np
 
-    from configs import base
+    from msjax import defaults
     from msjax import models, multiscale, parallel, steps, tasks, train, xla_options
 
-    config = base.get_config()
+    config = defaults.get_config()
     config.task.name = "denoise"
-    config.train.cpu_convolutions = conv
-    config.train.cpu_reductions = reductions
+    config.runtime.cpu_convolutions = conv
+    config.runtime.cpu_reductions = reductions
     plan = multiscale.LevelPlan(plan_batches(args, mode))
     mesh = parallel.make_mesh()
     task = tasks.make_task(config.task)

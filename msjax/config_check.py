@@ -41,29 +41,29 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
     _one_of(c.mge.restriction, RESTRICTIONS, "mge.restriction")
     _one_of(c.dtype, ("float32", "bfloat16"), "dtype")
     _one_of(c.train.optimizer, ("adam", "lamb"), "train.optimizer")
-    _one_of(c.train.nonfinite, ("stop", "skip"), "train.nonfinite")
+    _one_of(c.runtime.nonfinite, ("stop", "skip"), "runtime.nonfinite")
     _one_of(c.data.bad_images, ("skip", "error"), "data.bad_images")
     _one_of(c.data.get("resize_mode", "square"), RESIZE_MODES, "data.resize_mode")
-    _one_of(c.train.get("cpu_convolutions", "auto"), xla_options.CPU_CONVOLUTIONS,
-            "train.cpu_convolutions")
-    _one_of(c.train.get("cpu_reductions", "ynnpack"), xla_options.CPU_REDUCTIONS,
-            "train.cpu_reductions")
-    if c.train.get("cpu_convolutions", "auto") == "onednn" and jax.default_backend() == "cpu":
+    _one_of(c.runtime.cpu_convolutions, xla_options.CPU_CONVOLUTIONS,
+            "runtime.cpu_convolutions")
+    _one_of(c.runtime.cpu_reductions, xla_options.CPU_REDUCTIONS,
+            "runtime.cpu_reductions")
+    if c.runtime.cpu_convolutions == "onednn" and jax.default_backend() == "cpu":
         _check(num_devices == 1,
-               f"train.cpu_convolutions=onednn runs on one CPU device (oneDNN spreads each "
+               f"runtime.cpu_convolutions=onednn runs on one CPU device (oneDNN spreads each "
                f"convolution over every core itself), not {num_devices}; set num_devices=1 or "
-               f"use train.cpu_convolutions=eigen")
+               f"use runtime.cpu_convolutions=eigen")
         try:
             kernels.require_onednn()
         except kernels.onednn.OneDNNUnavailable as e:
-            raise ConfigError(f"train.cpu_convolutions=onednn: {e}") from None
+            raise ConfigError(f"runtime.cpu_convolutions=onednn: {e}") from None
     _one_of(c.train.get("lr_schedule", "cosine"), steps.LR_SCHEDULES, "train.lr_schedule")
     _check(c.train.steps > 0, f"train.steps={c.train.steps} must be positive")
     _check(c.train.lr > 0, f"train.lr={c.train.lr} must be positive")
     _check(0 <= c.train.lr_end <= c.train.lr,
            f"train.lr_end={c.train.lr_end} must lie in [0, train.lr={c.train.lr}]")
-    for field in ("eval_every", "log_every", "checkpoint_every"):
-        _check(c.train[field] > 0, f"train.{field}={c.train[field]} must be positive")
+    for field in ("every", "eval_every", "checkpoint_every"):
+        _check(c.log[field] > 0, f"log.{field}={c.log[field]} must be positive")
     _check(c.batch_size > 0, f"batch_size={c.batch_size} must be positive")
     _check(c.mge.levels >= 0, f"mge.levels={c.mge.levels} must be >= 0")
     _check(c.data.patch > 0, f"data.patch={c.data.patch} must be positive")

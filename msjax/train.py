@@ -25,12 +25,10 @@ from msjax import (checkpoints, config_check, data, kernels, logs, models, multi
 log = logging.getLogger(__name__)
 
 # Fields that may change between a run and its resumption (they do not change the result).
-RESUMABLE_FIELDS = ("train.eval_every", "train.log_every", "train.checkpoint_every",
-                    "train.nonfinite", "num_devices", "distributed", "coordinator_address",
-                    "num_processes", "process_id", "data.data_dir",
-                    "eval.tile", "eval.tile_overlap", "eval.self_ensemble",
-                    "train.fast_compile", "train.cpu_convolutions",
-                    "train.cpu_reductions")
+def _resumable(key: str) -> bool:
+    from msjax import defaults
+    return (key.split(".")[0] in defaults.RESUMABLE_SECTIONS
+            or key.endswith(defaults.RESUMABLE_SUFFIXES))
 
 
 class NonFiniteError(FloatingPointError):
@@ -62,7 +60,7 @@ def check_workdir(workdir: Path, config) -> None:
     if path.exists():
         saved = json.loads(path.read_text())
         diffs = [k for k in sorted(set(saved) | set(current))
-                 if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k)]
+                 if not _resumable(k) and saved.get(k) != current.get(k)]
         if diffs:
             shown = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diffs[:5])
             raise config_check.ConfigError(
@@ -78,7 +76,7 @@ def create_state(model, config, sample_input, total_steps: int, mesh) -> steps.T
     rng = jax.random.PRNGKey(config.seed)
     t = jnp.zeros((sample_input.shape[0],), jnp.float32)
     # Every program that runs the model (step, evaluation, panels) traces this apply_fn.
-    apply_fn = kernels.apply_with(model.apply, config.train.get("cpu_convolutions", "auto"),
+    apply_fn = kernels.apply_with(model.apply, config.runtime.cpu_convolutions,
                                   devices=mesh.size)
 
     def init():
@@ -167,16 +165,16 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
     MGE step (e.g. ECO's teacher pairs). Both must be deterministic in (step, batches).
     """
     workdir = Path(workdir).expanduser()
-    parallel.initialize_distributed(config)
-    if jax.process_count() > 1 and config.num_devices not in (0, jax.device_count()):
+    parallel.initialize_distributed(config.runtime)
+    if jax.process_count() > 1 and config.runtime.num_devices not in (0, jax.device_count()):
         raise config_check.ConfigError(
-            f"num_devices={config.num_devices} with {jax.process_count()} processes: a multi-host "
+            f"num_devices={config.runtime.num_devices} with {jax.process_count()} processes: a multi-host "
             f"run uses every device ({jax.device_count()}); set num_devices=0")
     try:
         term_batches = {n for s in config_check.schedule(config) for n in s.plan.batch_sizes}
     except ValueError:
         term_batches = set()  # validate() names the problem
-    n_devices = parallel.device_count_for(term_batches, config.num_devices)
+    n_devices = parallel.device_count_for(term_batches, config.runtime.num_devices)
     config_check.validate(config, workdir=str(workdir), num_devices=n_devices)
     workdir.mkdir(exist_ok=True)
     check_workdir(workdir, config)
@@ -194,11 +192,11 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
     sample = jnp.zeros((1,) + tuple(valid_batch["input"].shape[1:]), jnp.float32)
     state = create_state(model, config, task.model_input(sample), total_steps, mesh)
 
-    ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep_best=config.train.max_to_keep_best)
+    ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep_best=config.log.keep_best)
     progress = logs.Progress(total_steps, 0, enabled=jax.process_index() == 0)
     if jax.default_backend() == "cpu":
         progress.write(f"CPU convolutions: "
-                       f"{kernels.choose(config.train.get('cpu_convolutions', 'auto'), mesh.size)}")
+                       f"{kernels.choose(config.runtime.cpu_convolutions, mesh.size)}")
     restored = ckpt.restore_latest(state, on_fallback=progress.write)
     # Costs so far: `seconds` is training wall time without compiling (which a longer run
     # amortises), `compile_seconds` the stages' compile time, kept apart.
@@ -255,7 +253,7 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
         if stage_index not in compiled:
             fn = jax.jit(functools.partial(
                 steps.train_step, plan=stages[stage_index].plan, task=task,
-                skip_nonfinite=config.train.nonfinite == "skip"), donate_argnums=(0,),
+                skip_nonfinite=config.runtime.nonfinite == "skip"), donate_argnums=(0,),
                 out_shardings=parallel.replicated(mesh))
             t0 = time.perf_counter()
             exe = fn.lower(state, batches, seed_key).compile(compile_options)
@@ -268,7 +266,7 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
         row = {"step": step, "stage": stage_index, **input_scores,
                **{k: float(np.mean(v[:n_valid])) for k, v in out.items()}, **ledger}
         runlog.scalars("valid", row)
-        if step % (config.train.eval_every * 4) == 0 or step == total_steps:
+        if step % (config.log.eval_every * 4) == 0 or step == total_steps:
             runlog.images(step, parallel.fetch(valid_panels_fn(state, valid_batch)))
             # What the model makes of data it is fitted to (evaluation mode), beside validation.
             train_head = jax.tree.map(lambda a: a[:4], train_batch)
@@ -286,13 +284,13 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
         fetched = parallel.fetch(pending)
         pending.clear()
         bad = [(s, m) for s, m in fetched if not bool(m["finite"])]
-        if bad and config.train.nonfinite == "stop":
+        if bad and config.runtime.nonfinite == "stop":
             first = bad[0][0]
             raise NonFiniteError(
                 f"non-finite loss or gradient at step {first} (loss {float(bad[0][1]['loss'])}, "
                 f"grad norm {float(bad[0][1]['grad_norm'])}); the last good checkpoint "
                 f"(step {max(ckpt.steps(), default=0)}) is kept in {workdir}. Lower train.lr, "
-                "or set --config.train.nonfinite=skip to skip such steps")
+                "or set --config.runtime.nonfinite=skip to skip such steps")
         ledger["skipped"] += len(bad)
         s, m = fetched[-1]
         row = {"step": s + 1, "stage": stage_index, "loss": float(m["loss"]),
@@ -315,7 +313,7 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
                 t0, compiling = time.perf_counter(), ledger["compile_seconds"]
                 # The steady state moves nothing between host and device but the explicit batch
                 # transfer (and the metrics fetched for logging, outside this block).
-                with jax.transfer_guard(config.train.transfer_guard):
+                with jax.transfer_guard(config.runtime.transfer_guard):
                     batches = parallel.put_batch(host_batches, mesh)
                     if batch_transform is not None:
                         batches = batch_transform(step, batches)
@@ -329,14 +327,14 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
                 ledger["flops"] += flops
                 done = step + 1
                 boundary = done == stages[stage_index].end_step
-                flushing = done % config.train.log_every == 0 or boundary or done == total_steps
+                flushing = done % config.log.every == 0 or boundary or done == total_steps
                 if flushing:
                     jax.block_until_ready(state.step)
                 compile_s = ledger["compile_seconds"] - compiling  # this step's stage compile
                 ledger["seconds"] += time.perf_counter() - t0 - compile_s
                 if flushing:
                     flush(stage_index)
-                evaluated = done % config.train.eval_every == 0 or done == total_steps
+                evaluated = done % config.log.eval_every == 0 or done == total_steps
                 if evaluated:
                     flush(stage_index)
                     row = evaluate(done, stage_index, batches[0])
@@ -347,7 +345,7 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
                                    f"{row['psnr']:.2f} dB (input {row['input_psnr']:.2f}), "
                                    f"SSIM {row['ssim']:.4f}{' *best' if improved else ''}")
                     save(done, stage_index, {"psnr": row["psnr"]})
-                elif done % config.train.checkpoint_every == 0 or boundary:
+                elif done % config.log.checkpoint_every == 0 or boundary:
                     flush(stage_index)
                     save(done, stage_index)
                 stop = signals.received

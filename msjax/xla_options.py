@@ -4,7 +4,7 @@ library caller gets the same programs as ``train.py``.
 
 On CPU three choices matter (measured in bench/conv_grads.py and bench/step_time.py):
 
-- ``train.cpu_convolutions``: jax 0.10-0.12's XLA:CPU hands convolutions to YNNPACK by default,
+- ``runtime.cpu_convolutions``: jax 0.10-0.12's XLA:CPU hands convolutions to YNNPACK by default,
   whose kernel-gradient convolution runs 3-4x slower than the forward; XLA's own Eigen
   convolutions (left out of ``xla_cpu_experimental_ynn_fusion_type``) run a 3x3 layer's forward +
   both gradients 1.1-3x faster on the layers that dominate a step (8x8 to 64x64, 3 to 512
@@ -12,13 +12,13 @@ On CPU three choices matter (measured in bench/conv_grads.py and bench/step_time
   ``eigen`` or ``ynnpack``; ``onednn`` (msjax/kernels) replaces the models' convolutions with
   oneDNN's at trace time and leaves the rest on Eigen; ``auto`` (default) is ``onednn`` where it
   can run, else ``eigen``.
-- ``train.cpu_reductions``: XLA's own reductions over large tensors that keep the channel axis
+- ``runtime.cpu_reductions``: XLA's own reductions over large tensors that keep the channel axis
   (every convolution's bias gradient) run 20-40x slower than YNNPACK's (a 16x64x64x128 bias
   gradient: 31 ms against 0.8 ms; XLA rewrites it into a strided reduce-window), which cost the
   ResNet b16 step an eighth of its time. ``ynnpack`` (default, as in XLA's default) or ``xla``
   (XLA's fused loops: faster on small steps whose reductions are small and fuse with their
   neighbours, e.g. SRNet at batch 4).
-- ``train.fast_compile``: cheap optimisation for programs that run a few times, where compile
+- ``runtime.fast_compile``: cheap optimisation for programs that run a few times, where compile
   time dominates (a pyramidal44 MGE step compiled 4x faster and ran 1.7x slower).
 
 On GPU / TPU no option is passed.
@@ -108,6 +108,6 @@ def cpu_options(*, cpu_convolutions: str = "eigen", cpu_reductions: str = "ynnpa
 def for_config(config) -> dict | None:
     """The run's options from ``config.train`` (``cpu_convolutions``, ``cpu_reductions``,
     ``fast_compile``)."""
-    return cpu_options(cpu_convolutions=config.train.get("cpu_convolutions", "auto"),
-                       cpu_reductions=config.train.get("cpu_reductions", "ynnpack"),
-                       fast_compile=config.train.get("fast_compile", False))
+    return cpu_options(cpu_convolutions=config.runtime.cpu_convolutions,
+                       cpu_reductions=config.runtime.cpu_reductions,
+                       fast_compile=config.runtime.fast_compile)

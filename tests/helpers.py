@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from configs import base
+from msjax import defaults
 
 
 def tiny_config(**overrides):
     """A config that trains in seconds: 16x16 patches, a 2-layer CNN, a few steps."""
-    c = base.get_config()
+    c = defaults.get_config()
     c.data.patch = 16
     c.data.valid_images = 4
     c.model = "residual_cnn"
@@ -24,10 +24,10 @@ def tiny_config(**overrides):
     c.fms.stage_weights = (1, 1, 1)
     c.train.steps = 3
     c.train.lr = 1e-3
-    c.train.eval_every = 3
-    c.train.log_every = 1
-    c.train.checkpoint_every = 1
-    c.num_devices = 1
+    c.log.eval_every = 3
+    c.log.every = 1
+    c.log.checkpoint_every = 1
+    c.runtime.num_devices = 1
     for key, value in overrides.items():
         node = c
         *parents, leaf = key.split(".")

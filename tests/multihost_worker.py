@@ -23,9 +23,9 @@ from tests.helpers import tiny_config  # noqa: E402
 
 
 def main(process_id, num_processes, port, workdir, out_dir):
-    c = tiny_config(**{"mode": "multiscale", "mge.batch_growth": 2, "num_devices": 0,
-                       "coordinator_address": f"127.0.0.1:{port}",
-                       "num_processes": num_processes, "process_id": process_id})
+    c = tiny_config(**{"mode": "multiscale", "mge.batch_growth": 2, "runtime.num_devices": 0,
+                       "runtime.coordinator_address": f"127.0.0.1:{port}",
+                       "runtime.num_processes": num_processes, "runtime.process_id": process_id})
     result = train.train_and_evaluate(c, workdir)
     assert jax.process_count() == num_processes, jax.process_count()
 
@@ -44,11 +44,11 @@ def main(process_id, num_processes, port, workdir, out_dir):
 
 
 def preempt(process_id, num_processes, port, workdir):
-    c = tiny_config(**{"mode": "multiscale", "mge.batch_growth": 2, "num_devices": 0,
-                       "coordinator_address": f"127.0.0.1:{port}",
-                       "num_processes": num_processes, "process_id": process_id,
-                       "train.steps": 2000, "train.log_every": 5, "train.eval_every": 2000,
-                       "train.checkpoint_every": 2000})
+    c = tiny_config(**{"mode": "multiscale", "mge.batch_growth": 2, "runtime.num_devices": 0,
+                       "runtime.coordinator_address": f"127.0.0.1:{port}",
+                       "runtime.num_processes": num_processes, "runtime.process_id": process_id,
+                       "train.steps": 2000, "log.every": 5, "log.eval_every": 2000,
+                       "log.checkpoint_every": 2000})
     try:
         train.train_and_evaluate(c, workdir)
     except train.Preempted as e:

@@ -20,8 +20,8 @@ def sr_config(**overrides):
     """A tiny EDSR x2 on the built-in photos, MGE with 2 coarse levels (LR 16 -> 8 -> 4)."""
     c = tiny_config(**{"task.name": "sr", "task.residual": False, "task.loss": "l1",
                        "model": "edsr", "data.patch": 32, "train.steps": STEPS,
-                       "train.eval_every": STEPS // 2, "train.log_every": 4,
-                       "train.checkpoint_every": STEPS // 2, **overrides})
+                       "log.eval_every": STEPS // 2, "log.every": 4,
+                       "log.checkpoint_every": STEPS // 2, **overrides})
     c.model_kwargs = dict(scale=2, n_resblocks=2, n_feats=16)
     return c
 
@@ -123,7 +123,7 @@ def test_precomputed_eco_run_writes_and_reuses_the_cache(teacher, tmp_path):
     teacher_dir, _ = teacher
     config = sr_config(**{"method": "eco", "eco.teacher_workdir": str(teacher_dir),
                           "eco.precompute": True, "eco.mix": "sample", "train.steps": 4,
-                          "train.eval_every": 4, "eco.cache_dir": str(tmp_path / "cache")})
+                          "log.eval_every": 4, "eco.cache_dir": str(tmp_path / "cache")})
     result = methods.run(config, tmp_path / "eco")
     assert np.isfinite(result["psnr"])
     files = sorted((tmp_path / "cache").glob("*_sr_pre.png"))
@@ -170,7 +170,7 @@ def test_a_loss_spike_is_skipped_without_advancing_the_optimizer():
 
 
 def test_official_extras_build_from_the_eco_config():
-    from configs import eco_edsr_x2
+    from msjax.configs import eco_edsr_x2
 
     c = eco_edsr_x2.get_config()
     tx = steps.make_optimizer(c.train, 10)

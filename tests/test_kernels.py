@@ -1,4 +1,4 @@
-"""msjax.kernels: oneDNN convolutions (train.cpu_convolutions=onednn) compute what XLA's do, take
+"""msjax.kernels: oneDNN convolutions (runtime.cpu_convolutions=onednn) compute what XLA's do, take
 only what they can, are counted in the FLOPs, and train deterministically."""
 
 import jax
@@ -105,8 +105,8 @@ def test_a_model_runs_on_onednn_through_apply_with_and_matches_xla():
 
 def test_training_on_onednn_is_deterministic_and_logs_its_flops(tmp_path):
     def run(name, conv):
-        c = tiny_config(**{"train.cpu_convolutions": conv, "train.steps": 2,
-                           "train.eval_every": 2, "mode": "single"})
+        c = tiny_config(**{"runtime.cpu_convolutions": conv, "train.steps": 2,
+                           "log.eval_every": 2, "mode": "single"})
         return train.train_and_evaluate(c, tmp_path / name)
 
     first, second, xla = run("a", "onednn"), run("b", "onednn"), run("c", "eigen")
@@ -120,7 +120,7 @@ def test_training_on_onednn_is_deterministic_and_logs_its_flops(tmp_path):
 
 def test_onednn_that_cannot_run_is_refused_before_training(monkeypatch, tmp_path):
     with pytest.raises(config_check.ConfigError, match="num_devices=1"):
-        config_check.validate(tiny_config(**{"train.cpu_convolutions": "onednn"}),
+        config_check.validate(tiny_config(**{"runtime.cpu_convolutions": "onednn"}),
                               num_devices=2)
     monkeypatch.setenv("MSJAX_ONEDNN_ROOT", str(tmp_path))  # holds no oneDNN
     with pytest.raises(onednn.OneDNNUnavailable, match="pip install onednn-cpu-gomp"):
@@ -131,15 +131,15 @@ def test_onednn_that_cannot_run_is_refused_before_training(monkeypatch, tmp_path
 
     monkeypatch.setattr(onednn, "load", missing)
     with pytest.raises(config_check.ConfigError, match="cpu_convolutions=onednn: no C"):
-        config_check.validate(tiny_config(**{"train.cpu_convolutions": "onednn"}))
+        config_check.validate(tiny_config(**{"runtime.cpu_convolutions": "onednn"}))
     # A flax without nn.Conv's conv_general_dilated field cannot reach oneDNN: refused too.
     monkeypatch.setattr(kernels, "FLAX_HOOK", False)
     with pytest.raises(config_check.ConfigError, match="conv_general_dilated"):
-        config_check.validate(tiny_config(**{"train.cpu_convolutions": "onednn"}))
+        config_check.validate(tiny_config(**{"runtime.cpu_convolutions": "onednn"}))
 
 
 def test_auto_is_onednn_on_one_cpu_device_where_it_loads_else_eigen(monkeypatch, caplog):
-    assert tiny_config().train.cpu_convolutions == "auto"
+    assert tiny_config().runtime.cpu_convolutions == "auto"
     assert kernels.choose("auto", devices=1) == "onednn"
     assert kernels.choose("auto", devices=2) == "eigen"  # batch-sharded: XLA's kernels
     assert kernels.choose("ynnpack", devices=1) == "ynnpack"

@@ -31,7 +31,7 @@ def paired_folders(root):
 def multiblock_config(root):
     c = tiny_config(**{"method": "multiblock", "model": "multiblock", "task.name": "sr",
                        "task.scale": 1, "task.residual": False, "task.loss": "l1",
-                       "data.source": "paired_folders", "mge.levels": 1, "train.eval_every": 2,
+                       "data.source": "paired_folders", "mge.levels": 1, "log.eval_every": 2,
                        **paired_folders(root)})
     c.model_kwargs = dict(n_feats=8, n_rcab=1, attention_hidden=2)
     c.multiblock.update(dict(blocks=2, block_steps=2, plus_steps=2, plus_lr=5e-4,
@@ -115,7 +115,7 @@ def test_two_block_run_completes_every_phase_and_resumes(tmp_path, monkeypatch):
 
 
 def test_reference_schedule_two_constant_rates_per_clamped_block_and_for_the_chain():
-    from configs import multiblock_realsr
+    from msjax.configs import multiblock_realsr
 
     c = multiblock_realsr.get_config()
     plan = multiblock.plan_phases(c)

@@ -52,7 +52,7 @@ def test_two_processes_agree_and_match_one_process(tmp_path):
     # loaded exactly its own rows of every batch.
     single = tmp_path / "single"
     train.train_and_evaluate(tiny_config(**{"mode": "multiscale", "mge.batch_growth": 2,
-                                            "num_devices": 2}), single)
+                                            "runtime.num_devices": 2}), single)
     state, _, _ = evaluate.load_state(evaluate.load_config(single), single, "latest")
     import jax
 

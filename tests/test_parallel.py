@@ -10,7 +10,7 @@ from tests.helpers import tiny_config
 
 def _trained_params(workdir, num_devices, task):
     # Term batches 4, 8 (multiscale, growth 2): every term's batch splits over 4 devices.
-    c = tiny_config(**{"task.name": task, "mode": "multiscale", "num_devices": num_devices,
+    c = tiny_config(**{"task.name": task, "mode": "multiscale", "runtime.num_devices": num_devices,
                        "mge.batch_growth": 2})
     train.train_and_evaluate(c, workdir)
     state, _, step = evaluate.load_state(evaluate.load_config(workdir), workdir, "latest")
@@ -34,7 +34,7 @@ def test_four_devices_train_the_same_parameters_as_one(tmp_path, task):
 def test_a_term_batch_that_does_not_divide_is_a_config_error(tmp_path):
     from msjax import config_check
 
-    c = tiny_config(**{"num_devices": 4, "mge.finest_batch": 2})
+    c = tiny_config(**{"runtime.num_devices": 4, "mge.finest_batch": 2})
     with pytest.raises(config_check.ConfigError, match="does not divide by the 4 devices"):
         train.train_and_evaluate(c, tmp_path / "run")
 
@@ -46,8 +46,8 @@ def test_steady_state_runs_under_disallow_transfer_guard_on_four_devices(tmp_pat
         seen.append(jax.config.jax_transfer_guard_host_to_device)
         return batches
 
-    c = tiny_config(**{"num_devices": 4, "mode": "fullmultiscale", "mge.batch_growth": 2,
-                       "batch_size": 8, "train.transfer_guard": "disallow"})
+    c = tiny_config(**{"runtime.num_devices": 4, "mode": "fullmultiscale", "mge.batch_growth": 2,
+                       "batch_size": 8, "runtime.transfer_guard": "disallow"})
     result = train.train_and_evaluate(c, tmp_path / "run", batch_transform=record_guard)
     assert np.isfinite(result["psnr"])
     assert seen == ["disallow"] * 3
@@ -59,12 +59,12 @@ def test_an_implicit_host_to_device_copy_in_the_loop_fails_the_run(tmp_path):
                      for b in batches)
 
     with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
-        train.train_and_evaluate(tiny_config(num_devices=4), tmp_path / "run",
+        train.train_and_evaluate(tiny_config(**{"runtime.num_devices": 4}), tmp_path / "run",
                                  batch_transform=add_host_noise)
 
 
 def test_cpu_batches_that_do_not_divide_fall_back_to_fewer_devices(tmp_path, caplog):
-    c = tiny_config(**{"num_devices": 0, "mge.finest_batch": 2})  # term batches 2, 2, 2
+    c = tiny_config(**{"runtime.num_devices": 0, "mge.finest_batch": 2})  # term batches 2, 2, 2
     result = train.train_and_evaluate(c, tmp_path / "run")
     assert np.isfinite(result["psnr"])
     assert "do not all divide by the 4 CPU devices; using 2" in caplog.text
@@ -83,7 +83,7 @@ def test_cli_default_cpu_device_count(env_devices, num_devices, expected):
     if env_devices:
         env["JAX_NUM_CPU_DEVICES"] = env_devices
     code = ("import train; from tests.helpers import tiny_config; "
-            f"train.set_cpu_devices(tiny_config(num_devices={num_devices})); "
+            f"train.set_cpu_devices(tiny_config(**{{"runtime.num_devices": {num_devices}}})); "
             "import jax; print(jax.device_count())")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                          env=env, capture_output=True, text=True, check=True).stdout

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import pyramidal_builtin
+from msjax.configs import pyramidal_builtin
 from msjax import damage, data, parallel, steps, tasks, train, xla_options
 from msjax.models.pyramidal import PyramidalAutoencoder
 from msjax.multiscale import LevelPlan, _term_pyramid, restrict_to, telescoping_loss
@@ -33,8 +33,8 @@ def photos(n, side, seed):
 def test_every_damage_trains_a_step_end_to_end(tmp_path, name):
     """The tiny residual CNN of tests/helpers.py, one multiscale step (JPEG: made on the host)."""
     c = tiny_config(**{"task.name": "damage", "task.damage": name, "mode": "multiscale",
-                       "mge.levels": 1, "train.steps": 1, "train.eval_every": 1,
-                       "train.fast_compile": True})
+                       "mge.levels": 1, "train.steps": 1, "log.eval_every": 1,
+                       "runtime.fast_compile": True})
     result = train.train_and_evaluate(c, tmp_path / "run")
     assert np.isfinite(result["psnr"]) and np.isfinite(result["input_psnr"])
     # Image panels of the validation set and of a training batch.
@@ -190,9 +190,9 @@ def test_short_run_improves_psnr_over_the_damaged_input(tmp_path, mode):
     c.mge.batch_growth = 2
     c.fms.stage_weights = (1, 1)
     c.train.steps = 30
-    c.train.eval_every = c.train.log_every = c.train.checkpoint_every = 30
-    c.train.fast_compile = True
-    c.num_devices = 1
+    c.log.eval_every = c.log.every = c.log.checkpoint_every = 30
+    c.runtime.fast_compile = True
+    c.runtime.num_devices = 1
     result = train.train_and_evaluate(c, tmp_path / "run")
     print(f"{mode}: valid PSNR {result['psnr']:.2f} dB, damaged input "
           f"{result['input_psnr']:.2f} dB")

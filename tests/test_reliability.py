@@ -34,8 +34,8 @@ def _train_cli(workdir, *overrides):
     return [sys.executable, "train.py", "--config", "configs/quickstart.py",
             "--workdir", str(workdir), "--config.train.steps=12", "--config.data.patch=32",
             "--config.model_kwargs.features=8", "--config.model_kwargs.depth=2",
-            "--config.train.eval_every=6", "--config.train.log_every=1",
-            "--config.train.checkpoint_every=1", "--config.batch_size=4",
+            "--config.log.eval_every=6", "--config.log.every=1",
+            "--config.log.checkpoint_every=1", "--config.batch_size=4",
             "--config.data.valid_images=2", "--config.fms.stage_weights=(1,1,1)", *overrides]
 
 
@@ -72,8 +72,8 @@ def test_sigkill_mid_stage_then_resume_is_bitwise_exact(tmp_path):
 def test_sigterm_saves_and_exits_with_how_to_resume(tmp_path):
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="1")
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(_train_cli(workdir, "--config.train.checkpoint_every=1000",
-                                       "--config.train.eval_every=1000",
+    proc = subprocess.Popen(_train_cli(workdir, "--config.log.checkpoint_every=1000",
+                                       "--config.log.eval_every=1000",
                                        "--config.train.steps=400"),
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -92,7 +92,7 @@ def test_sigterm_saves_and_exits_with_how_to_resume(tmp_path):
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path):
-    c = tiny_config(**{"train.steps": 4, "train.eval_every": 2})
+    c = tiny_config(**{"train.steps": 4, "log.eval_every": 2})
     workdir = tmp_path / "run"
     train.train_and_evaluate(c, workdir)
     latest = workdir / "checkpoints" / "4"
@@ -111,7 +111,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path):
 
 
 def test_best_checkpoint_is_never_replaced_by_a_worse_one(tmp_path):
-    c = tiny_config(**{"train.steps": 6, "train.eval_every": 1, "train.lr": 3e-2})
+    c = tiny_config(**{"train.steps": 6, "log.eval_every": 1, "train.lr": 3e-2})
     workdir = tmp_path / "run"
     result = train.train_and_evaluate(c, workdir)
     import csv
@@ -138,7 +138,7 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_nan_steps_can_be_skipped_and_are_counted(tmp_path):
     c = tiny_config(**{"train.steps": 4, "train.lr": 1e30, "train.lr_end": 1e29,
-                       "task.name": "denoise", "train.nonfinite": "skip"})
+                       "task.name": "denoise", "runtime.nonfinite": "skip"})
     train.train_and_evaluate(c, tmp_path / "run")
     import csv
 
@@ -197,7 +197,7 @@ IMPOSSIBLE = [
     ({"train.steps": -5}, "train.steps=-5 must be positive"),
     ({"train.lr": 0.0}, "train.lr=0.0 must be positive"),
     ({"train.lr_end": 1.0}, "train.lr_end=1.0 must lie in"),
-    ({"train.eval_every": 0}, "train.eval_every=0 must be positive"),
+    ({"log.eval_every": 0}, "log.eval_every=0 must be positive"),
     ({"dtype": "float16"}, "dtype='float16' is unknown"),
     ({"mge.batch_sizes": (4, 4)}, "needs 3"),
     ({"mode": "fullmultiscale", "fms.stage_weights": (1, 1)}, "needs 3"),
@@ -206,7 +206,7 @@ IMPOSSIBLE = [
     ({"task.name": "sr", "task.scale": 5, "task.upsample_input": True}, "task.scale=5"),
     ({"task.name": "sr"}, "keeps image sizes"),
     ({"task.loss": "perceptual"}, "task.loss='perceptual' is unknown"),
-    ({"train.nonfinite": "ignore"}, "train.nonfinite='ignore' is unknown"),
+    ({"runtime.nonfinite": "ignore"}, "runtime.nonfinite='ignore' is unknown"),
     ({"train.optimizer": "sgd"}, "train.optimizer='sgd' is unknown"),
     ({"data.source": "tfds", "data.name": ""}, "needs data.name"),
     ({"model": "unet", "model_kwargs": {}, "data.patch": 8}, "needs image sides divisible by 4"),

@@ -25,7 +25,7 @@ TINY = {  # as in test_models_sr
 def edsr_config(**overrides):
     c = tiny_config(**{"task.name": "sr", "task.residual": False, "model": "edsr",
                        "data.patch": 32, "mode": "single", "train.steps": 2,
-                       "train.eval_every": 2, **overrides})
+                       "log.eval_every": 2, **overrides})
     c.model_kwargs = dict(scale=2, **TINY["edsr"])
     return c
 

@@ -105,13 +105,13 @@ def test_missing_stl10_fails_fast_with_instructions(tmp_path):
 
 
 def test_second_run_resumes_and_best_is_the_best_psnr(tmp_path):
-    c = tiny_config(**{"train.steps": 6, "train.eval_every": 2, "mode": "fullmultiscale"})
+    c = tiny_config(**{"train.steps": 6, "log.eval_every": 2, "mode": "fullmultiscale"})
     c.train.steps = 3
     c.fms.stage_weights = (1, 1, 1)
     workdir = tmp_path / "run"
     train.train_and_evaluate(c, workdir)
     # A workdir written by another config is refused, never mixed.
-    other = tiny_config(**{"train.steps": 3, "train.eval_every": 2, "mode": "fullmultiscale",
+    other = tiny_config(**{"train.steps": 3, "log.eval_every": 2, "mode": "fullmultiscale",
                            "train.lr": 5e-3})
     with pytest.raises(config_check.ConfigError, match="another config"):
         train.train_and_evaluate(other, workdir)
@@ -124,7 +124,7 @@ def test_second_run_resumes_and_best_is_the_best_psnr(tmp_path):
 
 
 def test_eval_matches_training_metrics_for_the_same_checkpoint(tmp_path):
-    c = tiny_config(**{"train.steps": 4, "train.eval_every": 2})
+    c = tiny_config(**{"train.steps": 4, "log.eval_every": 2})
     workdir = tmp_path / "run"
     train.train_and_evaluate(c, workdir)
     rows, summary, _ = evaluate.run(str(workdir), which="latest")

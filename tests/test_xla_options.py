@@ -14,17 +14,17 @@ def test_default_run_leaves_convolutions_off_ynnpack_keeps_ynnpack_reductions_an
     kinds = xla_options.YNN_FUSION_TYPE
     # jax 0.10-0.12 know the option and its enum names.
     assert xla_options.for_config(tiny_config()) == {kinds: "LIBRARY_FUSION_TYPE_REDUCE"}
-    assert xla_options.for_config(tiny_config(**{"train.cpu_reductions": "xla"})) == {kinds: ""}
-    assert xla_options.for_config(tiny_config(**{"train.cpu_convolutions": "ynnpack"})) is None
-    assert xla_options.for_config(tiny_config(**{"train.cpu_convolutions": "ynnpack",
-                                                 "train.cpu_reductions": "xla"})) == {
+    assert xla_options.for_config(tiny_config(**{"runtime.cpu_reductions": "xla"})) == {kinds: ""}
+    assert xla_options.for_config(tiny_config(**{"runtime.cpu_convolutions": "ynnpack"})) is None
+    assert xla_options.for_config(tiny_config(**{"runtime.cpu_convolutions": "ynnpack",
+                                                 "runtime.cpu_reductions": "xla"})) == {
         kinds: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
-    cheap = xla_options.for_config(tiny_config(**{"train.fast_compile": True}))
+    cheap = xla_options.for_config(tiny_config(**{"runtime.fast_compile": True}))
     assert cheap.items() >= xla_options.cheap_compile().items() and len(cheap) > 1
-    with pytest.raises(config_check.ConfigError, match="train.cpu_convolutions"):
-        config_check.validate(tiny_config(**{"train.cpu_convolutions": "mkl"}))
-    with pytest.raises(config_check.ConfigError, match="train.cpu_reductions"):
-        config_check.validate(tiny_config(**{"train.cpu_reductions": "eigen"}))
+    with pytest.raises(config_check.ConfigError, match="runtime.cpu_convolutions"):
+        config_check.validate(tiny_config(**{"runtime.cpu_convolutions": "mkl"}))
+    with pytest.raises(config_check.ConfigError, match="runtime.cpu_reductions"):
+        config_check.validate(tiny_config(**{"runtime.cpu_reductions": "eigen"}))
     # An option this XLA does not know is dropped (an unknown one would fail every compile).
     assert xla_options.supported({"xla_no_such_option_anywhere": True}) == {}
     unknown_kind = {xla_options.YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_NONE_SUCH"}

@@ -6,7 +6,7 @@ float32 NHWC convolutions without input dilation or groups go to oneDNN (``onedn
 the rest stay with XLA. ``apply_with`` ties that choice to a model's apply function, so every
 program that traces it (train step, evaluation, ECO teacher) gets it.
 
-``train.cpu_convolutions`` picks: ``eigen`` / ``ynnpack`` are XLA:CPU kernel choices made by
+``runtime.cpu_convolutions`` picks: ``eigen`` / ``ynnpack`` are XLA:CPU kernel choices made by
 compile options (``xla_options``); ``onednn`` is this module's, on CPU only (elsewhere the apply
 function is returned unchanged), with XLA's Eigen kernels for what oneDNN does not take. It runs
 on one CPU device: oneDNN spreads each convolution over every core itself, and XLA's partitioner
@@ -58,12 +58,12 @@ def require_onednn() -> None:
     if not FLAX_HOOK:
         raise onednn.OneDNNUnavailable(
             f"flax {getattr(nn, '__version__', '')} has no nn.Conv.conv_general_dilated field, "
-            f"through which msjax's models reach oneDNN; use train.cpu_convolutions=eigen")
+            f"through which msjax's models reach oneDNN; use runtime.cpu_convolutions=eigen")
     onednn.load()
 
 
 def choose(cpu_convolutions: str, devices: int = 1) -> str:
-    """The kernels ``train.cpu_convolutions`` stands for on this machine with ``devices``
+    """The kernels ``runtime.cpu_convolutions`` stands for on this machine with ``devices``
     devices: "auto" becomes "onednn" or "eigen" (with a warning saying why not oneDNN)."""
     if cpu_convolutions != "auto":
         return cpu_convolutions
@@ -75,7 +75,7 @@ def choose(cpu_convolutions: str, devices: int = 1) -> str:
     except onednn.OneDNNUnavailable as e:
         if not _warned:
             _warned.append(e)
-            log.warning("train.cpu_convolutions=auto: XLA's Eigen convolutions, not oneDNN's "
+            log.warning("runtime.cpu_convolutions=auto: XLA's Eigen convolutions, not oneDNN's "
                         "(train steps about 1.2-1.4x slower): %s", e)
         return "eigen"
 
@@ -88,7 +88,7 @@ def apply_with(apply_fn, cpu_convolutions: str, devices: int = 1):
     if kind != "onednn" or jax.default_backend() != "cpu":
         return apply_fn
     if devices != 1:
-        raise ValueError(f"train.cpu_convolutions=onednn runs on one CPU device, not {devices}")
+        raise ValueError(f"runtime.cpu_convolutions=onednn runs on one CPU device, not {devices}")
     require_onednn()  # fail here, before any long work, if it cannot be built
 
     @functools.wraps(apply_fn)

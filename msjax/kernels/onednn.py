@@ -1,4 +1,4 @@
-"""oneDNN convolutions for XLA:CPU (``train.cpu_convolutions=onednn``).
+"""oneDNN convolutions for XLA:CPU (``runtime.cpu_convolutions=onednn``).
 
 XLA:CPU's own convolution kernels reach 60-78% of this machine's float32 peak on the layers that
 dominate a step and YNNPACK's kernel gradient much less (bench/conv_grads.py); oneDNN's NHWC
@@ -37,7 +37,7 @@ TARGETS = {"forward": "MsjaxConvForward", "backward_data": "MsjaxConvBackwardDat
 INSTALL_HINT = ("it needs oneDNN (pip install onednn-cpu-gomp==2023.2.0 "
                 "onednn-devel-cpu-gomp==2023.2.0, x86-64 Linux; or MSJAX_ONEDNN_ROOT set to a "
                 "oneDNN install with include/ and lib/) and a C++17 compiler (g++ or $CXX); "
-                "or use train.cpu_convolutions=eigen")
+                "or use runtime.cpu_convolutions=eigen")
 
 
 class OneDNNUnavailable(RuntimeError):

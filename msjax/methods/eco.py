@@ -256,6 +256,6 @@ def run(config, workdir) -> dict:
         directory = Path(config.eco.cache_dir or Path(workdir) / "eco_teacher_pairs")
         cache = precompute(config, teacher_state, teacher_task, identity, directory,
                            tile=config.eco.tile)
-    mesh = parallel.make_mesh(config.num_devices)
+    mesh = parallel.make_mesh(config.runtime.num_devices)
     transform = TeacherMix(config, task, teacher_state, teacher_task, mesh, cache)
     return train.train_and_evaluate(config, workdir, batch_transform=transform)

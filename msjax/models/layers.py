@@ -33,7 +33,7 @@ def scaled(init: nn.initializers.Initializer, factor: float) -> nn.initializers.
 
 # Explicit symmetric padding, as in PyTorch: 'SAME' pads (0, 1) for stride 2 on even sizes, which
 # would shift the downsampling grid by half a pixel relative to the reference.
-# nn.Conv whose convolution msjax.kernels picks (oneDNN's on CPU under train.cpu_convolutions=
+# nn.Conv whose convolution msjax.kernels picks (oneDNN's on CPU under runtime.cpu_convolutions=
 # auto|onednn, else XLA's). flax marks the conv_general_dilated field deprecated; without it every
 # convolution stays on XLA and oneDNN is refused (kernels.require_onednn).
 NNConv = (partial(nn.Conv, conv_general_dilated=kernels.conv_general_dilated)

@@ -19,11 +19,11 @@ PSNR without border crop. Runtime and result: not measured yet (the reference's 
 32.22 dB for 3 blocks).
 """
 
-from configs import base
+from msjax import defaults
 
 
 def get_config():
-    c = base.get_config()
+    c = defaults.get_config()
     c.method = "multiblock"
     c.task.name = "sr"
     c.task.scale = 1                   # same-size pairs; the blocks keep the size
@@ -51,8 +51,8 @@ def get_config():
     c.mge.finest_batch = 4
     c.train.lr = 1e-4
     c.train.lr_end = 1e-6
-    c.train.eval_every = 500
-    c.train.checkpoint_every = 500
+    c.log.eval_every = 500
+    c.log.checkpoint_every = 500
     c.eval.crop_border = 0
     c.eval.y_channel = False
     return c

@@ -1,12 +1,12 @@
 """Shared settings of the x2 DIV2K configs (edsr / rcan / msrn): not run directly."""
 
-from configs import base
+from msjax import defaults
 
 
 def div2k_x2(model: str, **model_kwargs):
     """x2 bicubic SR on TFDS div2k: HR patches 96 (LR 48), L1, Adam 1e-4 cosine, multiscale MGE,
     validation on DIV2K validation crops with Y-channel PSNR/SSIM and crop = scale."""
-    c = base.get_config()
+    c = defaults.get_config()
     c.task.name = "sr"
     c.task.scale = 2
     c.task.kernel = "bicubic"          # MATLAB-exact, as the DIV2K / benchmark LR images
@@ -27,9 +27,9 @@ def div2k_x2(model: str, **model_kwargs):
     c.train.lr = 1e-4
     c.train.lr_end = 1e-6
     c.train.steps = 300_000            # EDSR / RCAN / MSRN: ~300k-1M steps at batch 16
-    c.train.eval_every = 2000
-    c.train.log_every = 100
-    c.train.checkpoint_every = 2000
+    c.log.eval_every = 2000
+    c.log.every = 100
+    c.log.checkpoint_every = 2000
     c.eval.crop_border = 2
     c.eval.y_channel = True
     return c

@@ -13,11 +13,11 @@ from a damaged input of 9.3 dB, at 177 work units; --config.mode=single reached 
 work units (4m10s).
 """
 
-from configs import base
+from msjax import defaults
 
 
 def get_config():
-    c = base.get_config()
+    c = defaults.get_config()
     c.task.name = "damage"
     c.task.damage = "noise"
     c.task.model_range = "signed"    # the reference's [-1, 1] data for the tanh head
@@ -36,8 +36,8 @@ def get_config():
     c.fms.stage_weights = (4, 2, 1)
     c.train.steps = 300
     c.train.lr = 1e-3
-    c.train.eval_every = 100
-    c.train.log_every = 20
-    c.train.checkpoint_every = 100
-    c.train.fast_compile = True      # on CPU, compiling dominates a run this short
+    c.log.eval_every = 100
+    c.log.every = 20
+    c.log.checkpoint_every = 100
+    c.runtime.fast_compile = True      # on CPU, compiling dominates a run this short
     return c

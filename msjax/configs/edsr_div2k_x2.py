@@ -12,7 +12,7 @@ about 34.6 dB (RGB) on DIV2K validation and 37.99 dB (Y) on Set5 after ~300k ste
 Runtime and result of this config: not measured yet.
 """
 
-from configs._sr_div2k import div2k_x2
+from msjax.configs._sr_div2k import div2k_x2
 
 
 def get_config():

@@ -8,7 +8,7 @@ cosine, MGE 4/16/64). Reference: the RGB MSRN x2 reports 38.07 dB (Y) on Set5 af
 Runtime and result of this config: not measured yet.
 """
 
-from configs._sr_div2k import div2k_x2
+from msjax.configs._sr_div2k import div2k_x2
 
 
 def get_config():

@@ -9,11 +9,11 @@ cosine to 1e-6, 8000 steps (single / multiscale) or 3750 (full-multiscale, stage
 Expected: a few hours on one GPU for 8000 steps of the ResNet; FMS about 5.5x fewer work units.
 """
 
-from configs import base
+from msjax import defaults
 
 
 def get_config():
-    c = base.get_config()
+    c = defaults.get_config()
     c.task.name = "deblur"               # y = (1-t) A x + t z, Gaussian PSF sigma 3, t ~ 0.1 U(0,1)
     c.data.source = "tfds"
     c.data.name = "stl10"
@@ -25,5 +25,5 @@ def get_config():
     c.mode = "multiscale"
     c.batch_size = 16
     c.train.steps = 8000
-    c.train.eval_every = 250
+    c.log.eval_every = 250
     return c

@@ -1,12 +1,12 @@
 """The official MGE experiments' shared recipe: TFDS data, Adam 5e-4 cosine to 1e-6, 8000 steps
 (single / multiscale; full-multiscale splits them 8:4:2:1), batch 16, validation on 512 images."""
 
-from configs import base
+from msjax import defaults
 
 
 def official(task: str, dataset: str, patch: int, model: str, *, valid_split: str = "test",
              resize_to: int = 0):
-    c = base.get_config()
+    c = defaults.get_config()
     c.task.name = task
     c.data.source = "tfds"
     c.data.name = dataset
@@ -21,5 +21,5 @@ def official(task: str, dataset: str, patch: int, model: str, *, valid_split: st
     c.batch_size = 16
     c.train.lr = 5e-4
     c.train.steps = 8000
-    c.train.eval_every = 250
+    c.log.eval_every = 250
     return c

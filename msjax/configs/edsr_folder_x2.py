@@ -11,7 +11,7 @@ plain image files; unreadable or too small files are skipped with a warning (dat
 Runtime and result: not measured yet.
 """
 
-from configs._sr_div2k import folder_x2
+from msjax.configs._sr_div2k import folder_x2
 
 
 def get_config():

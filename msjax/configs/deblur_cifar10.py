@@ -7,7 +7,7 @@ Needs cifar10 prepared once as ArrayRecord (README, "Datasets"). Models: --confi
 Official optimisation: Adam 5e-4 cosine to 1e-6 over 8000 steps (FMS: 3750 in stages 8:4:2:1).
 """
 
-from configs._official import official
+from msjax.configs._official import official
 
 
 def get_config():

@@ -12,11 +12,11 @@ and adds it back, Adam 1e-3, base batch 8. LR made by MATLAB-exact bicubic. Y-ch
 with the border crop equal to the scale, as in the SR literature.
 """
 
-from configs import base
+from msjax import defaults
 
 
 def get_config(model="srnet"):
-    c = base.get_config()
+    c = defaults.get_config()
     c.task.name = "sr"
     c.task.scale = 2
     c.task.kernel = "bicubic"
@@ -34,7 +34,7 @@ def get_config(model="srnet"):
     c.mge.levels = 3
     c.train.lr = 1e-3
     c.train.steps = 8000
-    c.train.eval_every = 250
+    c.log.eval_every = 250
     c.eval.crop_border = 2
     c.eval.y_channel = True
     return c

@@ -10,11 +10,11 @@ crops of two held-out photos, Y-channel PSNR with crop 2 beside the bicubic inpu
 on 2 busy CPU cores (load ~8), valid PSNR 37.09 dB at step 400 against 35.71 dB for bicubic.
 """
 
-from configs import base
+from msjax import defaults
 
 
 def get_config():
-    c = base.get_config()
+    c = defaults.get_config()
     c.task.name = "sr"
     c.task.scale = 2
     c.task.loss = "l1"
@@ -30,9 +30,9 @@ def get_config():
     c.mge.finest_batch = 4
     c.train.steps = 400
     c.train.lr = 2e-3
-    c.train.eval_every = 100
-    c.train.log_every = 20
-    c.train.checkpoint_every = 100
+    c.log.eval_every = 100
+    c.log.every = 20
+    c.log.checkpoint_every = 100
     c.eval.crop_border = 2
     c.eval.y_channel = True
     return c

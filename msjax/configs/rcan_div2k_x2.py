@@ -9,7 +9,7 @@ cosine, MGE 4/16/64). Reference: RCAN x2 reports 38.27 dB (Y) on Set5 after 1M s
 Runtime and result of this config: not measured yet.
 """
 
-from configs._sr_div2k import div2k_x2
+from msjax.configs._sr_div2k import div2k_x2
 
 
 def get_config():

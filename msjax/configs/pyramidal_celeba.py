@@ -13,11 +13,11 @@ Needs celeb_a prepared once as ArrayRecord (README, "Datasets"). Not timed here 
 CelebA on the machine this was written on); expect hours on one GPU for 50k steps.
 """
 
-from configs import base
+from msjax import defaults
 
 
 def get_config():
-    c = base.get_config()
+    c = defaults.get_config()
     c.task.name = "damage"
     c.task.damage = "noise"
     c.task.model_range = "signed"
@@ -41,7 +41,7 @@ def get_config():
     c.train.steps = 50_000
     c.train.lr = 3e-4                # the reference's Adam rate (it has no schedule)
     c.train.weight_decay = 1e-4      # the reference's coupled L2 (torch Adam weight_decay)
-    c.train.eval_every = 1000
-    c.train.checkpoint_every = 1000
-    c.train.log_every = 100
+    c.log.eval_every = 1000
+    c.log.checkpoint_every = 1000
+    c.log.every = 100
     return c

@@ -14,11 +14,11 @@ but at this config's 600 steps it ended at 24.31 dB against 24.98 (session 3, Ei
 convolutions; bench/cost_to_quality.py, README).
 """
 
-from configs import base
+from msjax import defaults
 
 
 def get_config():
-    c = base.get_config()
+    c = defaults.get_config()
     c.task.name = "deblur"
     c.task.blur_sigma = (3.0, 3.0)
     c.task.residual = True
@@ -34,7 +34,7 @@ def get_config():
     c.fms.stage_weights = (4, 2, 1)
     c.train.steps = 600
     c.train.lr = 2e-3
-    c.train.eval_every = 100
-    c.train.log_every = 20
-    c.train.checkpoint_every = 100
+    c.log.eval_every = 100
+    c.log.every = 20
+    c.log.checkpoint_every = 100
     return c

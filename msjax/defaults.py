@@ -1,10 +1,32 @@
-"""Defaults shared by every msjax experiment; experiment files start from ``get_config()`` here.
+"""Every config field msjax reads, with its default: experiments (``configs/``) start from
+``get_config()`` here and change what they need; a saved run's config is read back laid over
+these defaults (``msjax.rundir``), so no code repeats a default.
 
-Not run directly. Every field can be overridden on the command line, e.g.
+Override any field on the command line, e.g.
 ``python train.py --config configs/deblur_stl10.py --config.mode=fullmultiscale``.
+
+Sections, one line each (``train.py --help`` prints them):
 """
 
 import ml_collections
+
+SECTIONS = {
+    "task": "the restoration problem: corruption, model input, loss (msjax/tasks.py)",
+    "data": "where images come from and how patches are cut (msjax/data)",
+    "model": "the network family by name, model_kwargs its options (msjax/models)",
+    "mode": "single | multiscale | fullmultiscale, with batch_size, mge and fms (msjax/multiscale.py)",
+    "train": "optimizer, learning-rate schedule, step budget (msjax/optim.py)",
+    "log": "how often to log, evaluate and checkpoint; image grids (msjax/logs.py)",
+    "eval": "metric conventions and tiled inference (msjax/evaluate.py, msjax/metrics.py)",
+    "method": "'' | eco | multiblock, with the eco and multiblock sections (msjax/methods)",
+    "runtime": "devices, processes, CPU kernels, compile cost, fault policy: may change on resume",
+}
+
+# What may change when a run resumes in its workdir (a rule, not a list): the sections that say
+# how a process runs the job or looks at it, and paths (a dataset or teacher moved to another
+# disk). Anything else is another experiment. ``train.steps`` may grow: that extends the run.
+RESUMABLE_SECTIONS = ("runtime", "log", "eval")
+RESUMABLE_SUFFIXES = ("_dir", "_workdir")
 
 
 def get_config():
@@ -12,7 +34,6 @@ def get_config():
     c.seed = 42
     c.dtype = "float32"            # compute dtype: float32 or bfloat16 (params stay float32)
 
-    # The restoration problem (msjax/tasks.py, msjax/operators.py).
     c.task = ml_collections.ConfigDict(dict(
         name="deblur",             # denoise | deblur | inpaint | sr | damage
         damage="",                 # damage: one of msjax.damage.DAMAGES (pyramidal suite)
@@ -31,11 +52,11 @@ def get_config():
         loss="mse",                # mse | l1 | l1_255 (ECO's L1 on the 0-255 scale)
     ))
 
-    # Where images come from (msjax/data).
     c.data = ml_collections.ConfigDict(dict(
         source="builtin",          # builtin | tfds | folder | paired_folders
         name="",                   # tfds dataset name, e.g. stl10
         data_dir="",               # tfds data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)
+        download=True,             # tfds: prepare a missing dataset on first use (needs network)
         train_split="train",
         valid_split="test",
         train_dir="",              # folder / paired_folders: training images (HR for paired)
@@ -54,7 +75,6 @@ def get_config():
     c.model = "resnet"
     c.model_kwargs = ml_collections.ConfigDict()
 
-    # Multiscale gradient estimation (msjax/multiscale.py).
     c.mode = "multiscale"          # single | multiscale | fullmultiscale
     c.batch_size = 16              # single-scale batch, FMS base batch, and the work-unit reference
     c.mge = ml_collections.ConfigDict(dict(
@@ -67,7 +87,8 @@ def get_config():
         operator_per_level=False,  # corrupt each level's clean image (blur sigma scaled 2^-l)
     ))
     c.fms = ml_collections.ConfigDict(dict(
-        stage_weights=(),          # share of train.steps per stage, coarse first; () = 2^J:..:2:1
+        stage_steps=(),            # steps per stage, coarse first (official: 2000, 1000, 500, 250)
+        stage_weights=(),          # else train.steps split by these; () = 2^J:..:2:1
         batch_growth=1,            # per-term batch growth inside a stage (official: constant)
     ))
 
@@ -84,15 +105,13 @@ def get_config():
         lamb_bias_correction=True,  # ECO's official LAMB has none
         lamb_max_weight_norm=0.0,  # >0: cap on the LAMB trust ratio's weight norm (ECO: 10)
         loss_spike_factor=0.0,     # >0: skip a step whose loss exceeds this x the last accepted
-        eval_every=500,
-        log_every=50,
-        checkpoint_every=500,
-        nonfinite="stop",          # stop | skip: what a NaN/inf loss or gradient does
-        max_to_keep_best=1,
-        transfer_guard="disallow",  # host<->device copies inside the step loop are errors
-        fast_compile=False,        # CPU: cheap XLA settings; ~4x faster compile, slower steps
-        cpu_convolutions="auto",  # CPU: auto | onednn (msjax/kernels) | eigen | ynnpack (xla_options)
-        cpu_reductions="ynnpack",  # CPU: ynnpack | xla, XLA's reduction kernels (xla_options)
+    ))
+
+    c.log = ml_collections.ConfigDict(dict(
+        every=50,                  # steps between train.csv rows and progress updates
+        eval_every=500,            # steps between validations (and best-checkpoint candidates)
+        checkpoint_every=500,      # steps between plain checkpoints (resume points)
+        keep_best=1,               # best checkpoints kept beside the latest
     ))
 
     c.eval = ml_collections.ConfigDict(dict(
@@ -102,11 +121,12 @@ def get_config():
         tile_overlap=16,
         self_ensemble=False,       # x8 flips/rotations at evaluation
     ))
+
     # Training methods that wrap the loop (msjax/methods): "" (plain), "eco", "multiblock".
     c.method = ""
     # ECO noise-free SR training (methods/eco.py). Its official optimizer extras live in c.train
     # where the optimizer reads them: beta2, lamb_bias_correction, lamb_max_weight_norm,
-    # loss_spike_factor (see steps.make_optimizer and configs/eco_edsr_x2.py).
+    # loss_spike_factor (see optim.make_optimizer and configs/eco_edsr_x2.py).
     c.eco = ml_collections.ConfigDict(dict(
         teacher_workdir="",        # run directory (train.py) of the frozen pretrained SR network
         teacher_checkpoint="best",  # best | latest
@@ -133,11 +153,20 @@ def get_config():
         inherit=False,             # N_i starts from N_{i-1}'s trained weights
     ))
 
-    c.num_devices = 0              # 0: every device; >0: the first N (tests)
-    c.distributed = False          # join a multi-process job (jax.distributed.initialize())
-    # Multi-process job layout; unset: $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES /
-    # $JAX_PROCESS_ID, else the cluster's auto-detection (SLURM, Open MPI, Cloud TPU).
-    c.coordinator_address = ""     # host:port of process 0 (setting it implies distributed)
-    c.num_processes = 0
-    c.process_id = -1
+    # How this process runs the job. None of it changes the result of a run whose steps stay
+    # finite, so all of it may change when a run resumes.
+    c.runtime = ml_collections.ConfigDict(dict(
+        num_devices=0,             # 0: every device; >0: the first N
+        distributed=False,         # join a multi-process job (jax.distributed.initialize())
+        # Multi-process job layout; unset: $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES /
+        # $JAX_PROCESS_ID, else the cluster's auto-detection (SLURM, Open MPI, Cloud TPU).
+        coordinator_address="",    # host:port of process 0 (setting it implies distributed)
+        num_processes=0,
+        process_id=-1,
+        cpu_convolutions="auto",   # CPU: auto (fastest here, measured) | onednn | eigen | ynnpack
+        cpu_reductions="ynnpack",  # CPU: ynnpack | xla, XLA's reduction kernels
+        fast_compile=False,        # CPU: cheap XLA settings; ~4x faster compile, slower steps
+        transfer_guard="disallow",  # host<->device copies inside the step loop are errors
+        nonfinite="stop",          # stop | skip: what a NaN/inf loss or gradient does
+    ))
     return c
