@@ -6,7 +6,7 @@ from pathlib import Path
 
 import jax
 
-from msjax import damage, kernels, multiscale, steps, tasks, xla_options
+from msjax import damage, kernels, multiscale, optim, tasks, xla_options
 from msjax.data import SOURCES
 from msjax.data.pipeline import RESIZE_MODES
 from msjax.models import MODEL_NAMES, size_multiple
@@ -16,8 +16,7 @@ from msjax.resize import RESTRICTIONS
 UPSAMPLING_MODELS = ("edsr", "rcan", "msrn")
 
 
-class ConfigError(ValueError):
-    """An impossible configuration; the message names the field and the fix."""
+from msjax.errors import ConfigError  # noqa: E402  (re-exported: config_check.ConfigError)
 
 
 def _check(ok: bool, message: str):
@@ -57,7 +56,7 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
             kernels.require_onednn()
         except kernels.onednn.OneDNNUnavailable as e:
             raise ConfigError(f"runtime.cpu_convolutions=onednn: {e}") from None
-    _one_of(c.train.get("lr_schedule", "cosine"), steps.LR_SCHEDULES, "train.lr_schedule")
+    _one_of(c.train.get("lr_schedule", "cosine"), optim.LR_SCHEDULES, "train.lr_schedule")
     _check(c.train.steps > 0, f"train.steps={c.train.steps} must be positive")
     _check(c.train.lr > 0, f"train.lr={c.train.lr} must be positive")
     _check(0 <= c.train.lr_end <= c.train.lr,

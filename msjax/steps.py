@@ -15,63 +15,13 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from msjax import metrics, multiscale, optim
+from msjax import metrics, multiscale
 
 
 class TrainState(train_state.TrainState):
     """Flax TrainState plus the model's non-trainable collections (e.g. BatchNorm batch_stats)."""
 
     model_state: Any = flax.struct.field(default_factory=dict)
-
-
-LR_SCHEDULES = ("cosine", "cosine_per_stage")
-
-
-def learning_rate(train_config, total_steps: int, stage_ends=()) -> optax.Schedule:
-    """``train.lr_schedule``: ``cosine`` from lr to lr_end over the whole run (the official
-    recipe, never restarted), or ``cosine_per_stage``: the same cosine inside every
-    full-multiscale stage (``stage_ends``: each stage's last step + 1), so the fine stage trains
-    at full rate instead of at the tail of the coarse stages' schedule."""
-    c = train_config
-    alpha = c.lr_end / c.lr
-    if c.get("lr_schedule", "cosine") == "cosine_per_stage" and len(stage_ends) > 1:
-        starts = (0, *stage_ends[:-1])
-        return optax.join_schedules(
-            [optax.cosine_decay_schedule(c.lr, max(end - start, 1), alpha=alpha)
-             for start, end in zip(starts, stage_ends)], boundaries=list(stage_ends[:-1]))
-    return optax.cosine_decay_schedule(c.lr, max(total_steps, 1), alpha=alpha)
-
-
-def make_optimizer(train_config, total_steps: int, stage_ends=()) -> optax.GradientTransformation:
-    """Adam (or LAMB) with the cosine schedule of ``learning_rate``, down to ``lr_end`` (official:
-    5e-4 -> 1e-6 over all stages, never restarted).
-
-    ECO's official extras, read with defaults that leave them off: ``beta2`` (ECO: 0.99),
-    ``lamb_bias_correction`` (ECO: False), ``lamb_max_weight_norm`` (ECO: 10), and
-    ``loss_spike_factor`` (ECO: 5; skip a step whose loss exceeds it times the last accepted one).
-    """
-    c = train_config
-    schedule = learning_rate(c, total_steps, stage_ends)
-    b2 = c.get("beta2", 0.999)
-    if c.optimizer == "adam":
-        opt = optax.adam(schedule, b2=b2)
-        if c.get("weight_decay", 0.0):  # coupled L2, as torch's Adam(weight_decay=...)
-            opt = optax.chain(optax.add_decayed_weights(c.weight_decay), opt)
-    elif c.optimizer == "lamb":
-        opt = optim.lamb(schedule, b2=b2, weight_decay=c.get("weight_decay", 0.0),
-                         bias_correction=c.get("lamb_bias_correction", True),
-                         max_weight_norm=c.get("lamb_max_weight_norm", 0.0))
-    else:
-        raise ValueError(f"unknown optimizer {c.optimizer!r}; choose adam or lamb")
-    parts = []
-    if c.get("grad_clip_value", 0.0):
-        parts.append(optax.clip(c.grad_clip_value))
-    if c.get("grad_clip_norm", 0.0):
-        parts.append(optax.clip_by_global_norm(c.grad_clip_norm))
-    tx = optax.chain(*parts, opt)
-    if c.get("loss_spike_factor", 0.0):
-        tx = optim.skip_loss_spikes(tx, c.loss_spike_factor)
-    return tx
 
 
 def train_step(state: TrainState, batches, seed_key, *, plan, task, skip_nonfinite: bool = False):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax import (checkpoints, config_check, data, kernels, logs, models, multiscale, parallel,
+from msjax import (checkpoints, config_check, data, kernels, logs, models, multiscale, optim, parallel,
                    resize, steps, tasks, xla_options)
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,7 @@ def _resumable(key: str) -> bool:
             or key.endswith(defaults.RESUMABLE_SUFFIXES))
 
 
-class NonFiniteError(FloatingPointError):
-    pass
+from msjax.errors import NonFiniteError  # noqa: E402
 
 
 class Preempted(Exception):
@@ -83,7 +82,7 @@ def create_state(model, config, sample_input, total_steps: int, mesh) -> steps.T
         variables = model.init({"params": rng, "dropout": rng}, sample_input, t, train=False)
         params = variables.pop("params")
         return steps.TrainState.create(apply_fn=apply_fn, params=params,
-                                       tx=steps.make_optimizer(config.train, total_steps,
+                                       tx=optim.make_optimizer(config.train, total_steps,
                                                                _stage_ends(config)),
                                        model_state=dict(variables))
 
@@ -216,7 +215,7 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
 
     seed_key = parallel.put_replicated(jax.random.PRNGKey(config.seed), mesh)
     compile_options = xla_options.for_config(config)
-    lr_schedule = steps.learning_rate(config.train, total_steps, _stage_ends(config))  # for logs
+    lr_schedule = optim.learning_rate(config.train, total_steps, _stage_ends(config))  # for logs
     eval_fn = jax.jit(functools.partial(steps.eval_step, task=task,
                                         crop_border=config.eval.crop_border,
                                         y_channel=config.eval.y_channel),

@@ -173,7 +173,7 @@ def test_official_extras_build_from_the_eco_config():
     from msjax.configs import eco_edsr_x2
 
     c = eco_edsr_x2.get_config()
-    tx = steps.make_optimizer(c.train, 10)
+    tx = optim.make_optimizer(c.train, 10)
     state = tx.init({"w": jnp.ones(3)})
     assert isinstance(state, optim.SkipSpikesState) and c.task.loss == "l1_255"
     with pytest.raises(Exception, match="teacher_workdir"):

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from msjax import multiscale, operators, resize, steps, tasks, xla_options
+from msjax import multiscale, operators, optim, resize, steps, tasks, xla_options
 from msjax.models import create_model
 from msjax.multiscale import LevelPlan
 
@@ -314,7 +314,7 @@ def create_state(total_steps, seed=0):
         variables = model.init({"params": rng, "dropout": rng}, sample, t, train=False)
         params = variables.pop("params")
         return steps.TrainState.create(apply_fn=model.apply, params=params,
-                                       tx=steps.make_optimizer(train_config(), total_steps),
+                                       tx=optim.make_optimizer(train_config(), total_steps),
                                        model_state=dict(variables))
 
     return jax.jit(init).lower().compile(FAST_COMPILE)()

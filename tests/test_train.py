@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from msjax import config_check, data, evaluate, steps, train
+from msjax import config_check, data, evaluate, optim, steps, train
 from tests.helpers import tiny_config, write_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ def test_adam_weight_decay_is_torch_style_coupled_l2(decay):
     import jax.numpy as jnp
 
     c = tiny_config(**{"train.weight_decay": decay, "train.lr": 0.01, "train.lr_end": 0.01})
-    tx = steps.make_optimizer(c.train, 10)
+    tx = optim.make_optimizer(c.train, 10)
     params = {"w": jnp.full(3, 2.0)}
     update, _ = tx.update({"w": jnp.zeros(3)}, tx.init(params), params)
     # A zero loss gradient: Adam sees g = decay * w = 0.2, and its first step is -lr * g / |g|.
@@ -180,12 +180,12 @@ def test_per_stage_cosine_restarts_the_rate_at_every_fms_stage():
                                               "train.lr_schedule": "cosine_per_stage"})
     ends = train._stage_ends(c)
     assert ends == (10, 20, 30)
-    per_stage = steps.learning_rate(c.train, 30, ends)
+    per_stage = optim.learning_rate(c.train, 30, ends)
     np.testing.assert_allclose([float(per_stage(s)) for s in (0, 10, 20)], 1e-3, rtol=1e-6)
     assert float(per_stage(9)) < 0.05 * 1e-3 and float(per_stage(19)) < 0.05 * 1e-3
     c.train.lr_schedule = "cosine"  # the official single cosine: the fine stage starts low
     assert train._stage_ends(c) == ()
-    assert float(steps.learning_rate(c.train, 30)(20)) < 0.3 * 1e-3
+    assert float(optim.learning_rate(c.train, 30)(20)) < 0.3 * 1e-3
     c.train.lr_schedule = "step"
     with pytest.raises(config_check.ConfigError, match="train.lr_schedule"):
         config_check.validate(c)

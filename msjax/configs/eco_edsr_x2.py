@@ -34,7 +34,7 @@ def get_config():
     c.train.lr = 3.2e-3
     c.train.lr_end = 0.0
     c.train.grad_clip_value = 0.1
-    # Read by steps.make_optimizer (defaults off); declared here until base.py's c.train has them.
+    # ECO's official LAMB extras (optim.make_optimizer; off by default).
     c.train.beta2 = 0.99
     c.train.lamb_bias_correction = False
     c.train.lamb_max_weight_norm = 10.0

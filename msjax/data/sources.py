@@ -23,8 +23,7 @@ BUILTIN_TRAIN = ("chelsea", "rocket", "hubble_deep_field", "immunohistochemistry
 BUILTIN_VALID = ("astronaut", "coffee")
 
 
-class DataError(ValueError):
-    """A dataset that is missing or unusable, with what to do about it."""
+from msjax.errors import DataError  # noqa: E402  (re-exported: data.DataError)
 
 
 @dataclasses.dataclass
