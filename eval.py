@@ -12,13 +12,13 @@ one HR folder per set, or <set>/HR + <set>/LR_bicubic/X<scale>) on Y with crop =
 import sys
 
 if __name__ == "__main__":  # before jax starts (msjax/hugepages.py)
-    from msjax.hugepages import restart_with_huge_pages
+    from msjax.backend.hugepages import restart_with_huge_pages
 
     restart_with_huge_pages()
 
 from absl import app, flags, logging
 
-from msjax import data, evaluate
+from msjax import errors, evaluate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "run directory written by train.py")
@@ -45,7 +45,7 @@ def main(argv):
             target_dir=FLAGS.target_dir, output_dir=FLAGS.output_dir, tile=FLAGS.tile,
             self_ensemble=FLAGS.self_ensemble, t=FLAGS.t, crop_border=FLAGS.crop_border,
             y_channel=FLAGS.y_channel, benchmark_root=FLAGS.benchmark_root)
-    except (FileNotFoundError, data.DataError, ValueError) as e:
+    except (FileNotFoundError, errors.MsjaxError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if "sets" in summary:  # benchmark sets: markdown tables, per image and per set

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import jax
-
-from msjax import damage, kernels, multiscale, optim, tasks, xla_options
+from msjax import damage, multiscale, optim, tasks
 from msjax.data import SOURCES
 from msjax.data.pipeline import RESIZE_MODES
+from msjax.errors import ConfigError
 from msjax.models import MODEL_NAMES, size_multiple
 from msjax.resize import RESTRICTIONS
 
 # Models that upsample inside (pixel shuffle): their output is task.scale times their input.
 UPSAMPLING_MODELS = ("edsr", "rcan", "msrn")
-
-
-from msjax.errors import ConfigError  # noqa: E402  (re-exported: config_check.ConfigError)
 
 
 def _check(ok: bool, message: str):
@@ -28,35 +22,23 @@ def _one_of(value, choices, field):
     _check(value in choices, f"{field}={value!r} is unknown; choose one of {', '.join(choices)}")
 
 
-def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> None:
-    """Raises ConfigError on the first impossible setting."""
+def validate(config) -> None:
+    """Raises ConfigError on the first impossible setting (the runtime section is checked by
+    the backend that runs it, ``backend.make_backend``)."""
     c = config
     _one_of(c.mode, multiscale.MODES, "mode")
     _one_of(c.model, MODEL_NAMES, "model")
     _one_of(c.task.name, tasks.TASKS, "task.name")
     _one_of(c.task.loss, tasks.LOSSES, "task.loss")
-    _one_of(c.task.get("model_range", "unit"), tasks.MODEL_RANGES, "task.model_range")
+    _one_of(c.task.model_range, tasks.MODEL_RANGES, "task.model_range")
     _one_of(c.data.source, SOURCES, "data.source")
     _one_of(c.mge.restriction, RESTRICTIONS, "mge.restriction")
     _one_of(c.dtype, ("float32", "bfloat16"), "dtype")
     _one_of(c.train.optimizer, ("adam", "lamb"), "train.optimizer")
-    _one_of(c.runtime.nonfinite, ("stop", "skip"), "runtime.nonfinite")
     _one_of(c.data.bad_images, ("skip", "error"), "data.bad_images")
-    _one_of(c.data.get("resize_mode", "square"), RESIZE_MODES, "data.resize_mode")
-    _one_of(c.runtime.cpu_convolutions, xla_options.CPU_CONVOLUTIONS,
-            "runtime.cpu_convolutions")
-    _one_of(c.runtime.cpu_reductions, xla_options.CPU_REDUCTIONS,
-            "runtime.cpu_reductions")
-    if c.runtime.cpu_convolutions == "onednn" and jax.default_backend() == "cpu":
-        _check(num_devices == 1,
-               f"runtime.cpu_convolutions=onednn runs on one CPU device (oneDNN spreads each "
-               f"convolution over every core itself), not {num_devices}; set num_devices=1 or "
-               f"use runtime.cpu_convolutions=eigen")
-        try:
-            kernels.require_onednn()
-        except kernels.onednn.OneDNNUnavailable as e:
-            raise ConfigError(f"runtime.cpu_convolutions=onednn: {e}") from None
-    _one_of(c.train.get("lr_schedule", "cosine"), optim.LR_SCHEDULES, "train.lr_schedule")
+    _one_of(c.data.resize_mode, RESIZE_MODES, "data.resize_mode")
+    _one_of(c.runtime.nonfinite, ("stop", "skip"), "runtime.nonfinite")
+    _one_of(c.train.lr_schedule, optim.LR_SCHEDULES, "train.lr_schedule")
     _check(c.train.steps > 0, f"train.steps={c.train.steps} must be positive")
     _check(c.train.lr > 0, f"train.lr={c.train.lr} must be positive")
     _check(0 <= c.train.lr_end <= c.train.lr,
@@ -131,14 +113,6 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
             _check(len(set(s.plan.batch_sizes)) == 1,
                    f"mge.shared_batch reuses one batch for every term, but batch_sizes="
                    f"{s.plan.batch_sizes} differ; give every term the same size")
-        for n in s.plan.batch_sizes:
-            _check(n % num_devices == 0,
-                   f"a term batch of {n} does not divide by the {num_devices} devices; "
-                   f"use batch sizes that are multiples of {num_devices} (or set num_devices)")
-    if workdir is not None:
-        parent = Path(workdir).expanduser().resolve().parent
-        _check(parent.is_dir(), f"the workdir's parent {parent} does not exist; create it or "
-               "choose another --workdir")
 
 
 def schedule(config) -> list:
@@ -147,6 +121,7 @@ def schedule(config) -> list:
     return multiscale.make_schedule(
         c.mode, steps=c.train.steps, batch_size=c.batch_size, levels=c.mge.levels,
         batch_sizes=tuple(c.mge.batch_sizes), finest_batch=c.mge.finest_batch,
-        batch_growth=c.mge.batch_growth, stage_weights=tuple(c.fms.stage_weights),
+        batch_growth=c.mge.batch_growth, stage_steps=tuple(c.fms.stage_steps),
+        stage_weights=tuple(c.fms.stage_weights),
         stage_batch_growth=c.fms.batch_growth, restriction=c.mge.restriction,
         shared_batch=c.mge.shared_batch, operator_per_level=c.mge.operator_per_level)

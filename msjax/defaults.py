@@ -66,6 +66,10 @@ def get_config():
         patch=64,                  # training patch side on the data grid (HR side for SR)
         resize_to=0,               # >0: resize whole images to this side first (official: 128)
         resize_mode="square",      # square (size x size) | short_side (keep the aspect)
+        resize_method="bicubic",   # bicubic | bilinear | nearest (official collate: nearest)
+        normalize=False,           # the model sees (x - mean) / std and the loss is taken there,
+        mean=(0.5, 0.5, 0.5),      # as the official loaders' Normalize; data and metrics stay
+        std=(0.5, 0.5, 0.5),       # in [0, 1]
         augment=True,              # random flips and 90-degree rotations
         valid_images=8,            # how many validation images (fixed crops)
         valid_patch=0,             # validation crop side (0: same as patch)
@@ -87,8 +91,11 @@ def get_config():
         operator_per_level=False,  # corrupt each level's clean image (blur sigma scaled 2^-l)
     ))
     c.fms = ml_collections.ConfigDict(dict(
-        stage_steps=(),            # steps per stage, coarse first (official: 2000, 1000, 500, 250)
-        stage_weights=(),          # else train.steps split by these; () = 2^J:..:2:1
+        # Steps per stage, coarse first (official: 2000, 1000, 500, 250); they replace
+        # train.steps in fullmultiscale mode. train.py: an explicit --config.train.steps splits
+        # in their proportions instead.
+        stage_steps=(),
+        stage_weights=(),          # without stage_steps: train.steps split by these; () = 2^J:..:2:1
         batch_growth=1,            # per-term batch growth inside a stage (official: constant)
     ))
 

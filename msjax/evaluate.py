@@ -13,51 +13,17 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from PIL import Image
 
-from msjax import (checkpoints, config_check, data, metrics, models, parallel, steps, tasks,
-                   xla_options)
-from msjax import train as training
+from msjax import build, data, metrics, parallel, rundir, steps
 
-
-def load_config(workdir: Path) -> ml_collections.ConfigDict:
-    path = Path(workdir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by "
-                                "train.py")
-    config = ml_collections.ConfigDict()
-    for key, value in json.loads(path.read_text()).items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            if p not in node:
-                node[p] = ml_collections.ConfigDict()
-            node = node[p]
-        node[leaf] = tuple(value) if isinstance(value, list) else value
-    return config
+load_config = rundir.load_config
 
 
 def load_state(config, workdir: Path, which: str = "best"):
-    """(state, task, step) restored from the run's best (or latest) checkpoint."""
-    mesh = parallel.make_mesh(1)
-    task = tasks.make_task(config.task, operator_per_level=config.mge.operator_per_level)
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-    model = models.create_model(config.model, dtype=dtype, **config.model_kwargs)
-    lr_side = config.data.patch // task.scale
-    sample = task.model_input(jnp.zeros((1, lr_side, lr_side, 3), jnp.float32))
-    total = config_check.schedule(config)[-1].end_step
-    template = training.create_state(model, config, sample, total, mesh)
-    ckpt = checkpoints.Checkpoints(Path(workdir) / "checkpoints", read_only=True)
-    step = ckpt.best_step() if which == "best" else None
-    if step is None:
-        step = max(ckpt.steps(), default=None)
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-    state, _ = ckpt.restore(step, template)
-    ckpt.close()
-    return state, task, step
+    """(state, experiment, step) restored from the run's best (or latest) checkpoint."""
+    return rundir.load_state(workdir, which, config=config)
 
 
 def _ensemble_views(x):
@@ -70,17 +36,19 @@ def _ensemble_views(x):
                                                             axes=(1, 2)))
 
 
-def make_restorer(state, task, *, self_ensemble: bool = False, compiler_options=None):
-    """A jitted function NHWC corrupted batch (+ t) -> restored batch in [0, 1]; the run's
-    ``xla_options.for_config(config)`` as ``compiler_options`` gives training's programs."""
+def make_restorer(state, task, *, self_ensemble: bool = False, backend=None):
+    """A jitted function NHWC corrupted batch (+ t) -> restored batch in [0, 1], compiled by the
+    run's ``backend`` (training's kernels) where given."""
 
-    def restore(y, t):
+    def restore(state, y, t):
         if not self_ensemble:
             return jnp.clip(steps.predict(state, y, t, task=task), 0, 1)
         outs = [undo(steps.predict(state, v, t, task=task)) for v, undo in _ensemble_views(y)]
         return jnp.clip(sum(outs) / len(outs), 0, 1)
 
-    return jax.jit(restore, compiler_options=compiler_options)
+    # The state is an argument: closed-over arrays would be compiled in as constants.
+    program = backend.jit(restore) if backend is not None else jax.jit(restore)
+    return lambda y, t: program(state, y, t)
 
 
 def restore_image(restore, image: np.ndarray, *, scale: int = 1, tile: int = 0,
@@ -127,20 +95,16 @@ def _write_rows(path: Path, rows: list[dict]):
         w.writerows(rows)
 
 
-def evaluate_validation(config, state, task) -> list[dict]:
+def evaluate_validation(config, state, exp) -> list[dict]:
     """Per-image metrics on the run's fixed validation set, computed exactly as at training time."""
-    mesh = parallel.make_mesh(1)
-    source = data.open_source(config.data, "valid", scale=task.scale)
-    batch, n, _ = training.make_validation(config, task, source, mesh)
-    out = parallel.fetch(jax.jit(lambda s, b: steps.eval_step(
-        s, b, task=task, crop_border=config.eval.crop_border,
-        y_channel=config.eval.y_channel), compiler_options=xla_options.for_config(config))(
-            state, batch))
+    valid = build.make_validation(config, exp.task, exp.mesh)
+    batch, n = valid.batch, valid.count
+    out = parallel.fetch(build.eval_step(exp)(state, batch))
     return [{"image": f"valid_{i:03d}", "psnr": float(out["psnr"][i]),
              "ssim": float(out["ssim"][i]), "loss": float(out["loss"][i])} for i in range(n)]
 
 
-def evaluate_folder(config, state, task, *, input_dir: str = "", target_dir: str = "",
+def evaluate_folder(config, state, exp, *, input_dir: str = "", target_dir: str = "",
                     output_dir: Path, tile: int = 0, overlap: int = 16,
                     self_ensemble: bool = False, t: float | None = None,
                     crop_border: int | None = None, y_channel: bool | None = None) -> list[dict]:
@@ -149,8 +113,8 @@ def evaluate_folder(config, state, task, *, input_dir: str = "", target_dir: str
     ``output_dir``; with a ``target_dir`` each image is also scored against its ground truth."""
     crop = config.eval.crop_border if crop_border is None else crop_border
     use_y = config.eval.y_channel if y_channel is None else y_channel
-    restore = make_restorer(state, task, self_ensemble=self_ensemble,
-                            compiler_options=xla_options.for_config(config))
+    task = exp.task
+    restore = make_restorer(state, task, self_ensemble=self_ensemble, backend=exp.backend)
     multiple = 8 * (1 if task.scale == 1 else 1)
     output_dir.mkdir(parents=True, exist_ok=True)
     targets = {p.stem: p for p in data.sources.list_images(target_dir)} if target_dir else {}
@@ -226,13 +190,13 @@ def benchmark_sets(root: str, scale: int) -> list[tuple[str, str, str]]:
     return found
 
 
-def evaluate_benchmarks(config, state, task, root: str, *, output_dir: Path,
+def evaluate_benchmarks(config, state, exp, root: str, *, output_dir: Path,
                         **folder_options) -> tuple[list[dict], list[dict]]:
     """Scores every set under ``root`` (see ``benchmark_sets``); returns per-image rows (with the
     set's name) and per-set means. ``folder_options`` go to ``evaluate_folder``."""
     rows, per_set = [], []
-    for name, hr, lr in benchmark_sets(root, task.scale):
-        set_rows = evaluate_folder(config, state, task, input_dir=lr, target_dir=hr,
+    for name, hr, lr in benchmark_sets(root, exp.task.scale):
+        set_rows = evaluate_folder(config, state, exp, input_dir=lr, target_dir=hr,
                                    output_dir=output_dir / name, **folder_options)
         rows += [{"set": name, **r} for r in set_rows]
         per_set.append({"set": name, "images": len(set_rows), **summarize(set_rows)})
@@ -264,13 +228,14 @@ def run(workdir: str, *, which: str = "best", input_dir: str = "", target_dir: s
     (also written to per_set.csv)."""
     workdir = Path(workdir)
     config = load_config(workdir)
-    state, task, step = load_state(config, workdir, which)
+    state, exp, step = load_state(config, workdir, which)
+    task = exp.task
     out_dir = Path(output_dir) if output_dir else workdir / f"eval_{which}_{step}"
     out_dir.mkdir(parents=True, exist_ok=True)
     per_set = None
     if benchmark_root:
         rows, per_set = evaluate_benchmarks(
-            config, state, task, benchmark_root, output_dir=out_dir,
+            config, state, exp, benchmark_root, output_dir=out_dir,
             tile=config.eval.tile if tile is None else tile, overlap=config.eval.tile_overlap,
             self_ensemble=config.eval.self_ensemble if self_ensemble is None else self_ensemble,
             crop_border=task.scale if crop_border is None else crop_border,
@@ -278,12 +243,12 @@ def run(workdir: str, *, which: str = "best", input_dir: str = "", target_dir: s
         _write_rows(out_dir / "per_set.csv", per_set)
     elif input_dir or target_dir:
         rows = evaluate_folder(
-            config, state, task, input_dir=input_dir, target_dir=target_dir, output_dir=out_dir,
+            config, state, exp, input_dir=input_dir, target_dir=target_dir, output_dir=out_dir,
             tile=config.eval.tile if tile is None else tile, overlap=config.eval.tile_overlap,
             self_ensemble=config.eval.self_ensemble if self_ensemble is None else self_ensemble,
             t=t, crop_border=crop_border, y_channel=y_channel)
     else:
-        rows = evaluate_validation(config, state, task)
+        rows = evaluate_validation(config, state, exp)
     summary = {"step": step, **summarize(rows)}
     if per_set is not None:
         summary["sets"] = per_set

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 
 from msjax import resize
-from msjax.kernels import onednn
 
 MODES = ("single", "multiscale", "fullmultiscale")
 
@@ -85,7 +84,8 @@ def split_steps(total: int, weights: Sequence[float]) -> tuple[int, ...]:
 
 def make_schedule(mode: str, *, steps: int, batch_size: int, levels: int = 3,
                   batch_sizes: Sequence[int] = (), finest_batch: int = 4, batch_growth: int = 4,
-                  stage_weights: Sequence[float] = (), stage_batch_growth: int = 1,
+                  stage_steps: Sequence[int] = (), stage_weights: Sequence[float] = (),
+                  stage_batch_growth: int = 1,
                   restriction: str = "area", shared_batch: bool = False,
                   operator_per_level: bool = False) -> list[Stage]:
     """The stages of a run.
@@ -93,9 +93,9 @@ def make_schedule(mode: str, *, steps: int, batch_size: int, levels: int = 3,
     single: one term of ``batch_size``. multiscale: ``levels`` difference terms with
     ``batch_sizes`` (or ``finest_batch * batch_growth**k``). fullmultiscale: stages j = 0..levels,
     stage j on finest level ``levels - j`` with j difference terms, base batch
-    ``batch_size * 2**(levels - j)`` growing by ``stage_batch_growth`` per coarser term, and
-    ``steps`` split by ``stage_weights`` (default and official: halving per finer stage, e.g.
-    2000/1000/500/250 = 8:4:2:1).
+    ``batch_size * 2**(levels - j)`` growing by ``stage_batch_growth`` per coarser term, running
+    ``stage_steps`` steps each (official: 2000/1000/500/250), or else ``steps`` split by
+    ``stage_weights`` (default: halving per finer stage, 8:4:2:1).
     """
     common = dict(restriction=restriction, shared_batch=shared_batch,
                   operator_per_level=operator_per_level)
@@ -108,13 +108,21 @@ def make_schedule(mode: str, *, steps: int, batch_size: int, levels: int = 3,
                              f"levels={levels} needs {levels + 1} (finest first)")
         return [Stage(LevelPlan(sizes, **common), steps)]
     if mode == "fullmultiscale":
-        # Default: each stage half as long as the coarser one before it (official 8:4:2:1).
-        stage_weights = tuple(stage_weights) or tuple(2 ** (levels - j) for j in range(levels + 1))
-        if len(stage_weights) != levels + 1:
-            raise ValueError(f"fms.stage_weights has {len(stage_weights)} entries; "
-                             f"fullmultiscale with levels={levels} needs {levels + 1}")
+        if stage_steps:
+            if len(stage_steps) != levels + 1:
+                raise ValueError(f"fms.stage_steps has {len(stage_steps)} entries; "
+                                 f"fullmultiscale with levels={levels} needs {levels + 1}")
+            counts = tuple(int(n) for n in stage_steps)
+        else:
+            # Default: each stage half as long as the coarser one before it (official 8:4:2:1).
+            stage_weights = (tuple(stage_weights)
+                             or tuple(2 ** (levels - j) for j in range(levels + 1)))
+            if len(stage_weights) != levels + 1:
+                raise ValueError(f"fms.stage_weights has {len(stage_weights)} entries; "
+                                 f"fullmultiscale with levels={levels} needs {levels + 1}")
+            counts = split_steps(steps, stage_weights)
         stages, first = [], 0
-        for j, n in enumerate(split_steps(steps, stage_weights)):
+        for j, n in enumerate(counts):
             base = batch_size * 2 ** (levels - j)
             plan = LevelPlan(growing_batches(base, stage_batch_growth, j + 1),
                              finest_level=levels - j, **common)
@@ -142,18 +150,6 @@ def work_units(plan: LevelPlan, reference_batch: int) -> float:
 
 def schedule_work_units(stages: Sequence[Stage], reference_batch: int) -> float:
     return sum(s.steps * work_units(s.plan, reference_batch) for s in stages)
-
-
-def compiled_flops(compiled) -> float:
-    """FLOPs of one call of a compiled program (``jax.jit(f).lower(...).compile()``), from XLA's
-    cost analysis plus the oneDNN convolutions it cannot see (``kernels.onednn``); NaN where the
-    backend reports none. For a program partitioned over devices this is one device's share."""
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):  # older jax returns one dict per device program
-        analysis = analysis[0] if analysis else {}
-    flops = float((analysis or {}).get("flops", float("nan")))
-    text = compiled.as_text() or ""
-    return flops + (onednn.custom_call_flops(text) if "msjax_onednn_conv" in text else 0.0)
 
 
 # --- the estimator -------------------------------------------------------------------------------
@@ -218,17 +214,20 @@ def telescoping_loss(params, batches: Sequence[Mapping[str, jax.Array]], rng: ja
         # Shared-batch terms share noise and dropout masks, so the sum telescopes exactly.
         term_key = jax.random.fold_in(rng, 0 if plan.shared_batch else k)
         level = plan.finest_level + k
+        coarsest = k == plan.levels
         pairs, t = _term_pyramid(plan, task, batch, jax.random.fold_in(term_key, 0), level,
-                                 coarse=k < plan.levels)
-        value = 0.0
-        for i, (y, x) in enumerate(pairs):
-            loss, state = evaluate(y, x, t, jax.random.fold_in(term_key, 1 + level + i))
-            value = value + (loss if i == 0 else -loss)
-            if k == 0 and i == 0:
-                finest = loss
-                if mutable:
-                    new_model_state = dict(state)
-        terms.append(value)
+                                 coarse=not coarsest)
+        dropout = [jax.random.fold_in(term_key, 1 + level + i) for i in range(len(pairs))]
+        fine, state = evaluate(*pairs[0], t, dropout[0])
+        if k == 0:
+            finest = fine
+            if mutable:
+                new_model_state = dict(state)
+        if coarsest:   # the coarsest term, once: ell(f(R_L y_L), R_L x_L)
+            terms.append(fine)
+        else:          # ell(f(R_k y_k), R_k x_k) - ell(f(R_{k+1} y_k), R_{k+1} x_k)
+            coarse, _ = evaluate(*pairs[1], t, dropout[1])
+            terms.append(fine - coarse)
     total = sum(terms)
     return total, {"terms": jnp.stack(terms), "finest": finest, "model_state": new_model_state}
 

@@ -2,8 +2,8 @@
 
 Data parallelism is plain ``jax.jit`` over this mesh: parameters and optimizer state are
 replicated, every MGE term's batch is sharded on its batch axis, and XLA inserts the gradient
-all-reduce. On a CPU the mesh is also how msjax fills the cores (XLA:CPU leaves cores idle inside
-one convolution; sharding the batch over simulated devices runs them in parallel).
+all-reduce. A term batch that does not divide by the device count is split over the largest
+count that divides it and replicated over the rest (``batch_sharded``).
 
 Several processes (hosts) form one global mesh: each loads only the rows of every batch that land
 on its own devices, and arrays the loop reads back are replicated, so every process can read them.
@@ -12,11 +12,12 @@ on its own devices, and arrays the loop reads back are replicated, so every proc
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +31,16 @@ def _distributed_is_initialized() -> bool:
     return distributed.global_state.client is not None
 
 
-def initialize_distributed(config) -> None:
-    """Joins a multi-process job when ``config.distributed``, ``config.coordinator_address`` or
+def initialize_distributed(runtime) -> None:
+    """Joins a multi-process job when ``runtime.distributed``, ``runtime.coordinator_address`` or
     $JAX_COORDINATOR_ADDRESS asks for one. Each unset field comes from the environment
     ($JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID), else from JAX's cluster
     auto-detection (SLURM, Open MPI, Kubernetes, Cloud TPU). Must run before any JAX computation."""
-    address = config.get("coordinator_address", "") or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
-    if not (config.get("distributed", False) or address) or _distributed_is_initialized():
+    address = runtime.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    if not (runtime.distributed or address) or _distributed_is_initialized():
         return
-    num_processes = config.get("num_processes", 0) or int(os.environ.get("JAX_NUM_PROCESSES", 0))
-    process_id = config.get("process_id", -1)
+    num_processes = runtime.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", 0))
+    process_id = runtime.process_id
     if process_id < 0:
         process_id = int(os.environ.get("JAX_PROCESS_ID", -1))
     # CPU processes need a cross-process collective library (older jax defaulted to none).
@@ -50,22 +51,6 @@ def initialize_distributed(config) -> None:
                                process_id=process_id if process_id >= 0 else None)
 
 
-def device_count_for(term_batches, requested: int = 0) -> int:
-    """How many devices the data mesh spans: ``requested`` if set, else every device. On the CPU
-    platform simulated devices only put the cores to work, so term batches that do not divide by
-    their count fall back to the largest count that divides them all (with a warning); on
-    accelerators, and over several processes, that stays a config error."""
-    total = jax.device_count()
-    if requested or jax.process_count() > 1 or jax.devices()[0].platform != "cpu":
-        return requested or total
-    count = max(d for d in range(1, total + 1) if all(n % d == 0 for n in term_batches))
-    if count < total:
-        log.warning("term batches %s do not all divide by the %d CPU devices; using %d "
-                    "(set num_devices, or JAX_NUM_CPU_DEVICES, to choose)",
-                    sorted(term_batches), total, count)
-    return count
-
-
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
     """A one-axis ``data`` mesh over every device (or the first ``num_devices``), Auto axis type:
     explicit sharding mode is not needed and, on jax 0.10, breaks rfft2/irfft2 on sharded batches."""
@@ -74,7 +59,7 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
         if num_devices > len(devices):
             raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices exist")
         devices = devices[:num_devices]
-    return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+    return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,),
                          devices=devices)
 
 
@@ -82,8 +67,22 @@ def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def batch_sharded(mesh) -> NamedSharding:
-    return NamedSharding(mesh, P("data"))
+def batch_sharded(mesh, batch: int | None = None) -> NamedSharding:
+    """How a batch of ``batch`` rows lies on the mesh: split over every device where it divides,
+    else split over the largest device count that divides it and replicated over the rest
+    (a term of 4 images on 8 devices: 4 x 2), so every config runs unchanged on any device
+    count and computes the same estimator."""
+    groups = math.gcd(batch, mesh.size) if batch else mesh.size
+    if groups == mesh.size:
+        return NamedSharding(mesh, P("data"))
+    split = Mesh(mesh.devices.reshape(groups, mesh.size // groups), ("data", "replica"),
+                 axis_types=(AxisType.Auto, AxisType.Auto))
+    return NamedSharding(split, P("data"))
+
+
+def devices_per_batch(mesh, batch: int) -> int:
+    """Over how many devices a batch of ``batch`` rows is split (the rest hold copies)."""
+    return math.gcd(batch, mesh.size)
 
 
 def process_rows(global_batch: int, mesh=None) -> slice:
@@ -92,7 +91,7 @@ def process_rows(global_batch: int, mesh=None) -> slice:
     if mesh is None:
         per = global_batch // jax.process_count()
         return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
-    index = batch_sharded(mesh).addressable_devices_indices_map((global_batch,))
+    index = batch_sharded(mesh, global_batch).addressable_devices_indices_map((global_batch,))
     spans = sorted(idx[0].indices(global_batch)[:2] for idx in index.values())
     start, stop = spans[0][0], spans[-1][1]
     if sum(b - a for a, b in set(spans)) != stop - start:
@@ -112,19 +111,20 @@ def _from_local_rows(x: np.ndarray, sharding, global_shape, first_row: int = 0):
     return jax.make_array_from_single_device_arrays(global_shape, sharding, blocks)
 
 
-def put_batch(tree, mesh):
-    """Host arrays (this process's rows, ``process_rows``) -> global arrays sharded on the batch
-    axis."""
-    sharding = batch_sharded(mesh)
+def put_batch(tree, mesh, global_batch: int | None = None):
+    """Host arrays (this process's rows of a ``global_batch``-row batch, ``process_rows``) ->
+    global arrays laid out by ``batch_sharded``. ``global_batch`` defaults to an even split of
+    the local rows over the processes."""
     local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
 
     def put(x):
         x = np.asarray(x)
+        n = global_batch or x.shape[0] // local * mesh.size
+        sharding = batch_sharded(mesh, n)
         if local == mesh.size:
             return jax.device_put(x, sharding)
-        global_shape = (x.shape[0] // local * mesh.size,) + x.shape[1:]
-        first = process_rows(global_shape[0], mesh).start
-        return _from_local_rows(x, sharding, global_shape, first)
+        first = process_rows(n, mesh).start
+        return _from_local_rows(x, sharding, (n,) + x.shape[1:], first)
 
     return jax.tree.map(put, tree)
 
@@ -132,7 +132,9 @@ def put_batch(tree, mesh):
 def put_global_batch(tree, mesh):
     """Host arrays holding the whole global batch on every process (e.g. the fixed validation
     set) -> global arrays sharded on the batch axis; each device takes its own rows."""
-    return put_batch(jax.tree.map(lambda x: np.asarray(x)[process_rows(len(x), mesh)], tree), mesh)
+    sizes = {len(x) for x in jax.tree.leaves(tree)}
+    (n,) = sizes
+    return put_batch(jax.tree.map(lambda x: np.asarray(x)[process_rows(n, mesh)], tree), mesh, n)
 
 
 def put_replicated(tree, mesh):

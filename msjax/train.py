@@ -1,38 +1,25 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
-config -> data + model + stages -> compiled MGE step per stage -> state -> logs / checkpoints.
+config -> experiment (build.py) -> compiled MGE step per stage -> state -> logs / checkpoints.
 Running it again in the same workdir resumes from the newest readable checkpoint: step, stage,
 optimizer, cost ledger; batches and noise are functions of (seed, step), so resume is exact.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
-import logging
 import math
 import signal
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from msjax import (checkpoints, config_check, data, kernels, logs, models, multiscale, optim, parallel,
-                   resize, steps, tasks, xla_options)
-
-log = logging.getLogger(__name__)
-
-# Fields that may change between a run and its resumption (they do not change the result).
-def _resumable(key: str) -> bool:
-    from msjax import defaults
-    return (key.split(".")[0] in defaults.RESUMABLE_SECTIONS
-            or key.endswith(defaults.RESUMABLE_SUFFIXES))
-
-
-from msjax.errors import NonFiniteError  # noqa: E402
-
+from msjax import (build, checkpoints, config_check, data, logs, multiscale, optim, parallel,
+                   rundir, steps)
+from msjax.errors import NonFiniteError, RunDirError
 
 class Preempted(Exception):
     """SIGTERM / SIGINT arrived; a checkpoint was saved. ``signum`` is the signal."""
@@ -42,63 +29,11 @@ class Preempted(Exception):
         self.signum = signum
 
 
-def _flat(config) -> dict:
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if hasattr(v, "items"):
-                yield from walk(v, f"{prefix}{k}.")
-            else:
-                yield f"{prefix}{k}", list(v) if isinstance(v, tuple) else v
-    return dict(walk(config.to_dict()))
-
-
-def check_workdir(workdir: Path, config) -> None:
-    """Refuses a workdir written by a different config (it would silently mix two runs)."""
-    path = workdir / "config.json"
-    current = _flat(config)
-    if path.exists():
-        saved = json.loads(path.read_text())
-        diffs = [k for k in sorted(set(saved) | set(current))
-                 if not _resumable(k) and saved.get(k) != current.get(k)]
-        if diffs:
-            shown = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diffs[:5])
-            raise config_check.ConfigError(
-                f"workdir {workdir} holds a run with another config ({shown}"
-                f"{'; ...' if len(diffs) > 5 else ''}); use a new --workdir or the same config")
-    elif jax.process_index() == 0:  # atomic: other processes may be reading it already
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
-        tmp.replace(path)
-
-
-def create_state(model, config, sample_input, total_steps: int, mesh) -> steps.TrainState:
-    rng = jax.random.PRNGKey(config.seed)
-    t = jnp.zeros((sample_input.shape[0],), jnp.float32)
-    # Every program that runs the model (step, evaluation, panels) traces this apply_fn.
-    apply_fn = kernels.apply_with(model.apply, config.runtime.cpu_convolutions,
-                                  devices=mesh.size)
-
-    def init():
-        variables = model.init({"params": rng, "dropout": rng}, sample_input, t, train=False)
-        params = variables.pop("params")
-        return steps.TrainState.create(apply_fn=apply_fn, params=params,
-                                       tx=optim.make_optimizer(config.train, total_steps,
-                                                               _stage_ends(config)),
-                                       model_state=dict(variables))
-
-    # init runs once, so its speed is irrelevant, but XLA's default optimisation of every
-    # parameter's unrolled random initializer takes seconds to minutes to compile on CPU
-    # (pyramidal44: 19 s -> 2 s of CPU time). Values may differ from an optimised build by an ulp.
-    init_fn = jax.jit(init, out_shardings=parallel.replicated(mesh))
-    return init_fn.lower().compile(xla_options.cpu_options(fast_compile=True))()
-
-
-class _Signals:
+class Signals:
     """Turns SIGTERM / SIGINT into a flag the loop checks between steps."""
 
     def __init__(self):
-        self.received = None
-        self._previous = {}
+        self.received, self._previous = None, {}
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -116,265 +51,237 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def make_validation(config, task, source, mesh):
-    """The fixed validation set: crops, their corruption (fixed key) and the input's own scores."""
-    scale = task.scale
-    crops = data.validation_crops(source, config.data.valid_images,
-                                  config.data.valid_patch or config.data.patch, scale=scale,
-                                  resize=data.pipeline.whole_image_resize(config.data))
-    target = jnp.asarray(crops["target"])
-    if "input" in crops:
-        y, t = jnp.asarray(crops["input"]), None
-    elif task.validation_corrupt is not None:  # the task's own fixed form (damage suite)
-        y, t = task.validation_corrupt(target)
-    else:
-        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2**31 - 1)
-        y, t = task.corrupt(target, key, 0)
-    # The input's own quality, shown beside the model's: the corrupted image, or for SR the
-    # bicubic-upsampled LR.
-    baseline = jnp.clip(y if scale == 1 else resize.imresize(y, float(scale)), 0.0, 1.0)
-    from msjax import metrics
+@dataclasses.dataclass
+class Ledger:
+    """Costs so far: ``seconds`` is training wall time without compiling (which a longer run
+    amortises), ``compile_seconds`` the stages' compile (and kernel measurement) time."""
 
-    kw = dict(crop_border=config.eval.crop_border, y_channel=config.eval.y_channel)
-    scores = {"input_psnr": float(jnp.mean(metrics.psnr_batch(baseline, target, **kw))),
-              "input_ssim": float(jnp.mean(metrics.ssim_batch(baseline, target, **kw)))}
-    n = target.shape[0]
-    pad = (-n) % mesh.size  # shard the validation batch; pad with repeats, drop them after
-    batch = {"input": y, "target": target}
-    if t is not None:
-        batch["t"] = t
-    batch = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]), batch)
-    return parallel.put_global_batch(jax.tree.map(np.asarray, batch), mesh), n, scores
+    work_units: float = 0.0
+    flops: float = 0.0
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+    skipped: int = 0
+
+    def row(self) -> dict:
+        return dataclasses.asdict(self)
 
 
-def _validation_panels(state, batch, *, task, count=4):
+class MetricsBuffer:
+    """Per-step metrics stay on the device until a log step; the NaN check then costs nothing,
+    because it runs on what is fetched for logging anyway."""
+
+    def __init__(self):
+        self.pending = []
+
+    def add(self, step: int, metrics):
+        self.pending.append((step, metrics))
+
+    def fetch(self) -> tuple[int, dict, list]:
+        """(last step, its metrics as floats, [(step, metrics) of non-finite steps])."""
+        fetched = parallel.fetch(self.pending)
+        self.pending = []
+        bad = [(s, m) for s, m in fetched if not bool(m["finite"])]
+        step, m = fetched[-1]
+        return step, {k: float(v) for k, v in m.items()}, bad
+
+
+class StepPrograms:
+    """Each stage's compiled step, compiled on first use with what a checkpoint recorded."""
+
+    def __init__(self, exp, seed_key, ledger, progress, recorded: dict):
+        self.exp, self.seed_key, self.ledger, self.progress = exp, seed_key, ledger, progress
+        self.recorded, self.programs = dict(recorded), {}
+
+    def __call__(self, stage: int, state, batches):
+        if stage not in self.programs:
+            self.progress.write(f"compiling stage {stage} ...")
+            program = build.compile_train_step(self.exp, stage, state, batches, self.seed_key,
+                                               recorded=self.recorded.get(str(stage), ""))
+            self.ledger.compile_seconds += program.seconds
+            if program.kernels:
+                self.recorded[str(stage)] = program.kernels
+            measured = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in program.timings.items())
+            self.progress.write(
+                f"stage {stage} compiled in {program.seconds:.1f} s"
+                + (f"; convolutions {program.kernels}" if program.kernels else "")
+                + (f" (measured per step: {measured})" if measured else ""))
+            self.programs[stage] = program
+        return self.programs[stage]
+
+
+def host_batches(exp, source, step: int) -> tuple:
+    """This process's rows of every term's batch at ``step`` (a pure function of the step)."""
+    c, plan = exp.config, exp.stages[exp.stage_at(step)].plan
+    batches = tuple(data.term_batch(
+        source, seed=c.seed, step=step, term=k, batch=n, patch=c.data.patch,
+        scale=exp.task.scale, augment=c.data.augment, rows=parallel.process_rows(n, exp.mesh),
+        resize=data.pipeline.whole_image_resize(c.data))
+        for k, n in enumerate(plan.batch_sizes[:1] if plan.shared_batch else plan.batch_sizes))
+    if exp.task.host_corrupt is not None:  # e.g. JPEG: the step restricts it like paired data
+        batches = tuple({**b, "input": exp.task.host_corrupt(b["target"])} for b in batches)
+    return batches
+
+
+def panels(state, batch, key, *, task, count: int = 4):
+    """Validation and training images for the logs: input, output (evaluation mode), target."""
     head = jax.tree.map(lambda a: a[:count], batch)
-    return {"input": head["input"], "target": head["target"],
-            "output": steps.predict(state, head["input"], head.get("t"), task=task)}
+    if "input" in head:
+        y, t = head["input"], head.get("t")
+    else:
+        y, t = task.corrupt(head["target"], key, 0)
+    return {"input": y, "output": steps.predict(state, y, t, task=task), "target": head["target"]}
 
 
+def open_workdir(workdir: Path, exp) -> rundir.Resume:
+    """Creates the workdir (and its parents), checks it holds this experiment, saves its config."""
+    if workdir.exists() and not workdir.is_dir():
+        raise RunDirError(f"--workdir {workdir} is a file, not a directory; choose another path")
+    resume = rundir.compare(workdir, exp.config, lambda c: config_check.schedule(c)[-1].end_step)
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        rundir.write_config(workdir, exp.config)
+    return resume
 
 
 def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns the final validation metrics.
 
-    Training methods (msjax/methods) plug in here: ``init_fn(state) -> state`` replaces the
-    initial state of a fresh run (e.g. weights inherited from an earlier phase), and
-    ``batch_transform(step, batches) -> batches`` rewrites each step's device batches before the
-    MGE step (e.g. ECO's teacher pairs). Both must be deterministic in (step, batches).
+    ``config`` is a config or an already built ``build.Experiment``. Training methods
+    (msjax/methods) plug in here: ``init_fn(state) -> state`` replaces the initial state of a
+    fresh run (e.g. weights inherited from an earlier phase), and ``batch_transform(step,
+    batches) -> batches`` rewrites each step's device batches before the MGE step (e.g. ECO's
+    teacher pairs). Both must be deterministic in (step, batches).
     """
-    workdir = Path(workdir).expanduser()
-    parallel.initialize_distributed(config.runtime)
-    if jax.process_count() > 1 and config.runtime.num_devices not in (0, jax.device_count()):
-        raise config_check.ConfigError(
-            f"num_devices={config.runtime.num_devices} with {jax.process_count()} processes: a multi-host "
-            f"run uses every device ({jax.device_count()}); set num_devices=0")
-    try:
-        term_batches = {n for s in config_check.schedule(config) for n in s.plan.batch_sizes}
-    except ValueError:
-        term_batches = set()  # validate() names the problem
-    n_devices = parallel.device_count_for(term_batches, config.runtime.num_devices)
-    config_check.validate(config, workdir=str(workdir), num_devices=n_devices)
-    workdir.mkdir(exist_ok=True)
-    check_workdir(workdir, config)
-
-    mesh = parallel.make_mesh(n_devices)
-    task = tasks.make_task(config.task, operator_per_level=config.mge.operator_per_level)
-    stages = config_check.schedule(config)
-    total_steps = stages[-1].end_step
-    train_source = data.open_source(config.data, "train", scale=task.scale)
-    valid_batch, n_valid, input_scores = make_validation(
-        config, task, data.open_source(config.data, "valid", scale=task.scale), mesh)
-
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-    model = models.create_model(config.model, dtype=dtype, **config.model_kwargs)
-    sample = jnp.zeros((1,) + tuple(valid_batch["input"].shape[1:]), jnp.float32)
-    state = create_state(model, config, task.model_input(sample), total_steps, mesh)
-
-    ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep_best=config.log.keep_best)
-    progress = logs.Progress(total_steps, 0, enabled=jax.process_index() == 0)
-    if jax.default_backend() == "cpu":
-        progress.write(f"CPU convolutions: "
-                       f"{kernels.choose(config.runtime.cpu_convolutions, mesh.size)}")
+    exp = config if isinstance(config, build.Experiment) else build.experiment(config)
+    c, workdir = exp.config, Path(workdir).expanduser()
+    resume = open_workdir(workdir, exp)
+    progress = logs.Progress(exp.total_steps, 0, enabled=jax.process_index() == 0)
+    for line in exp.describe():
+        progress.write(line)
+    source = data.open_source(c.data, "train", scale=exp.task.scale)
+    valid = build.make_validation(c, exp.task, exp.mesh)
+    state = build.initial_state(exp, valid.batch["input"].shape)
+    ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep_best=c.log.keep_best)
     restored = ckpt.restore_latest(state, on_fallback=progress.write)
-    # Costs so far: `seconds` is training wall time without compiling (which a longer run
-    # amortises), `compile_seconds` the stages' compile time, kept apart.
-    ledger = {"work_units": 0.0, "flops": 0.0, "seconds": 0.0, "compile_seconds": 0.0,
-              "skipped": 0}
-    best_psnr = -math.inf
-    if restored is None and init_fn is not None:
-        state = init_fn(state)
-    if restored is not None:
-        state, meta, start = restored
-        ledger.update({k: meta[k] for k in ledger if k in meta})  # older runs: no compile_seconds
-        best_psnr = meta.get("best_psnr", best_psnr)
-        progress.write(f"resumed from step {start} (stage {meta['stage']}) in {workdir}")
+    ledger, best_psnr, recorded = Ledger(), -math.inf, {}
+    if restored is None:
+        state = init_fn(state) if init_fn is not None else state
+    else:
+        state, meta, _ = restored
+        ledger = Ledger(**{k: meta.get(k, 0) for k in Ledger.__dataclass_fields__})
+        best_psnr, recorded = meta.get("best_psnr", best_psnr), meta.get("kernels", {})
+        progress.write(f"resumed from step {meta['step']} (stage {meta['stage']}) in {workdir}")
+        if resume.kind == "extended":
+            progress.write(f"extending the run from {resume.previous_steps} to "
+                           f"{exp.total_steps} steps: stages and the learning-rate schedule "
+                           "are recomputed for the new budget")
     start = int(parallel.fetch(state.step))
     progress.start = start
     runlog = logs.RunLog(workdir, resume_step=start if restored is not None else None)
+    seed_key = parallel.put_replicated(jax.random.PRNGKey(c.seed), exp.mesh)
+    lr = optim_schedule(exp)
+    evaluate = build.eval_step(exp)
+    draw = exp.backend.jit(functools.partial(panels, task=exp.task),
+                           out_shardings=parallel.replicated(exp.mesh))
+    programs = StepPrograms(exp, seed_key, ledger, progress, recorded)
+    buffer, result = MetricsBuffer(), {}
 
-    seed_key = parallel.put_replicated(jax.random.PRNGKey(config.seed), mesh)
-    compile_options = xla_options.for_config(config)
-    lr_schedule = optim.learning_rate(config.train, total_steps, _stage_ends(config))  # for logs
-    eval_fn = jax.jit(functools.partial(steps.eval_step, task=task,
-                                        crop_border=config.eval.crop_border,
-                                        y_channel=config.eval.y_channel),
-                      out_shardings=parallel.replicated(mesh),  # readable on every process
-                      compiler_options=compile_options)
-    valid_panels_fn = jax.jit(functools.partial(_validation_panels, task=task),
-                              out_shardings=parallel.replicated(mesh),
-                              compiler_options=compile_options)
-    train_panels_fn = jax.jit(functools.partial(steps.training_panels, task=task),
-                              out_shardings=parallel.replicated(mesh),
-                              compiler_options=compile_options)
-    # XLA:CPU with several simulated devices can stall in collectives unless each step is waited
-    # for; on accelerators steps stay asynchronous.
-    sync_each_step = jax.devices()[0].platform == "cpu" and mesh.size > 1
-
-    resize_whole = data.pipeline.whole_image_resize(config.data)
-
-    def make_host_batches(step):
-        plan = stages[multiscale.stage_at(stages, step)].plan
-        terms = 1 if plan.shared_batch else plan.num_terms
-        batches = tuple(data.term_batch(
-            train_source, seed=config.seed, step=step, term=k, batch=plan.batch_sizes[k],
-            patch=config.data.patch, scale=task.scale, augment=config.data.augment,
-            rows=parallel.process_rows(plan.batch_sizes[k], mesh), resize=resize_whole)
-            for k in range(terms))
-        if task.host_corrupt is not None:  # e.g. JPEG: the step restricts it like paired data
-            batches = tuple({**b, "input": task.host_corrupt(b["target"])} for b in batches)
-        return batches
-
-    compiled = {}
-
-    def step_fn(stage_index, state, batches):
-        """The stage's compiled step (compiled once, ahead of time, which also gives its FLOPs)."""
-        if stage_index not in compiled:
-            fn = jax.jit(functools.partial(
-                steps.train_step, plan=stages[stage_index].plan, task=task,
-                skip_nonfinite=config.runtime.nonfinite == "skip"), donate_argnums=(0,),
-                out_shardings=parallel.replicated(mesh))
-            t0 = time.perf_counter()
-            exe = fn.lower(state, batches, seed_key).compile(compile_options)
-            compiled[stage_index] = (exe, multiscale.compiled_flops(exe) * mesh.size)
-            ledger["compile_seconds"] += time.perf_counter() - t0
-        return compiled[stage_index]
-
-    def evaluate(step, stage_index, train_batch):
-        out = parallel.fetch(eval_fn(state, valid_batch))
-        row = {"step": step, "stage": stage_index, **input_scores,
-               **{k: float(np.mean(v[:n_valid])) for k, v in out.items()}, **ledger}
-        runlog.scalars("valid", row)
-        if step % (config.log.eval_every * 4) == 0 or step == total_steps:
-            runlog.images(step, parallel.fetch(valid_panels_fn(state, valid_batch)))
-            # What the model makes of data it is fitted to (evaluation mode), beside validation.
-            train_head = jax.tree.map(lambda a: a[:4], train_batch)
-            runlog.images(step, parallel.fetch(train_panels_fn(state, train_head, seed_key)),
-                          stream="train")
-        return row
-
-    pending = []  # per-step metrics on device since the last flush
-
-    def flush(stage_index):
-        """Fetches pending metrics, logs them, and stops on a non-finite step (the NaN check
-        runs on metrics fetched for logging anyway)."""
-        if not pending:
+    def flush(stage):
+        if not buffer.pending:
             return
-        fetched = parallel.fetch(pending)
-        pending.clear()
-        bad = [(s, m) for s, m in fetched if not bool(m["finite"])]
-        if bad and config.runtime.nonfinite == "stop":
-            first = bad[0][0]
+        last, m, bad = buffer.fetch()
+        if bad and c.runtime.nonfinite == "stop":
             raise NonFiniteError(
-                f"non-finite loss or gradient at step {first} (loss {float(bad[0][1]['loss'])}, "
-                f"grad norm {float(bad[0][1]['grad_norm'])}); the last good checkpoint "
-                f"(step {max(ckpt.steps(), default=0)}) is kept in {workdir}. Lower train.lr, "
-                "or set --config.runtime.nonfinite=skip to skip such steps")
-        ledger["skipped"] += len(bad)
-        s, m = fetched[-1]
-        row = {"step": s + 1, "stage": stage_index, "loss": float(m["loss"]),
-               "finest_loss": float(m["finest_loss"]), "grad_norm": float(m["grad_norm"]),
-               "lr": float(lr_schedule(s)), **ledger}
-        runlog.scalars("train", row)
-        progress.update(s + 1, stage=stage_index, loss=row["loss"], psnr=best_psnr)
+                f"non-finite loss or gradient at step {bad[0][0]} (loss "
+                f"{float(bad[0][1]['loss'])}, grad norm {float(bad[0][1]['grad_norm'])}); "
+                + (f"the last good checkpoint (step {max(ckpt.steps())}) is kept in {workdir}. "
+                   if ckpt.steps() else "no checkpoint was saved yet. ")
+                + "Lower train.lr, or set --config.runtime.nonfinite=skip to skip such steps")
+        ledger.skipped += len(bad)
+        runlog.scalars("train", {"step": last + 1, "stage": stage, "loss": m["loss"],
+                                 "finest_loss": m["finest_loss"], "grad_norm": m["grad_norm"],
+                                 "lr": float(lr(last)), **ledger.row()})
+        progress.update(last + 1, stage=stage, loss=m["loss"], psnr=best_psnr)
 
-    def save(step, stage_index, metrics=None):
-        meta = {"step": step, "stage": stage_index, "best_psnr": best_psnr, **ledger}
-        ckpt.save(step, state, meta, metrics)
+    def save(step, stage, metrics=None):
+        ckpt.save(step, state, {"step": step, "stage": stage, "best_psnr": best_psnr,
+                                "kernels": programs.recorded, **ledger.row()}, metrics)
 
-    result = {}
-    prefetch = data.Prefetcher(make_host_batches, start, total_steps) if start < total_steps else None
+    prefetch = data.Prefetcher(functools.partial(host_batches, exp, source), start,
+                               exp.total_steps) if start < exp.total_steps else None
     try:
-        with _Signals() as signals:
-            for step in range(start, total_steps):
-                stage_index = multiscale.stage_at(stages, step)
-                _, host_batches = prefetch.get()
-                t0, compiling = time.perf_counter(), ledger["compile_seconds"]
+        with Signals() as signals:
+            for step in range(start, exp.total_steps):
+                stage = exp.stage_at(step)
+                plan = exp.stages[stage].plan
+                t0, compiling = time.perf_counter(), ledger.compile_seconds
+                batches = tuple(parallel.put_batch(b, exp.mesh, n)
+                                for b, n in zip(prefetch.get()[1], plan.batch_sizes))
+                if batch_transform is not None:
+                    batches = batch_transform(step, batches)
+                program = programs(stage, state, batches)
                 # The steady state moves nothing between host and device but the explicit batch
-                # transfer (and the metrics fetched for logging, outside this block).
-                with jax.transfer_guard(config.runtime.transfer_guard):
-                    batches = parallel.put_batch(host_batches, mesh)
-                    if batch_transform is not None:
-                        batches = batch_transform(step, batches)
-                    exe, flops = step_fn(stage_index, state, batches)
-                    state, metrics = exe(state, batches, seed_key)
-                    if sync_each_step:
-                        jax.block_until_ready(state.step)
-                pending.append((step, metrics))
-                ledger["work_units"] += multiscale.work_units(stages[stage_index].plan,
-                                                              config.batch_size)
-                ledger["flops"] += flops
-                done = step + 1
-                boundary = done == stages[stage_index].end_step
-                flushing = done % config.log.every == 0 or boundary or done == total_steps
-                if flushing:
+                # transfer above and the metrics fetched for logging.
+                with jax.transfer_guard(c.runtime.transfer_guard):
+                    state, metrics = program(state, batches, seed_key)
+                if exp.backend.sync_each_step:
                     jax.block_until_ready(state.step)
-                compile_s = ledger["compile_seconds"] - compiling  # this step's stage compile
-                ledger["seconds"] += time.perf_counter() - t0 - compile_s
-                if flushing:
-                    flush(stage_index)
-                evaluated = done % config.log.eval_every == 0 or done == total_steps
-                if evaluated:
-                    flush(stage_index)
-                    row = evaluate(done, stage_index, batches[0])
+                buffer.add(step, metrics)
+                done = step + 1
+                boundary = done == exp.stages[stage].end_step
+                logging_step = done % c.log.every == 0 or boundary or done == exp.total_steps
+                if logging_step:
+                    jax.block_until_ready(state.step)
+                ledger.work_units += multiscale.work_units(plan, c.batch_size)
+                ledger.flops += program.flops
+                ledger.seconds += time.perf_counter() - t0 - (ledger.compile_seconds - compiling)
+                if logging_step:
+                    flush(stage)
+                if done % c.log.eval_every == 0 or done == exp.total_steps:
+                    flush(stage)
+                    out = parallel.fetch(evaluate(state, valid.batch))
+                    row = {"step": done, "stage": stage, **valid.input_scores,
+                           **{k: float(np.mean(v[:valid.count])) for k, v in out.items()},
+                           **ledger.row()}
+                    runlog.scalars("valid", row)
+                    improved, best_psnr = row["psnr"] > best_psnr, max(best_psnr, row["psnr"])
+                    progress.write(f"step {done} stage {stage}: valid PSNR {row['psnr']:.2f} dB "
+                                   f"(input {row['input_psnr']:.2f}), SSIM {row['ssim']:.4f}"
+                                   f"{' *best' if improved else ''}")
+                    if done % (c.log.eval_every * 4) == 0 or done == exp.total_steps:
+                        runlog.images(done, parallel.fetch(draw(state, valid.batch, seed_key)))
+                        runlog.images(done, parallel.fetch(draw(state, batches[0], seed_key)),
+                                      stream="train")
+                    save(done, stage, {"psnr": row["psnr"]})
                     result = row
-                    improved = row["psnr"] > best_psnr
-                    best_psnr = max(best_psnr, row["psnr"])
-                    progress.write(f"step {done} stage {stage_index}: valid PSNR "
-                                   f"{row['psnr']:.2f} dB (input {row['input_psnr']:.2f}), "
-                                   f"SSIM {row['ssim']:.4f}{' *best' if improved else ''}")
-                    save(done, stage_index, {"psnr": row["psnr"]})
-                elif done % config.log.checkpoint_every == 0 or boundary:
-                    flush(stage_index)
-                    save(done, stage_index)
+                elif done % c.log.checkpoint_every == 0 or boundary:
+                    flush(stage)
+                    save(done, stage)
                 stop = signals.received
                 if jax.process_count() > 1:
-                    # Checkpoints are written by all processes together, so all must stop at the
-                    # same step, whichever got the signal: they agree at every flush step (the
-                    # same steps everywhere, and already a sync point).
-                    stop = parallel.agreed_signal(stop) if flushing else None
+                    # Checkpoints are written by all processes together, so all stop at the same
+                    # step, whichever got the signal: they agree at every log step.
+                    stop = parallel.agreed_signal(stop) if done % c.log.every == 0 else None
                 if stop is not None:
-                    flush(stage_index)
-                    if not evaluated:
-                        save(done, stage_index)
+                    flush(stage)
+                    if max(ckpt.steps(), default=None) != done:
+                        save(done, stage)
                     ckpt.wait()
                     by = "" if signals.received else " (received by another process)"
-                    raise Preempted(stop, (
-                        f"stopped by signal {stop}{by} at step {done}; checkpoint saved in "
-                        f"{workdir}. Run the same command again to resume."))
+                    raise Preempted(stop, f"stopped by signal {stop}{by} at step {done}; "
+                                          f"checkpoint saved in {workdir}. Run the same command "
+                                          "again to resume.")
     finally:
         ckpt.close()
         runlog.close()
         progress.close()
-    if not result and start >= total_steps:
+    if not result and start >= exp.total_steps:
         result = {"step": start, "psnr": best_psnr}
-    result["best_psnr"] = best_psnr
-    result["best_step"] = ckpt.best_step()
-    return result
+    return result | {"best_psnr": best_psnr, "best_step": ckpt.best_step(),
+                     "workdir": str(workdir)}
 
 
-def _stage_ends(config) -> tuple[int, ...]:
-    """Each stage's end step, for a schedule that restarts per stage (else empty)."""
-    if config.train.get("lr_schedule", "cosine") != "cosine_per_stage":
-        return ()
-    return tuple(s.end_step for s in config_check.schedule(config))
+def optim_schedule(exp):
+    """The learning rate at each step, for the logs (the optimizer holds its own copy)."""
+    ends = exp.stage_ends if exp.config.train.lr_schedule == "cosine_per_stage" else ()
+    return optim.learning_rate(exp.config.train, exp.total_steps, ends)

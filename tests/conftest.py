@@ -1,6 +1,9 @@
 """Tests run on CPU with simulated devices; the flag must be set before JAX starts."""
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "4")
+# Kernel verdicts and built kernels of the tests stay out of the user's cache.
+os.environ.setdefault("MSJAX_CACHE", tempfile.mkdtemp(prefix="msjax-test-cache-"))

@@ -28,6 +28,9 @@ def tiny_config(**overrides):
     c.log.every = 1
     c.log.checkpoint_every = 1
     c.runtime.num_devices = 1
+    # A fixed kernel: "auto" would compile and time every candidate (tests/test_backend.py
+    # covers it).
+    c.runtime.cpu_convolutions = "eigen"
     for key, value in overrides.items():
         node = c
         *parents, leaf = key.split(".")
@@ -44,3 +47,14 @@ def write_images(folder: Path, count: int = 4, size=(24, 28), seed: int = 0) -> 
         img = (rng.random(size + (3,)) * 255).astype(np.uint8)
         Image.fromarray(img).save(folder / f"img{i:02d}.png")
     return folder
+
+
+def create_state(model, config, sample, total_steps: int, mesh):
+    """A fresh train state of ``model`` for ``config`` (the loop's ``build.create_train_state``)."""
+    import jax
+
+    from msjax import backend, build
+
+    return build.create_train_state(jax.random.PRNGKey(config.seed), config, model, sample,
+                                    mesh=mesh, backend=backend.make_backend(config.runtime, mesh),
+                                    total_steps=total_steps)

@@ -16,7 +16,7 @@ CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs
 def test_config_is_valid_in_every_mode(name, mode):
     config = importlib.import_module(f"configs.{name}").get_config()
     config.mode = mode
-    config_check.validate(config, num_devices=1)
+    config_check.validate(config)
 
 
 @pytest.mark.parametrize("name", CONFIGS)

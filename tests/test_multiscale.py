@@ -13,7 +13,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from msjax import multiscale, operators, optim, resize, steps, tasks, xla_options
+from msjax import multiscale, operators, optim, resize, steps, tasks
+from msjax import backend
+from msjax.backend import xla_cpu
 from msjax.models import create_model
 from msjax.multiscale import LevelPlan
 
@@ -22,7 +24,7 @@ from msjax.multiscale import LevelPlan
 # time dominates on CPU, and no property checked here depends on code generation.
 # Cheap XLA settings (compile time dominates these small programs), less any option this jax's
 # XLA does not know (jax 0.12 dropped xla_cpu_use_fusion_emitters).
-FAST_COMPILE = xla_options.cheap_compile()
+FAST_COMPILE = xla_cpu.cheap_compile()
 
 
 def compile_and_run(fn, *args):
@@ -362,7 +364,7 @@ def test_compiled_flops_of_a_train_step_is_positive_and_finite():
     state = create_state(12)
     fn = jax.jit(functools.partial(steps.train_step, plan=plan, task=make_task("denoise")))
     exe = fn.lower(state, term_batches(plan, 0), jax.random.key(0)).compile(FAST_COMPILE)
-    flops = multiscale.compiled_flops(exe)
+    flops = backend.cost_flops(exe)
     assert math.isfinite(flops) and flops > 0
     # At least the forward convolutions of the three evaluations (2 images each at 16x16, 8x8 and
     # 8x8; 3x3 convs 3->8 and 8->3), at 2 FLOPs a multiply-add.

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from msjax import operators, resize, tasks, xla_options
+from msjax import operators, resize, tasks
+from msjax.backend import xla_cpu
 
 SHAPES = [(96, 96), (128, 128), (48, 64)]
 
@@ -166,7 +167,7 @@ def holes(mask):
 def run(fn, *args):
     """fn(*args) compiled with LLVM's cheap settings: random draws (threefry) otherwise cost
     seconds of compile each on CPU, and nothing checked here depends on code generation."""
-    fast = xla_options.cheap_compile()
+    fast = xla_cpu.cheap_compile()
     return jax.jit(fn).lower(*args).compile(fast)(*args)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from msjax import models, multiscale, parallel, steps, tasks, train
-from tests.helpers import tiny_config
+from tests.helpers import create_state, tiny_config
 
 
 def _saved_dtypes(state_dir):
@@ -36,7 +36,7 @@ def test_bfloat16_step_convolves_in_bf16_and_keeps_the_blur_fft_float32():
     task = tasks.make_task(c.task, operator_per_level=True)
     model = models.create_model(c.model, dtype=jnp.bfloat16, **c.model_kwargs)
     mesh = parallel.make_mesh(1)
-    state = train.create_state(model, c, np.zeros((1, 16, 16, 3), np.float32), 3, mesh)
+    state = create_state(model, c, np.zeros((1, 16, 16, 3), np.float32), 3, mesh)
     batches = tuple({"target": np.zeros((n, 16, 16, 3), np.float32)} for n in plan.batch_sizes)
     hlo = jax.jit(functools.partial(steps.train_step, plan=plan, task=task)).lower(
         state, batches, jax.random.PRNGKey(0)).as_text()

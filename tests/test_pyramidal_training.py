@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from msjax.configs import pyramidal_builtin
-from msjax import damage, data, parallel, steps, tasks, train, xla_options
+from msjax import build, damage, data, parallel, steps, tasks, train
+from msjax.backend import xla_cpu
 from msjax.models.pyramidal import PyramidalAutoencoder
 from msjax.multiscale import LevelPlan, _term_pyramid, restrict_to, telescoping_loss
 from tests.helpers import tiny_config
@@ -18,7 +19,7 @@ from tests.helpers import tiny_config
 
 def compile_and_run(fn, *args):
     """These programs run once: XLA's cheap settings, since compile time is all that counts."""
-    return jax.jit(fn).lower(*args).compile(xla_options.cheap_compile())(*args)
+    return jax.jit(fn).lower(*args).compile(xla_cpu.cheap_compile())(*args)
 
 
 def photos(n, side, seed):
@@ -46,11 +47,10 @@ def test_every_damage_trains_a_step_end_to_end(tmp_path, name):
 def test_validation_damage_is_the_fixed_form_in_every_run(name):
     """Two runs (different seeds even) validate on the same damaged images: the fixed form."""
     mesh = parallel.make_mesh(1)
-    source = data.builtin_photos("valid")
     inputs = []
     for seed in (1, 2):
         c = tiny_config(**{"task.name": "damage", "task.damage": name, "seed": seed})
-        batch, _, _ = train.make_validation(c, tasks.make_task(c.task), source, mesh)
+        batch = build.make_validation(c, tasks.make_task(c.task), mesh).batch
         inputs.append(np.asarray(batch["input"]))
     np.testing.assert_array_equal(inputs[0], inputs[1])
     expected = damage.validation_damage(name, batch["target"], tasks.VALIDATION_DAMAGE_SEED)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msjax import checkpoints, config_check, data, evaluate, train
+from msjax import checkpoints, config_check, data, errors, evaluate, train
 from tests.helpers import tiny_config, write_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path):
     messages = []
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", read_only=True)
     config = evaluate.load_config(workdir)
-    _, task, _ = evaluate.load_state(config, workdir, "best")
+    task = evaluate.load_state(config, workdir, "best")[1].task
     template = evaluate.load_state(config, workdir, "best")[0]
     restored = ckpt.restore_latest(template, on_fallback=messages.append)
     assert restored is not None and restored[2] == 3
@@ -222,18 +222,21 @@ IMPOSSIBLE = [
 def test_impossible_config_fails_before_compiling_with_one_clear_line(overrides, message):
     c = tiny_config(**overrides)
     with pytest.raises(config_check.ConfigError, match=message.replace("(", r"\(")) as info:
-        config_check.validate(c, num_devices=4)
+        config_check.validate(c)
     assert "\n" not in str(info.value)
 
 
-def test_missing_workdir_parent_is_refused(tmp_path):
-    with pytest.raises(config_check.ConfigError, match="parent"):
-        train.train_and_evaluate(tiny_config(), tmp_path / "nope" / "run")
+def test_missing_workdir_parents_are_created_and_a_file_is_refused(tmp_path):
+    train.train_and_evaluate(tiny_config(**{"train.steps": 1}), tmp_path / "new" / "run")
+    assert (tmp_path / "new" / "run" / "config.json").exists()
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(errors.RunDirError, match="is a file, not a directory"):
+        train.train_and_evaluate(tiny_config(), tmp_path / "file")
 
 
 def test_model_options_that_do_not_exist_are_a_config_error():
     with pytest.raises(config_check.ConfigError, match="do not fit model=residual_cnn"):
-        config_check.validate(tiny_config(model_kwargs={"width": 3}), num_devices=1)
+        config_check.validate(tiny_config(model_kwargs={"width": 3}))
 
 
 def test_clis_restart_once_on_huge_pages_keeping_pid_and_other_tunables():

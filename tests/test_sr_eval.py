@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from msjax import config_check, evaluate, metrics, models, parallel, resize, steps, tasks, train
-from tests.helpers import tiny_config, write_images
+from tests.helpers import create_state, tiny_config, write_images
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {  # as in test_models_sr
@@ -110,7 +110,7 @@ def test_every_mge_mode_steps_every_sr_model(name, mode):
     stage = config_check.schedule(c)[0]
     mesh = parallel.make_mesh(1)
     model = models.create_model(name, **c.model_kwargs)
-    state = train.create_state(model, c, np.zeros((1, 16, 16, 3), np.float32), 1, mesh)
+    state = create_state(model, c, np.zeros((1, 16, 16, 3), np.float32), 1, mesh)
     rng = np.random.default_rng(0)
     batches = tuple({"target": rng.random((n, 32, 32, 3), np.float32)}
                     for n in stage.plan.batch_sizes)

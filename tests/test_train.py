@@ -166,11 +166,11 @@ def test_eval_of_a_damage_run_uses_the_fixed_validation_damage(tmp_path):
     train.train_and_evaluate(c, workdir)
     targets = write_images(tmp_path / "gt", 2, size=(32, 32))
     config = evaluate.load_config(workdir)
-    state, task, _ = evaluate.load_state(config, workdir, "latest")
+    state, exp, _ = evaluate.load_state(config, workdir, "latest")
     rows = []
     for seed in (0, 1):
         config.seed = seed
-        rows.append(evaluate.evaluate_folder(config, state, task, target_dir=str(targets),
+        rows.append(evaluate.evaluate_folder(config, state, exp, target_dir=str(targets),
                                              output_dir=tmp_path / f"out{seed}"))
     assert rows[0] == rows[1] and np.isfinite(rows[0][0]["psnr"])
 
@@ -178,13 +178,12 @@ def test_eval_of_a_damage_run_uses_the_fixed_validation_damage(tmp_path):
 def test_per_stage_cosine_restarts_the_rate_at_every_fms_stage():
     c = tiny_config(mode="fullmultiscale", **{"train.steps": 30,
                                               "train.lr_schedule": "cosine_per_stage"})
-    ends = train._stage_ends(c)
+    ends = tuple(s.end_step for s in config_check.schedule(c))
     assert ends == (10, 20, 30)
     per_stage = optim.learning_rate(c.train, 30, ends)
     np.testing.assert_allclose([float(per_stage(s)) for s in (0, 10, 20)], 1e-3, rtol=1e-6)
     assert float(per_stage(9)) < 0.05 * 1e-3 and float(per_stage(19)) < 0.05 * 1e-3
     c.train.lr_schedule = "cosine"  # the official single cosine: the fine stage starts low
-    assert train._stage_ends(c) == ()
     assert float(optim.learning_rate(c.train, 30)(20)) < 0.3 * 1e-3
     c.train.lr_schedule = "step"
     with pytest.raises(config_check.ConfigError, match="train.lr_schedule"):

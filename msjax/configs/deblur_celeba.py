@@ -1,14 +1,15 @@
 """Deblurring CelebA at 64x64: Gaussian PSF sigma 3 by FFT, t ~ 0.1 U(0,1) noise mix.
 
-    python train.py --config configs/deblur_celeba.py --workdir runs/deblur_celeba
-    python train.py --config configs/deblur_celeba.py --workdir runs/deblur_celeba_fms --config.mode=fullmultiscale
+    python train.py --config configs/deblur_celeba.py                   # runs/deblur_celeba
+    python train.py --config configs/deblur_celeba.py --config.mode=fullmultiscale
+    python train.py --config configs/deblur_celeba.py:official   # the official code's choices
 
-Needs celeb_a prepared once as ArrayRecord (README, "Datasets"). Models: --config.model=unet|resnet.
-Official optimisation: Adam 5e-4 cosine to 1e-6 over 8000 steps (FMS: 3750 in stages 8:4:2:1).
+CelebA is prepared on the first run (README, "Datasets"). Models: --config.model=unet|resnet.
+Official schedule: Adam 5e-4 cosine to 1e-6 over 8000 steps; full multiscale 2000/1000/500/250.
 """
 
 from msjax.configs._official import official
 
 
-def get_config():
-    return official("deblur", "celeb_a", patch=64, model="resnet", resize_to=64)
+def get_config(variant=""):
+    return official("deblur", "celeb_a", patch=64, model="resnet", resize_to=64, variant=variant)

@@ -1,14 +1,15 @@
 """Inpainting CIFAR-10 (32x32): random boxes filled with noise.
 
-    python train.py --config configs/inpaint_cifar10.py --workdir runs/inpaint_cifar10
-    python train.py --config configs/inpaint_cifar10.py --workdir runs/inpaint_cifar10_fms --config.mode=fullmultiscale
+    python train.py --config configs/inpaint_cifar10.py                   # runs/inpaint_cifar10
+    python train.py --config configs/inpaint_cifar10.py --config.mode=fullmultiscale
+    python train.py --config configs/inpaint_cifar10.py:official   # the official code's choices
 
-Needs cifar10 prepared once as ArrayRecord (README, "Datasets"). Models: --config.model=unet|resnet.
-Official optimisation: Adam 5e-4 cosine to 1e-6 over 8000 steps (FMS: 3750 in stages 8:4:2:1).
+CIFAR-10 is prepared on the first run (README, "Datasets"). Models: --config.model=unet|resnet.
+Official schedule: Adam 5e-4 cosine to 1e-6 over 8000 steps; full multiscale 2000/1000/500/250.
 """
 
 from msjax.configs._official import official
 
 
-def get_config():
-    return official("inpaint", "cifar10", patch=32, model="unet")
+def get_config(variant=""):
+    return official("inpaint", "cifar10", patch=32, model="unet", variant=variant)

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from msjax import (config_check, data, evaluate, multiscale, parallel, resize, steps, tasks, train,
-                   xla_options)
+from msjax import data, evaluate, parallel, resize, rundir, steps, tasks, train
+from msjax.errors import ConfigError
 
 SCHEDULES = ("sigmoid", "linear")
 MIXES = ("pixel", "sample")
@@ -92,10 +92,10 @@ def _mix_terms(teacher_state, batches, cached, alpha, step, seed_key, *, task, t
 class TeacherMix:
     """The loop's ``batch_transform``: (step, device batches) -> batches of mixed pairs."""
 
-    def __init__(self, config, task, teacher_state, teacher_task, mesh, cache=None):
-        e = config.eco
-        self.config, self.mesh, self.cache = config, mesh, cache
-        self.total = config.train.steps
+    def __init__(self, exp, teacher_state, teacher_task, cache=None):
+        config, mesh, e = exp.config, exp.mesh, exp.config.eco
+        self.exp, self.mesh, self.cache = exp, mesh, cache
+        self.total = exp.total_steps
         self.schedule = functools.partial(teacher_weight, schedule=e.schedule, shift=e.shift)
         # The teacher's parameters live on the training mesh, replicated, and enter the compiled
         # mix as an argument (closing over them would bake them into the program as constants).
@@ -103,9 +103,8 @@ class TeacherMix:
             teacher_state.replace(opt_state=None), mesh)
         self.seed_key = parallel.put_replicated(
             jax.random.fold_in(jax.random.PRNGKey(config.seed), _MIX_SALT), mesh)
-        self._mix = jax.jit(functools.partial(_mix_terms, task=task, teacher_task=teacher_task,
-                                              mix=e.mix),
-                            compiler_options=xla_options.for_config(config))
+        self._mix = exp.backend.jit(functools.partial(_mix_terms, task=exp.task,
+                                                      teacher_task=teacher_task, mix=e.mix))
         self._prefetch, self._next = None, None
 
     def __call__(self, step: int, batches):
@@ -122,10 +121,11 @@ class TeacherMix:
             return None
         if self._next != step:  # first call, or a jump: restart the prefetcher here
             self._prefetch = data.Prefetcher(
-                functools.partial(cached_batches, self.config, self.cache), step, self.total)
+                functools.partial(train.host_batches, self.exp, self.cache), step, self.total)
         _, host = self._prefetch.get()
         self._next = step + 1
-        return parallel.put_batch(host, self.mesh)
+        sizes = self.exp.stages[self.exp.stage_at(step)].plan.batch_sizes
+        return tuple(parallel.put_batch(b, self.mesh, n) for b, n in zip(host, sizes))
 
 
 # --- precomputed teacher pairs -------------------------------------------------------------------
@@ -148,20 +148,6 @@ class TeacherCache:
         return (sr, data.folders.decode(self.path(i, "lr_pre"))) if self.paired else sr
 
 
-def cached_batches(config, cache, step: int):
-    """The cache's crops for ``step``: the loop's term_batch calls with the cache as the source.
-    Its items have the training images' sizes and order, so the same (seed, step, term) picks the
-    same images, windows, flips and rotations as the loop's batches."""
-    c = config
-    stages = config_check.schedule(c)
-    plan = stages[multiscale.stage_at(stages, step)].plan
-    terms = 1 if plan.shared_batch else plan.num_terms
-    return tuple(data.term_batch(
-        cache, seed=c.seed, step=step, term=k, batch=plan.batch_sizes[k], patch=c.data.patch,
-        scale=c.task.scale, augment=c.data.augment, rows=parallel.process_rows(plan.batch_sizes[k]))
-        for k in range(terms))
-
-
 def _to_u8(img):
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
@@ -172,11 +158,11 @@ def _save_png(path: Path, img_u8):
     tmp.replace(path)  # atomic: an interrupted precompute never leaves a half-written image
 
 
-def precompute(config, teacher_state, teacher_task, teacher_id: dict, directory: Path,
+def precompute(exp, teacher_state, teacher_task, teacher_id: dict, directory: Path,
                *, tile: int = 0) -> TeacherCache:
     """Runs the teacher once on every whole training image and caches its pairs; images already
     cached for the same teacher and data are reused (an interrupted precompute resumes)."""
-    scale = teacher_task.scale
+    config, scale = exp.config, teacher_task.scale
     source = data.open_source(config.data, "train", scale=scale)
     paired = config.data.source == "paired_folders"
     manifest = {"teacher": teacher_id, "data": config.data.to_dict(), "scale": scale,
@@ -188,8 +174,7 @@ def precompute(config, teacher_state, teacher_task, teacher_id: dict, directory:
             old.unlink()
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     cache = TeacherCache(directory, len(source), paired)
-    restore = evaluate.make_restorer(teacher_state, teacher_task,
-                                     compiler_options=xla_options.for_config(config))
+    restore = evaluate.make_restorer(teacher_state, teacher_task, backend=exp.backend)
     resize_image = data.pipeline.whole_image_resize(config.data)
     for i in range(len(source)):
         if cache.path(i, "sr_pre").exists() and (not paired or cache.path(i, "lr_pre").exists()):
@@ -218,7 +203,7 @@ def precompute(config, teacher_state, teacher_task, teacher_id: dict, directory:
 # --- the method ----------------------------------------------------------------------------------
 
 def validate(config) -> None:
-    e, check = config.eco, config_check
+    e = config.eco
     for ok, message in (
             (config.task.name == "sr", f"method=eco trains super-resolution; task.name is "
              f"{config.task.name!r}"),
@@ -230,32 +215,28 @@ def validate(config) -> None:
             (e.teacher_checkpoint in ("best", "latest"), "eco.teacher_checkpoint must be best or "
              "latest")):
         if not ok:
-            raise check.ConfigError(message)
+            raise ConfigError(message)
 
 
 def load_teacher(config):
     """(state, task, identity) of the frozen teacher from its msjax run directory."""
     e = config.eco
-    teacher_config = evaluate.load_config(Path(e.teacher_workdir))
-    state, teacher_task, step = evaluate.load_state(teacher_config, Path(e.teacher_workdir),
-                                                    e.teacher_checkpoint)
+    state, teacher, step = rundir.load_state(Path(e.teacher_workdir), e.teacher_checkpoint)
     scale = tasks.make_task(config.task).scale
-    if teacher_task.scale != scale:
-        raise config_check.ConfigError(
-            f"the teacher in {e.teacher_workdir} is x{teacher_task.scale}, the run x{scale}")
+    if teacher.task.scale != scale:
+        raise ConfigError(f"the teacher in {e.teacher_workdir} is x{teacher.task.scale}, the run "
+                          f"x{scale}; use a teacher trained at the same scale")
     identity = {"workdir": str(Path(e.teacher_workdir).resolve()), "step": int(step)}
-    return state, teacher_task, identity
+    return state, teacher.task, identity
 
 
-def run(config, workdir) -> dict:
-    validate(config)
+def run(exp, workdir) -> dict:
+    config = exp.config
     teacher_state, teacher_task, identity = load_teacher(config)
-    task = tasks.make_task(config.task, operator_per_level=config.mge.operator_per_level)
     cache = None
     if config.eco.precompute:
         directory = Path(config.eco.cache_dir or Path(workdir) / "eco_teacher_pairs")
-        cache = precompute(config, teacher_state, teacher_task, identity, directory,
+        cache = precompute(exp, teacher_state, teacher_task, identity, directory,
                            tile=config.eco.tile)
-    mesh = parallel.make_mesh(config.runtime.num_devices)
-    transform = TeacherMix(config, task, teacher_state, teacher_task, mesh, cache)
-    return train.train_and_evaluate(config, workdir, batch_transform=transform)
+    transform = TeacherMix(exp, teacher_state, teacher_task, cache)
+    return train.train_and_evaluate(exp, workdir, batch_transform=transform)

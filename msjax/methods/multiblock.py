@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from msjax import config_check, evaluate, train
+from msjax import evaluate, train
+from msjax.errors import ConfigError
 
 SUMMARY_FIELDS = ("phase", "blocks", "trained", "steps", "lr", "best_psnr", "best_step", "psnr",
                   "ssim", "input_psnr")
@@ -120,7 +121,7 @@ def validate(config) -> None:
     ]
     for ok, message in problems:
         if not ok:
-            raise config_check.ConfigError(message)
+            raise ConfigError(message)
 
 
 def _summary_row(phase: Phase, result: dict) -> dict:
@@ -139,14 +140,11 @@ def write_summary(workdir: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def run(config, workdir) -> dict:
+def run(exp, workdir) -> dict:
     """Runs (or resumes) every phase into ``<workdir>/<phase>``; returns the last phase's result
     with ``phases`` (the summary rows, also in ``<workdir>/phases.csv``)."""
-    validate(config)
-    workdir = Path(workdir).expanduser()
-    config_check.validate(config, workdir=str(workdir))
-    workdir.mkdir(exist_ok=True)
-    train.check_workdir(workdir, config)  # a workdir holds one multiblock run, never two mixed
+    config, workdir = exp.config, Path(workdir).expanduser()
+    train.open_workdir(workdir, exp)  # a workdir holds one multiblock run, never two mixed
     rows, result = [], {}
     for phase in plan_phases(config):
         marker = workdir / phase.name / "phase.json"

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from msjax import kernels
+from msjax.backend import convolutions as _convolutions
 
 torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 zeros_init = nn.initializers.zeros
@@ -36,8 +36,7 @@ def scaled(init: nn.initializers.Initializer, factor: float) -> nn.initializers.
 # nn.Conv whose convolution msjax.kernels picks (oneDNN's on CPU under runtime.cpu_convolutions=
 # auto|onednn, else XLA's). flax marks the conv_general_dilated field deprecated; without it every
 # convolution stays on XLA and oneDNN is refused (kernels.require_onednn).
-NNConv = (partial(nn.Conv, conv_general_dilated=kernels.conv_general_dilated)
-          if kernels.FLAX_HOOK else nn.Conv)
+NNConv = partial(nn.Conv, conv_general_dilated=_convolutions.dispatch)
 Conv = partial(NNConv, kernel_init=torch_default_init, param_dtype=jnp.float32)
 Conv3x3 = partial(Conv, kernel_size=(3, 3), padding=1)
 Conv1x1 = partial(Conv, kernel_size=(1, 1), padding=0)

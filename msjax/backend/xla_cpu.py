@@ -1,27 +1,19 @@
-"""XLA compile options msjax passes to every program it compiles (``.compile(options)`` /
-``jax.jit(..., compiler_options=...)``), per run rather than through process-wide XLA_FLAGS, so a
-library caller gets the same programs as ``train.py``.
+"""XLA:CPU compile options, passed per compile (``.compile(options)``) rather than through the
+process-wide XLA_FLAGS, so a library caller gets the same programs as ``train.py``.
 
-On CPU three choices matter (measured in bench/conv_grads.py and bench/step_time.py):
+Three choices matter on CPU (bench/conv_grads.py and bench/step_time.py measure them):
 
-- ``runtime.cpu_convolutions``: jax 0.10-0.12's XLA:CPU hands convolutions to YNNPACK by default,
-  whose kernel-gradient convolution runs 3-4x slower than the forward; XLA's own Eigen
-  convolutions (left out of ``xla_cpu_experimental_ynn_fusion_type``) run a 3x3 layer's forward +
-  both gradients 1.1-3x faster on the layers that dominate a step (8x8 to 64x64, 3 to 512
-  channels, batch x pixels >= 4096), and up to 2x slower on tiny ones (under 2 ms).
-  ``eigen`` or ``ynnpack``; ``onednn`` (msjax/kernels) replaces the models' convolutions with
-  oneDNN's at trace time and leaves the rest on Eigen; ``auto`` (default) is ``onednn`` where it
-  can run, else ``eigen``.
-- ``runtime.cpu_reductions``: XLA's own reductions over large tensors that keep the channel axis
-  (every convolution's bias gradient) run 20-40x slower than YNNPACK's (a 16x64x64x128 bias
-  gradient: 31 ms against 0.8 ms; XLA rewrites it into a strided reduce-window), which cost the
-  ResNet b16 step an eighth of its time. ``ynnpack`` (default, as in XLA's default) or ``xla``
-  (XLA's fused loops: faster on small steps whose reductions are small and fuse with their
-  neighbours, e.g. SRNet at batch 4).
-- ``runtime.fast_compile``: cheap optimisation for programs that run a few times, where compile
-  time dominates (a pyramidal44 MGE step compiled 4x faster and ran 1.7x slower).
-
-On GPU / TPU no option is passed.
+- Convolution kernels: XLA:CPU hands convolutions to YNNPACK by default, whose kernel-gradient
+  convolution is several times slower than its forward; leaving convolutions out of
+  ``xla_cpu_experimental_ynn_fusion_type`` gives them to XLA's own Eigen kernels. ``onednn``
+  (``backend/convolutions.py``) replaces the models' convolutions at trace time and leaves the
+  rest on Eigen.
+- Reduction kernels: XLA's own reductions over large tensors that keep the channel axis (every
+  convolution's bias gradient) become strided reduce-windows, far slower than YNNPACK's, so
+  reductions stay with YNNPACK by default (``xla``: XLA's fused loops, better where reductions
+  are tiny and fuse with their neighbours).
+- Cheap compiles (``runtime.fast_compile``) for programs that run a few times, where compile
+  time dominates.
 """
 
 from __future__ import annotations
@@ -42,8 +34,8 @@ CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensiv
 YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
 YNN_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
 YNN_REDUCTIONS = "LIBRARY_FUSION_TYPE_REDUCE"
-# "onednn" runs the model's convolutions on oneDNN (msjax/kernels; "auto" where it can); what it
-# leaves to XLA gets Eigen's kernels.
+# "auto" measures the others on each compiled step (backend/cpu.py); "onednn" runs the models'
+# convolutions on oneDNN and leaves the rest to Eigen.
 CPU_CONVOLUTIONS = ("auto", "onednn", "eigen", "ynnpack")
 CPU_REDUCTIONS = ("ynnpack", "xla")
 _warned: set[str] = set()
@@ -93,21 +85,12 @@ def ynn_fusion_types(cpu_convolutions: str, cpu_reductions: str) -> dict:
     return {YNN_FUSION_TYPE: ",".join(kinds)}
 
 
-def cpu_options(*, cpu_convolutions: str = "eigen", cpu_reductions: str = "ynnpack",
-                fast_compile: bool = False) -> dict | None:
-    """Options for this process's backend: None off CPU, else the kernel and compile-cost
-    choices (see the module docstring)."""
-    if jax.devices()[0].platform != "cpu":
-        return None
-    options = ynn_fusion_types(cpu_convolutions, cpu_reductions)
+def options(cpu_convolutions: str = "eigen", cpu_reductions: str = "ynnpack",
+            fast_compile: bool = False) -> dict | None:
+    """The compile options of one kernel choice (``onednn`` compiles like ``eigen``: what oneDNN
+    does not take stays with XLA's own kernels), None when they are XLA's defaults."""
+    kind = "eigen" if cpu_convolutions == "onednn" else cpu_convolutions
+    chosen = ynn_fusion_types(kind, cpu_reductions)
     if fast_compile:
-        options.update(CHEAP_COMPILE)
-    return supported(options) or None
-
-
-def for_config(config) -> dict | None:
-    """The run's options from ``config.train`` (``cpu_convolutions``, ``cpu_reductions``,
-    ``fast_compile``)."""
-    return cpu_options(cpu_convolutions=config.runtime.cpu_convolutions,
-                       cpu_reductions=config.runtime.cpu_reductions,
-                       fast_compile=config.runtime.fast_compile)
+        chosen.update(CHEAP_COMPILE)
+    return supported(chosen) or None

@@ -1,13 +1,13 @@
-"""oneDNN convolutions for XLA:CPU (``runtime.cpu_convolutions=onednn``).
+"""oneDNN convolutions for XLA:CPU (``runtime.cpu_convolutions=onednn``, or ``auto`` where they
+measure fastest).
 
-XLA:CPU's own convolution kernels reach 60-78% of this machine's float32 peak on the layers that
-dominate a step and YNNPACK's kernel gradient much less (bench/conv_grads.py); oneDNN's NHWC
-kernels run a 3x3 layer's forward and both gradients at 90-100% of it. ``onednn_conv.cc`` wraps
-them as XLA FFI handlers; this module builds it on first use (a C++17 compiler, jax's FFI headers
-and oneDNN's wheels, which msjax installs on x86-64 Linux), caches the library under
+``onednn_conv.cc`` wraps oneDNN's NHWC forward, input-gradient and kernel-gradient convolutions
+as XLA FFI handlers; this module builds it on first use (a C++17 compiler, jax's FFI headers and
+oneDNN's wheels: ``pip install 'msjax[onednn]'``), caches the library under
 ``$MSJAX_KERNEL_CACHE`` (default ``~/.cache/msjax/kernels``), registers the handlers and gives
 ``conv2d``, a float32 NHWC / HWIO convolution with a custom VJP whose three convolutions are
-oneDNN's.
+oneDNN's, and ``custom_call_flops``, which counts them as XLA's cost analysis counts a
+convolution (it sees none inside a custom call).
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 TARGETS = {"forward": "MsjaxConvForward", "backward_data": "MsjaxConvBackwardData",
            "backward_weights": "MsjaxConvBackwardWeights"}
-INSTALL_HINT = ("it needs oneDNN (pip install onednn-cpu-gomp==2023.2.0 "
-                "onednn-devel-cpu-gomp==2023.2.0, x86-64 Linux; or MSJAX_ONEDNN_ROOT set to a "
-                "oneDNN install with include/ and lib/) and a C++17 compiler (g++ or $CXX); "
-                "or use runtime.cpu_convolutions=eigen")
+INSTALL_HINT = ("it needs oneDNN (pip install 'msjax[onednn]' on x86-64 Linux, or "
+                "MSJAX_ONEDNN_ROOT set to a oneDNN install with include/ and lib/) and a C++17 "
+                "compiler (g++ or $CXX); or use runtime.cpu_convolutions=eigen")
 
 
 class OneDNNUnavailable(RuntimeError):

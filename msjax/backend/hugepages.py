@@ -2,13 +2,12 @@
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (Linux, glibc >= 2.35) before jax starts.
 
 XLA:CPU allocates a step's large buffers afresh every step, and glibc serves each from a new
-``mmap`` that the kernel fills page by page: the ResNet b16 step (issue 8's reference case) took
-82k 4 KiB page faults and ~130 ms of kernel time per step. With the tunable glibc asks for 2 MiB
-pages on those mappings (``madvise``, which is what this machine's THP setting honours): ~200
-faults, ~50 ms, and the step 6-8% faster (875-905 against 820-834 ms, three alternating runs,
-2026-11-22). glibc reads tunables only when a process starts, hence the restart (``execve``: same
-PID, arguments and environment plus the tunable). An older glibc ignores the tunable;
-``MSJAX_HUGE_PAGES=0`` skips it. Library callers can export the variable themselves.
+``mmap`` that the kernel fills 4 KiB page by page; with the tunable glibc asks for 2 MiB pages on
+those mappings (``madvise``, which is what a default THP setting honours), so a step takes a few
+hundred page faults instead of tens of thousands (README, benchmarks). glibc reads tunables only
+when a process starts, hence the restart (``execve``: same PID, arguments and environment plus
+the tunable). An older glibc ignores the tunable; ``MSJAX_HUGE_PAGES=0`` skips it. Library
+callers can export the variable themselves.
 """
 
 from __future__ import annotations

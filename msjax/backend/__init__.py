@@ -1,0 +1,106 @@
+"""What is specific to a platform, behind one seam.
+
+``make_backend(runtime, mesh)`` gives one object the rest of msjax asks, whatever it runs on:
+
+- ``convolution``: the function the models' convolution modules call (the CPU kernel dispatch
+  where oneDNN may run; None, the models' default, elsewhere);
+- ``compile(fn, args, ...)``: a jitted, lowered and compiled program, with its FLOPs and the
+  kernels it runs on; on CPU with ``runtime.cpu_convolutions=auto`` the candidate kernels are
+  compiled and timed on the program itself, once per machine and program (``backend/cpu.py``);
+- ``jit(fn)``: a jitted function for programs called with changing shapes (evaluation, tiles);
+- ``describe()``: the lines a run prints at start (platform, devices, kernels);
+- ``sync_each_step``: whether the loop waits for every step (simulated CPU devices can stall in
+  collectives otherwise).
+
+Nothing outside this package names oneDNN or XLA:CPU options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable
+
+import jax
+
+from msjax.backend import machine
+
+
+@dataclasses.dataclass
+class Compiled:
+    """A compiled program: call it like the function. ``flops`` is one call's count over all
+    devices, ``kernels`` what its convolutions run on ('' off CPU), ``seconds`` the time spent
+    compiling (and, under auto, measuring)."""
+
+    executable: Any
+    flops: float
+    kernels: str = ""
+    seconds: float = 0.0
+    timings: dict = dataclasses.field(default_factory=dict)
+
+    def __call__(self, *args):
+        return self.executable(*args)
+
+
+def cost_flops(executable) -> float:
+    """FLOPs of one call of a compiled program from XLA's cost analysis (one device's share of
+    a partitioned program); NaN where the backend reports none."""
+    analysis = executable.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax returns one dict per device program
+        analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get("flops", float("nan")))
+
+
+class Backend:
+    """GPU, TPU and any other XLA platform: XLA's own kernels and default options."""
+
+    convolution = None         # the models keep their default convolution
+    sync_each_step = False
+
+    def __init__(self, runtime, mesh):
+        self.runtime, self.mesh = runtime, mesh
+        self.platform = mesh.devices.flat[0].platform
+
+    def describe(self) -> list[str]:
+        devices = list(self.mesh.devices.flat)
+        kind = getattr(devices[0], "device_kind", self.platform)
+        hosts = jax.process_count()
+        return [f"devices: {len(devices)} x {kind} ({self.platform})"
+                + (f" on {hosts} processes" if hosts > 1 else "")]
+
+    def flops(self, executable) -> float:
+        return cost_flops(executable) * self.mesh.size
+
+    def compile(self, fn: Callable, args: tuple, *, donate_argnums=(), out_shardings=None,
+                name: str = "", recorded: str = "") -> Compiled:
+        """``jax.jit(fn)`` lowered on ``args`` and compiled. ``name`` says what it is (for the
+        CPU kernel verdicts); ``recorded`` is the kernel choice a checkpoint holds for it."""
+        del name, recorded
+        t0 = time.perf_counter()
+        exe = jax.jit(fn, donate_argnums=donate_argnums,
+                      out_shardings=out_shardings).lower(*args).compile()
+        return Compiled(exe, self.flops(exe), "", time.perf_counter() - t0)
+
+    def jit(self, fn: Callable, **jit_kwargs) -> Callable:
+        return jax.jit(fn, **jit_kwargs)
+
+    def init_options(self) -> dict | None:
+        """Compile options for programs that run once (parameter initialisation)."""
+        return None
+
+
+def make_backend(runtime, mesh) -> Backend:
+    """The backend of ``mesh``'s platform for the ``runtime`` config section. Raises
+    ``errors.ConfigError`` for a kernel choice this machine cannot run (before any long work)."""
+    if mesh.devices.flat[0].platform == "cpu":
+        from msjax.backend import cpu
+
+        return cpu.CpuBackend(runtime, mesh)
+    return Backend(runtime, mesh)
+
+
+@functools.cache
+def idle_accelerator_warning() -> str | None:
+    """A GPU or TPU that jax does not use, as a warning line with the install command."""
+    return machine.idle_accelerator_warning(jax.default_backend())

@@ -1,0 +1,225 @@
+"""XLA:CPU: which kernels a program's convolutions run on, chosen by measurement.
+
+The fastest CPU convolution kernel differs between machines (oneDNN's wins on AVX-512 Xeons,
+XLA's Eigen kernels on AVX2-only EPYCs; README, benchmarks), so ``runtime.cpu_convolutions=auto``
+does not guess: the first time a program (a stage's train step) is compiled on a machine, every
+candidate kernel is compiled and timed on it, side by side on copies of the real arguments, and
+the fastest is kept. The verdict is cached per (CPU model and ISA, jax version, program) in
+``$MSJAX_CACHE/cpu_kernels.json`` (default ``~/.cache/msjax``), and the loop records each stage's
+choice in its checkpoints, so a run resumed on the same machine reuses it without measuring and
+stays bitwise exact. Candidates: on one device onednn (where it builds) and eigen; on several
+devices eigen and ynnpack (XLA would all-gather a batch-sharded operand in front of every oneDNN
+call, and YNNPACK, which leaves cores idle inside one convolution, only competes when several
+devices share the cores).
+Programs called with changing shapes (evaluation, tiles) are not measured: they run on the fixed
+choice, or on Eigen under auto.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from msjax.backend import Backend, Compiled, convolutions, machine, onednn, xla_cpu
+from msjax.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ONE_DEVICE = ("onednn", "eigen")
+SEVERAL_DEVICES = ("eigen", "ynnpack")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MSJAX_CACHE", Path.home() / ".cache" / "msjax"))
+
+
+class Verdicts:
+    """The measured kernel choice per program on this machine, in a small JSON file."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or cache_dir() / "cpu_kernels.json"
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def get(self, key: str) -> str | None:
+        entry = self._read().get(key)
+        return entry["kind"] if entry else None
+
+    def put(self, key: str, kind: str, timings: dict) -> None:
+        entries = self._read()
+        entries[key] = {"kind": kind, "seconds": timings, "cpu": machine.cpu_description()}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+            tmp.replace(self.path)
+        except OSError as e:  # an unwritable cache costs a measurement next time, nothing else
+            log.warning("cannot write the CPU kernel verdicts to %s: %s", self.path, e)
+
+
+def _fresh(fn: Callable) -> Callable:
+    """A new function object around ``fn``: jax caches traces by function, and each kernel
+    choice must be traced on its own."""
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return traced
+
+
+def time_calls(programs: dict, args: tuple, donate_argnums=(), *, min_rounds: int = 3,
+               max_rounds: int = 10, budget_s: float = 3.0) -> dict:
+    """Median seconds per call of each program on ``args``, measured round-robin after one
+    warm-up call each (donated arguments are copied before every call)."""
+
+    def call(program):
+        fresh = list(args)
+        for i in donate_argnums:
+            fresh[i] = jax.tree.map(jnp.copy, fresh[i])
+        jax.block_until_ready(fresh)
+        t0 = time.perf_counter()
+        jax.block_until_ready(program(*fresh))
+        return time.perf_counter() - t0
+
+    for program in programs.values():
+        call(program)
+    times = {k: [] for k in programs}
+    start, rounds = time.perf_counter(), 0
+    while rounds < min_rounds or (rounds < max_rounds and time.perf_counter() - start < budget_s):
+        for k, program in programs.items():
+            times[k].append(call(program))
+        rounds += 1
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+class CpuBackend(Backend):
+    def __init__(self, runtime, mesh, verdicts: Verdicts | None = None, timer=None):
+        super().__init__(runtime, mesh)
+        self.sync_each_step = mesh.size > 1
+        self.verdicts, self.timer = verdicts or Verdicts(), timer or time_calls
+        self.choice = runtime.cpu_convolutions
+        self.why_not_onednn = ""
+        if self.choice not in xla_cpu.CPU_CONVOLUTIONS:
+            raise ConfigError(f"runtime.cpu_convolutions={self.choice!r} is unknown; choose one "
+                              f"of {', '.join(xla_cpu.CPU_CONVOLUTIONS)}")
+        if runtime.cpu_reductions not in xla_cpu.CPU_REDUCTIONS:
+            raise ConfigError(f"runtime.cpu_reductions={runtime.cpu_reductions!r} is unknown; "
+                              f"choose one of {', '.join(xla_cpu.CPU_REDUCTIONS)}")
+        if self.choice == "onednn":
+            if mesh.size != 1:
+                raise ConfigError(
+                    f"runtime.cpu_convolutions=onednn runs on one CPU device (oneDNN spreads each "
+                    f"convolution over every core itself), not {mesh.size}; set "
+                    "runtime.num_devices=1 or use runtime.cpu_convolutions=eigen")
+            try:
+                onednn.load()
+            except onednn.OneDNNUnavailable as e:
+                raise ConfigError(f"runtime.cpu_convolutions=onednn: {e}") from None
+            self.candidates = ("onednn",)
+        elif self.choice == "auto":
+            kinds = list(ONE_DEVICE if mesh.size == 1 else SEVERAL_DEVICES)
+            if "onednn" in kinds:
+                try:
+                    onednn.load()
+                except onednn.OneDNNUnavailable as e:
+                    kinds.remove("onednn")
+                    self.why_not_onednn = str(e)
+            self.candidates = tuple(kinds)
+        else:
+            self.candidates = (self.choice,)
+        self.inference_kind = self.choice if self.choice != "auto" else "eigen"
+        uses_onednn = "onednn" in self.candidates
+        # The models' convolutions go through the trace-time dispatch only where oneDNN may run.
+        self.convolution = convolutions.dispatch if uses_onednn else None
+
+    def describe(self) -> list[str]:
+        lines = [f"devices: {self.mesh.size} x cpu ({machine.cpu_description()})"]
+        if self.choice == "auto" and len(self.candidates) > 1:
+            lines.append(f"CPU convolutions: auto, the faster of {' and '.join(self.candidates)} "
+                         "measured on each stage's step (once per machine and program)")
+        elif self.choice == "auto":
+            lines.append(f"CPU convolutions: auto: {self.candidates[0]}")
+        else:
+            lines.append(f"CPU convolutions: {self.choice}")
+        if self.why_not_onednn:
+            lines.append(f"note: oneDNN convolutions are not available ({self.why_not_onednn})")
+        warning = machine.idle_accelerator_warning("cpu")
+        if warning:
+            lines.append(warning)
+        return lines
+
+
+    def options(self, kind: str) -> dict | None:
+        return xla_cpu.options(kind, self.runtime.cpu_reductions, self.runtime.fast_compile)
+
+    def flops(self, executable) -> float:
+        flops = super().flops(executable)
+        text = executable.as_text() or ""
+        if "msjax_onednn_conv" in text:
+            flops += onednn.custom_call_flops(text) * self.mesh.size
+        return flops
+
+    def _lower(self, fn, args, kind, donate_argnums, out_shardings):
+        with convolutions.use(kind):
+            return jax.jit(_fresh(fn), donate_argnums=donate_argnums,
+                           out_shardings=out_shardings).lower(*args)
+
+    def compile(self, fn, args, *, donate_argnums=(), out_shardings=None, name: str = "",
+                recorded: str = "") -> Compiled:
+        t0 = time.perf_counter()
+        kinds = (recorded,) if recorded in self.candidates else self.candidates
+        lower = functools.partial(self._lower, fn, args, donate_argnums=donate_argnums,
+                                  out_shardings=out_shardings)
+        if len(kinds) == 1:
+            exe = lower(kinds[0]).compile(self.options(kinds[0]))
+            return Compiled(exe, self.flops(exe), kinds[0], time.perf_counter() - t0)
+        reference = lower("eigen")
+        key = hashlib.sha256("\0".join([
+            machine.cpu_description(), jax.__version__, self.runtime.cpu_reductions,
+            str(self.runtime.fast_compile), ",".join(kinds), reference.as_text()]).encode()
+        ).hexdigest()[:24]
+        verdict = self.verdicts.get(key)
+        if verdict in kinds:
+            lowered = reference if verdict == "eigen" else lower(verdict)
+            exe = lowered.compile(self.options(verdict))
+            return Compiled(exe, self.flops(exe), verdict, time.perf_counter() - t0)
+        programs = {k: (reference if k == "eigen" else lower(k)).compile(self.options(k))
+                    for k in kinds}
+        timings = self.timer(programs, args, donate_argnums)
+        best = min(timings, key=timings.get)
+        self.verdicts.put(key, best, timings)
+        log.info("%s: convolutions %s (%s)", name or "program", best,
+                 ", ".join(f"{k} {v:.4g} s" for k, v in timings.items()))
+        exe = programs[best]
+        return Compiled(exe, self.flops(exe), best, time.perf_counter() - t0, timings)
+
+    def jit(self, fn: Callable, **jit_kwargs) -> Callable:
+        kind = self.inference_kind
+        jitted = jax.jit(_fresh(fn), compiler_options=self.options(kind), **jit_kwargs)
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            with convolutions.use(kind):
+                return jitted(*args, **kwargs)
+
+        return call
+
+    def init_options(self) -> dict | None:
+        # Initialisation runs once; XLA's default optimisation of every parameter's unrolled
+        # random initializer costs far more compile time than it saves.
+        return xla_cpu.cheap_compile() or None
