@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from msjax import data, methods, optim, steps, tasks
+from msjax import build, data, methods, optim, steps, tasks, train
 from msjax.methods import eco
 from tests.helpers import tiny_config
 
@@ -112,7 +112,7 @@ def test_precomputed_pairs_are_cropped_like_the_loop_batches(teacher, tmp_path):
     for i in range(len(source)):
         eco._save_png(cache.path(i, "sr_pre"), source[i])
     for step in (0, STEPS - 1):  # first and last FMS stage: different plans
-        cached = eco.cached_batches(config, cache, step)
+        cached = train.host_batches(build.experiment(config), cache, step)
         for k in range(len(cached)):
             loop = data.term_batch(source, seed=config.seed, step=step, term=k,
                                    batch=cached[k]["target"].shape[0], patch=32, scale=2)
@@ -129,7 +129,7 @@ def test_precomputed_eco_run_writes_and_reuses_the_cache(teacher, tmp_path):
     files = sorted((tmp_path / "cache").glob("*_sr_pre.png"))
     assert len(files) == len(data.open_source(config.data, "train"))
     stamp = [f.stat().st_mtime_ns for f in files]
-    eco.precompute(config, *eco.load_teacher(config), tmp_path / "cache")
+    eco.precompute(build.experiment(config), *eco.load_teacher(config), tmp_path / "cache")
     assert [f.stat().st_mtime_ns for f in files] == stamp  # reused, not recomputed
 
 

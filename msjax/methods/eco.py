@@ -165,8 +165,8 @@ def precompute(exp, teacher_state, teacher_task, teacher_id: dict, directory: Pa
     config, scale = exp.config, teacher_task.scale
     source = data.open_source(config.data, "train", scale=scale)
     paired = config.data.source == "paired_folders"
-    manifest = {"teacher": teacher_id, "data": config.data.to_dict(), "scale": scale,
-                "count": len(source)}
+    manifest = json.loads(json.dumps({"teacher": teacher_id, "data": config.data.to_dict(),
+                                      "scale": scale, "count": len(source)}))  # JSON's view
     directory.mkdir(parents=True, exist_ok=True)
     manifest_path = directory / "manifest.json"
     if manifest_path.exists() and json.loads(manifest_path.read_text()) != manifest:
