@@ -288,23 +288,24 @@ def _fit(img: np.ndarray, height: int, width: int) -> Image.Image:
 
 
 def grid_columns(panels: dict) -> list[tuple[str, np.ndarray]]:
-    """(heading, NHWC images) per column: input, for SR a MATLAB-bicubic column beside the
-    nearest-neighbour input, then output, target and any other panels in their order."""
+    """(heading, NHWC images) per column: input, for SR (an input smaller than the other panels)
+    a MATLAB-bicubic column beside the nearest-neighbour input, then output, target and any
+    other panels in their order."""
     panels = {k: np.asarray(v, np.float32) for k, v in panels.items()}
     order = [k for k in ("input", "output", "target") if k in panels]
     order += [k for k in panels if k not in order]
-    target = panels.get("target")
+    ref = panels.get("target", max(panels.values(), key=lambda a: a.shape[1]))
     columns = []
     for name in order:
         images = panels[name]
-        if name == "input" and target is not None and images.shape[1] < target.shape[1]:
+        if name == "input" and images.shape[1] < ref.shape[1]:
             from msjax import resize
 
-            scale = target.shape[1] // images.shape[1]
+            scale = round(ref.shape[1] / images.shape[1])
             columns.append((f"input (nearest x{scale})", images))
             bicubic = resize.imresize(images.astype(np.float64), float(scale))
             columns.append((f"bicubic x{scale}",
-                            np.clip(bicubic[:, :target.shape[1], :target.shape[2]], 0, 1)))
+                            np.clip(bicubic[:, :ref.shape[1], :ref.shape[2]], 0, 1)))
         else:
             columns.append((name, images))
     return columns
@@ -319,7 +320,7 @@ def image_grid(panels: dict, *, count: int | None = None, size: int | None = Non
     columns = grid_columns(panels)
     n = min(len(c[1]) for c in columns)
     n = n if count is None else min(n, count)
-    ref = dict(columns).get("target", columns[0][1])
+    ref = dict(columns).get("target", max((c[1] for c in columns), key=lambda a: a.shape[1]))
     h, w = ref.shape[1:3]
     if size:
         h, w = max(1, round(h * size / max(h, w))), max(1, round(w * size / max(h, w)))
