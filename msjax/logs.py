@@ -201,11 +201,13 @@ class Progress:
         return hms((self.total - step) / self.rate) if self.rate else "-"
 
     def update(self, step: int, *, stage=0, terms: int | None = None, loss: float | None = None,
-               best_psnr: float | None = None):
+               best_psnr: float | None = None, psnr: float | None = None):
         """Called at every log step with what the line shows; ``best_psnr`` is the best
-        validation PSNR so far (None, NaN or -inf before the first evaluation: shown as '-')."""
+        validation PSNR so far (None, NaN or -inf before the first evaluation: shown as '-').
+        ``psnr`` is its older name, kept until every caller passes ``best_psnr``."""
         if not self.enabled:
             return
+        best_psnr = psnr if best_psnr is None else best_psnr
         now = time.perf_counter()
         steps, seconds = step - self._mark_step, now - self._mark_time - self._compile_in_interval
         if steps > 0 and seconds > 0:
