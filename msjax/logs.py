@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -144,9 +146,12 @@ class Progress:
         if enabled and _isatty(self.stream):
             from tqdm import tqdm
 
+            # A terminal that reports no size (a pty without one) would get an empty bar.
+            sized = _columns(self.stream) > 0
             self._bar = tqdm(total=total, initial=start, file=self.stream, unit="step",
-                             dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}"
-                             "{postfix}")
+                             dynamic_ncols=sized, ncols=None if sized else 120,
+                             nrows=None if sized else 24,
+                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}{postfix}")
 
     @property
     def start(self) -> int:
@@ -162,7 +167,7 @@ class Progress:
             self._bar.n = self._bar.initial = step
             self._bar.refresh()
 
-    def _stage_label(self, stage, terms=None) -> str:
+    def stage_label(self, stage, terms=None) -> str:
         if isinstance(stage, str):
             return stage
         label = f"stage {stage + 1}/{self.stages}"
@@ -171,7 +176,7 @@ class Progress:
     def compiling(self, stage, terms: int | None = None):
         """Says that ``stage`` (an index, or a name such as 'validation') compiles now."""
         self._compiling = (stage, time.perf_counter())
-        label = f"compiling {self._stage_label(stage, terms)}"
+        label = f"compiling {self.stage_label(stage, terms)}"
         if self._bar is not None:
             self._bar.set_postfix_str(label + " ...", refresh=True)
             if self.log:
@@ -185,11 +190,11 @@ class Progress:
         seconds = time.perf_counter() - started if seconds is None else seconds
         self._compiling = None
         self._compile_in_interval += seconds
-        self.write(f"compiled {self._stage_label(stage)} in {seconds:.1f} s")
+        self.write(f"compiled {self.stage_label(stage)} in {seconds:.1f} s")
 
     def line(self, step: int, *, stage=0, terms=None, loss=None, best_psnr=None) -> str:
         pct = 100.0 * step / self.total if self.total else 100.0
-        parts = [f"step {step}/{self.total} ({pct:.0f}%)", self._stage_label(stage, terms)]
+        parts = [f"step {step}/{self.total} ({pct:.0f}%)", self.stage_label(stage, terms)]
         if loss is not None:
             parts.append(f"loss {loss:.4g}")
         parts.append(f"best {_db(best_psnr)}")
@@ -220,7 +225,7 @@ class Progress:
             self.log.write(line)
         if self._bar is not None:
             self._bar.n = step
-            postfix = [self._stage_label(stage, terms)]
+            postfix = [self.stage_label(stage, terms)]
             if loss is not None:
                 postfix.append(f"loss {loss:.4g}")
             postfix += [f"best {_db(best_psnr)}",
@@ -248,6 +253,13 @@ class Progress:
         if self.log:
             self.log.close()
             self.log = None
+
+
+def _columns(stream) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        return 0
 
 
 def _isatty(stream) -> bool:
@@ -467,9 +479,11 @@ def final_summary(workdir, result: dict) -> str:
     lines = [f"finished: step {_int(step)} in {workdir}",
              f"  best checkpoint: step {_int(best_step)}, valid PSNR {_db(best_psnr)}",
              f"  final:           valid PSNR {_db(psnr)} (input {_db(input_psnr)}{gain})",
-             "next:",
-             f"  python eval.py --workdir {w}            # scores and restored images",
-             f"  python -m msjax.report {w}      # report.md and report.png in the run"]
+             "next:"]
+    commands = ((f"python eval.py --workdir {w}", "scores and restored images"),
+                (f"python -m msjax.report {w}", "report.md and report.png in the run"))
+    width = max(len(c) for c, _ in commands)
+    lines += [f"  {c:<{width}}  # {why}" for c, why in commands]
     return "\n".join(lines)
 
 
