@@ -184,13 +184,15 @@ class Progress:
         else:
             self.write(label)
 
-    def compiled(self, stage, seconds: float | None = None):
-        """Ends ``compiling(stage)``; ``seconds`` defaults to the time since it."""
+    def compiled(self, stage, seconds: float | None = None, detail: str = ""):
+        """Ends ``compiling(stage)``; ``seconds`` defaults to the time since it; ``detail``
+        (e.g. the kernels chosen) follows on the same line."""
         started = self._compiling[1] if self._compiling else time.perf_counter()
         seconds = time.perf_counter() - started if seconds is None else seconds
         self._compiling = None
         self._compile_in_interval += seconds
-        self.write(f"compiled {self.stage_label(stage)} in {seconds:.1f} s")
+        self.write(f"compiled {self.stage_label(stage)} in {seconds:.1f} s"
+                   + (f"; {detail}" if detail else ""))
 
     def line(self, step: int, *, stage=0, terms=None, loss=None, best_psnr=None) -> str:
         pct = 100.0 * step / self.total if self.total else 100.0

@@ -64,13 +64,13 @@ def test_eta_leaves_the_compile_time_out(tmp_path, clock):
     progress = logs.Progress(100, 0, tmp_path, stages=3, stream=out)
     progress.compiling(1, terms=2)
     clock.now += 10.0            # compiling stage 2 takes 10 s
-    progress.compiled(1, 10.0)
+    progress.compiled(1, 10.0, detail="convolutions onednn")
     clock.now += 1.0             # then 10 training steps take 1 s
     progress.update(10, stage=1, terms=2, loss=0.5)
     assert progress.rate == pytest.approx(10.0)  # not 10 / 11
     lines = out.getvalue().splitlines()
     assert lines[0] == "compiling stage 2/3, 2 terms"
-    assert lines[1] == "compiled stage 2/3 in 10.0 s"
+    assert lines[1] == "compiled stage 2/3 in 10.0 s; convolutions onednn"
     assert lines[2].endswith("10.00 step/s  ETA 0:09")
 
 
