@@ -1,62 +1,9 @@
-"""Evaluate a trained run: ``python eval.py --workdir runs/quickstart``.
+"""Evaluate a trained run: ``python eval.py --workdir runs/quickstart`` (``--help`` for more).
 
-Without folders it scores the run's validation set exactly as training did. With ``--input_dir``
-it restores every image there (no ground truth needed); with ``--target_dir`` it scores them, or,
-alone, corrupts the ground truth with the run's task (e.g. HR benchmark folders, MATLAB-bicubic LR).
-With ``--benchmark_root`` it scores SR benchmark sets (Set5/Set14/B100/Urban100/Manga109 layout:
-one HR folder per set, or <set>/HR + <set>/LR_bicubic/X<scale>) on Y with crop = scale:
-
-    python eval.py --workdir runs/edsr_x2 --benchmark_root /data/benchmark [--self_ensemble]
+The command line lives in msjax/cli.py (also installed as ``msjax-eval``).
 """
 
-import sys
-
-if __name__ == "__main__":  # before jax starts (msjax/hugepages.py)
-    from msjax.backend.hugepages import restart_with_huge_pages
-
-    restart_with_huge_pages()
-
-from absl import app, flags, logging
-
-from msjax import errors, evaluate
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "run directory written by train.py")
-flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "which checkpoint to restore")
-flags.DEFINE_string("input_dir", "", "folder of degraded images to restore")
-flags.DEFINE_string("target_dir", "", "folder of ground-truth images (same file stems)")
-flags.DEFINE_string("output_dir", "", "where to write restored images and CSVs")
-flags.DEFINE_integer("tile", None, "tile side for large images (0: whole images)")
-flags.DEFINE_bool("self_ensemble", None, "average the x8 flips / rotations")
-flags.DEFINE_float("t", None, "noise level t fed to time-conditioned models for folder inputs")
-flags.DEFINE_integer("crop_border", None, "border crop for metrics (default: the run's)")
-flags.DEFINE_bool("y_channel", None, "PSNR/SSIM on the Y channel (default: the run's)")
-flags.DEFINE_string("benchmark_root", "", "SR benchmark sets: one HR folder per set, or "
-                    "<set>/HR (+ <set>/LR_bicubic/X<scale>); per-image and per-set tables")
-flags.mark_flag_as_required("workdir")
-
-
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.ERROR)
-    try:
-        rows, summary, out_dir = evaluate.run(
-            FLAGS.workdir, which=FLAGS.checkpoint, input_dir=FLAGS.input_dir,
-            target_dir=FLAGS.target_dir, output_dir=FLAGS.output_dir, tile=FLAGS.tile,
-            self_ensemble=FLAGS.self_ensemble, t=FLAGS.t, crop_border=FLAGS.crop_border,
-            y_channel=FLAGS.y_channel, benchmark_root=FLAGS.benchmark_root)
-    except (FileNotFoundError, errors.MsjaxError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    if "sets" in summary:  # benchmark sets: markdown tables, per image and per set
-        print(evaluate.markdown_table(rows) + "\n\n" + evaluate.markdown_table(summary.pop("sets")))
-    else:
-        for row in rows:
-            print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in row.items()))
-    print("summary: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in summary.items()) + f"  ({out_dir})")
-
-
 if __name__ == "__main__":
-    app.run(main)
+    from msjax import cli
+
+    cli.evaluate()

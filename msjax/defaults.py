@@ -119,6 +119,8 @@ def get_config():
         eval_every=500,            # steps between validations (and best-checkpoint candidates)
         checkpoint_every=500,      # steps between plain checkpoints (resume points)
         keep_best=1,               # best checkpoints kept beside the latest
+        image_count=8,             # crops per image grid (rows), validation and training
+        image_size=128,            # side in pixels each crop is shown at in the grids
     ))
 
     c.eval = ml_collections.ConfigDict(dict(

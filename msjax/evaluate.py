@@ -1,4 +1,5 @@
-"""Evaluation of a trained run: its validation split, or folders of images of any size.
+"""Evaluation of a trained run: its validation split, or folders of images of any size, each
+target into its own folder (``output_folder``), never overwriting an earlier evaluation unasked.
 
 PSNR / SSIM follow the SR literature's conventions (``msjax.metrics``): RGB or Y (BT.601), border
 crop, float64. Large images run through fixed-shape tiles, so one compiled program serves all.
@@ -7,16 +8,21 @@ crop, float64. Large images run through fixed-shape tiles, so one compiled progr
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from PIL import Image
 
-from msjax import build, data, metrics, parallel, rundir, steps
+from msjax import build, data, logs, metrics, parallel, resize, rundir, steps
+from msjax.errors import DataError, RunDirError
 
 load_config = rundir.load_config
 
@@ -84,8 +90,132 @@ def restore_image(restore, image: np.ndarray, *, scale: int = 1, tile: int = 0,
     return (out / weight)[:h * scale, :w * scale].astype(np.float32)
 
 
+# ---- where an evaluation's results go ----------------------------------------------------------
+#
+# <workdir>/eval/<checkpoint>-<step>/<target>/ : one folder per evaluated target, named from it
+# ('valid', 'folder-<dir>', 'targets-<dir>', 'bench-<dir>', '-ensemble' with self-ensemble) and
+# holding target.json (what was evaluated). A second evaluation of the same target gets the next
+# free name (<target>-2, ...) unless it asks to overwrite; two different targets whose names
+# coincide (two folders called LR) never share a folder.
+
+EVAL_FILES = ("per_image.csv", "per_set.csv", "summary.json", "target.json")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") or "images"
+
+
+def evaluation_target(*, input_dir: str = "", target_dir: str = "", benchmark_root: str = "",
+                      self_ensemble: bool = False) -> tuple[str, dict]:
+    """(folder name, identity) of what an evaluation scores; the identity (absolute paths) tells
+    two targets with the same folder name apart."""
+    resolved = lambda p: str(Path(p).expanduser().resolve()) if p else ""  # noqa: E731
+    if benchmark_root:
+        name, identity = f"bench-{_safe(Path(resolved(benchmark_root)).name)}", {
+            "benchmark_root": resolved(benchmark_root)}
+    elif input_dir:
+        name, identity = f"folder-{_safe(Path(resolved(input_dir)).name)}", {
+            "input_dir": resolved(input_dir), "target_dir": resolved(target_dir)}
+    elif target_dir:
+        name, identity = f"targets-{_safe(Path(resolved(target_dir)).name)}", {
+            "target_dir": resolved(target_dir)}
+    else:
+        name, identity = "valid", {"split": "valid"}
+    if self_ensemble:
+        name += "-ensemble"
+    return name, {**identity, "self_ensemble": bool(self_ensemble)}
+
+
+def _identity_of(folder: Path):
+    try:
+        return json.loads((folder / "target.json").read_text())["identity"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def output_folder(workdir: Path, checkpoint: str, name: str, identity: dict, *,
+                  output_dir: str = "", overwrite: bool = False) -> tuple[Path, bool]:
+    """(folder, replaced): ``<workdir>/eval/<checkpoint>/<name>``, or the next free
+    ``<name>-<n>``; with ``overwrite`` the folder that already holds this very target is emptied
+    and reused. An explicit ``output_dir`` holding an evaluation is reused only with
+    ``overwrite``."""
+    if output_dir:
+        folder = Path(output_dir).expanduser()
+        earlier = [f for f in EVAL_FILES if (folder / f).exists()]
+        if earlier and not overwrite:
+            raise RunDirError(f"{folder} already holds an evaluation ({', '.join(earlier)}); "
+                              "pass --overwrite to replace it or choose another --output_dir")
+        for f in earlier:
+            (folder / f).unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder, bool(earlier)
+    base = Path(workdir) / "eval" / checkpoint
+    for n in itertools.count(1):
+        folder = base / (name if n == 1 else f"{name}-{n}")
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            return folder, False
+        if overwrite and _identity_of(folder) == identity:
+            shutil.rmtree(folder)  # ours: it holds target.json with this target
+            folder.mkdir(parents=True)
+            return folder, True
+
+
+class Results:
+    """An evaluation's per_image.csv, written row by row (a later failure keeps what is done),
+    and its summary.json, written by ``close`` (also after a failure, then with the error)."""
+
+    def __init__(self, folder: Path, header: dict):
+        self.folder, self.header = Path(folder), header
+        self.rows, self.skipped, self._fields = [], {}, []
+
+    def add(self, row: dict):
+        self.rows.append(row)
+        new = [k for k in row if k not in self._fields]
+        if new:  # rewrite with the wider header (rare: the first row, or a first target match)
+            self._fields += new
+            with open(self.folder / "per_image.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, self._fields, restval="")
+                w.writeheader()
+                w.writerows(self.rows)
+        else:
+            with open(self.folder / "per_image.csv", "a", newline="") as f:
+                csv.DictWriter(f, self._fields, restval="").writerow(row)
+
+    def skip(self, path: Path, problem: str):
+        self.skipped[str(path)] = problem
+
+    def close(self, error: BaseException | None = None, **extra) -> dict:
+        summary = {**self.header, **summarize(self.rows), **extra, "skipped": self.skipped,
+                   "complete": error is None}
+        if error is not None:
+            summary["error"] = f"{type(error).__name__}: {error}"
+        tmp = self.folder / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(self.folder / "summary.json")
+        return summary
+
+
 def _save_png(path: Path, img: np.ndarray):
+    path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
+
+
+def save_images(folder: Path, name: str, *, input, output, target=None, crop_border: int = 0,
+                y_channel: bool = False):
+    """``<name>.png`` (the output), ``input/<name>.png`` and ``compare/<name>.png``: input (for
+    SR also bicubic), output and target side by side, headed and with each one's PSNR."""
+    _save_png(folder / f"{name}.png", output)
+    _save_png(folder / "input" / f"{name}.png", input)
+    panels = {"input": input[None], "output": output[None]}
+    if target is not None:
+        panels["target"] = target[None]
+    side = max(np.shape(target if target is not None else output)[:2])
+    # Small images (validation crops) enlarged to a viewable size; large ones at their own.
+    grid = logs.image_grid(panels, title=name, size=None if side >= 256 else 256,
+                           crop_border=crop_border, y_channel=y_channel)
+    (folder / "compare").mkdir(exist_ok=True)
+    Image.fromarray(grid).save(folder / "compare" / f"{name}.png")
 
 
 def _write_rows(path: Path, rows: list[dict]):
@@ -95,38 +225,100 @@ def _write_rows(path: Path, rows: list[dict]):
         w.writerows(rows)
 
 
-def evaluate_validation(config, state, exp) -> list[dict]:
-    """Per-image metrics on the run's fixed validation set, computed exactly as at training time."""
-    valid = build.make_validation(config, exp.task, exp.mesh)
+def evaluate_validation(config, state, exp, *, output_dir: Path | None = None,
+                        results: Results | None = None) -> list[dict]:
+    """Per-image metrics on the run's fixed validation set, computed exactly as at training time,
+    beside the input's own (the corrupted crop, or for SR its MATLAB-bicubic upsampling); with
+    ``output_dir`` the restored crops are saved there as well (``save_images``)."""
+    task = exp.task
+    valid = build.make_validation(config, task, exp.mesh)
     batch, n = valid.batch, valid.count
-    out = parallel.fetch(build.eval_step(exp)(state, batch))
-    return [{"image": f"valid_{i:03d}", "psnr": float(out["psnr"][i]),
-             "ssim": float(out["ssim"][i]), "loss": float(out["loss"][i])} for i in range(n)]
+    kw = dict(crop_border=config.eval.crop_border, y_channel=config.eval.y_channel)
+
+    def scores(s, b):
+        out = steps.eval_step(s, b, task=task, **kw)
+        y = b["input"]
+        baseline = jnp.clip(y if task.scale == 1 else resize.imresize(y, float(task.scale)), 0, 1)
+        out["input_psnr"] = metrics.psnr_batch(baseline, b["target"], **kw)
+        out["input_ssim"] = metrics.ssim_batch(baseline, b["target"], **kw)
+        return out, jnp.clip(steps.predict(s, y, b.get("t"), task=task), 0, 1)
+
+    out, restored = parallel.fetch(exp.backend.jit(scores)(state, batch))
+    host = parallel.fetch(batch)
+    rows = []
+    for i in range(n):
+        row = {"image": f"valid_{i:03d}", **{k: float(out[k][i]) for k in (
+            "psnr", "ssim", "input_psnr", "input_ssim", "loss")}}
+        if output_dir is not None:
+            save_images(output_dir, row["image"], input=host["input"][i], output=restored[i],
+                        target=host["target"][i], **kw)
+        rows.append(row)
+        if results is not None:
+            results.add(row)
+    return rows
+
+
+def _read(path: Path):
+    """(HxWx3 float image, None) or (None, what is wrong with the file)."""
+    try:
+        return data.to_float(data.folders.decode(path)), None
+    except Exception as e:  # PIL raises OSError, UnidentifiedImageError, ValueError, ...
+        return None, f"cannot be read ({type(e).__name__}: {e})"
+
+
+def _score(image, target, crop: int, use_y: bool) -> tuple[float, float]:
+    """PSNR / SSIM of 8-bit-rounded ``image`` against ``target`` on their common extent."""
+    h, w = min(image.shape[0], target.shape[0]), min(image.shape[1], target.shape[1])
+    a, b = (np.round(np.clip(z[:h, :w], 0, 1) * 255) for z in (image, target))
+    return (metrics.psnr(a, b, crop_border=crop, y_channel=use_y),
+            metrics.ssim(a, b, crop_border=crop, y_channel=use_y))
 
 
 def evaluate_folder(config, state, exp, *, input_dir: str = "", target_dir: str = "",
                     output_dir: Path, tile: int = 0, overlap: int = 16,
                     self_ensemble: bool = False, t: float | None = None,
-                    crop_border: int | None = None, y_channel: bool | None = None) -> list[dict]:
+                    crop_border: int | None = None, y_channel: bool | None = None,
+                    bad_images: str | None = None, results: Results | None = None,
+                    row_prefix: dict | None = None) -> list[dict]:
     """Restores every image of ``input_dir`` (or of ``target_dir`` corrupted by the task with a
-    fixed key, e.g. HR benchmark folders with MATLAB-bicubic LR) and writes the results to
-    ``output_dir``; with a ``target_dir`` each image is also scored against its ground truth."""
+    fixed key, e.g. HR benchmark folders with MATLAB-bicubic LR) and saves input, output and a
+    side-by-side to ``output_dir`` (``save_images``); with a ``target_dir`` each output is scored
+    against its ground truth, and so is the input (for SR its MATLAB-bicubic upsampling).
+
+    A file that cannot be read follows ``bad_images`` (default: the run's data.bad_images):
+    'skip' records it in ``results`` and goes on, 'error' raises a DataError naming it."""
     crop = config.eval.crop_border if crop_border is None else crop_border
     use_y = config.eval.y_channel if y_channel is None else y_channel
+    policy = config.data.bad_images if bad_images is None else bad_images
     task = exp.task
     restore = make_restorer(state, task, self_ensemble=self_ensemble, backend=exp.backend)
-    multiple = 8 * (1 if task.scale == 1 else 1)
+    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     targets = {p.stem: p for p in data.sources.list_images(target_dir)} if target_dir else {}
     inputs = data.sources.list_images(input_dir) if input_dir else list(targets.values())
+    stems = [p.stem for p in inputs]
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2**31 - 2)
-    time_value = t
     rows = []
     for i, path in enumerate(inputs):
+        time_value = t
+        gt_path = ground_truth_for(path.stem, targets)
+        image, problem = _read(path)
+        x = None
+        if image is not None and gt_path is not None:
+            x, problem = _read(gt_path)
+            problem = problem and f"has a ground truth {gt_path.name} that {problem}"
+        if problem is not None:
+            if policy == "error":
+                done = f"; the {len(rows)} images before it are scored in {output_dir}" if rows \
+                    else ""
+                raise DataError(f"{path} {problem}; fix or remove it, or pass --bad_images=skip"
+                                f" to skip such files{done}")
+            if results is not None:
+                results.skip(path, problem)
+            continue
         if input_dir:
-            y = data.to_float(data.folders.decode(path))
+            y = image
         else:  # synthesize the input from the ground truth
-            x = data.to_float(data.folders.decode(path))
             s = task.scale
             x = x[:x.shape[0] // s * s, :x.shape[1] // s * s]
             if task.validation_corrupt is not None:  # the task's fixed form (damage suite)
@@ -140,19 +332,23 @@ def evaluate_folder(config, state, exp, *, input_dir: str = "", target_dir: str 
         if task.time_conditioned and time_value is None:
             time_value = 0.05 if task.name in ("deblur", "inpaint") else 0.5
         out = restore_image(restore, y, scale=task.scale, tile=tile, overlap=overlap,
-                            multiple=multiple, t=time_value if task.time_conditioned else None)
-        _save_png(output_dir / f"{path.stem}.png", out)
-        row = {"image": path.name}
-        gt = ground_truth_for(path.stem, targets)
-        if gt is not None:
-            x = data.to_float(data.folders.decode(gt))[:out.shape[0], :out.shape[1]]
-            out_u8 = np.round(np.clip(out, 0, 1) * 255)
-            x_u8 = np.round(x * 255)
-            row["psnr"] = metrics.psnr(out_u8, x_u8, crop_border=crop, y_channel=use_y)
-            row["ssim"] = metrics.ssim(out_u8, x_u8, crop_border=crop, y_channel=use_y)
+                            multiple=8, t=time_value if task.time_conditioned else None)
+        # Two inputs with one stem (a.png, a.jpg) keep apart.
+        name = path.stem if stems.count(path.stem) == 1 else _safe(path.name)
+        row = {**(row_prefix or {}), "image": path.name}
+        if x is not None:
+            baseline = y if task.scale == 1 else np.clip(
+                resize.imresize(y.astype(np.float64), float(task.scale)), 0, 1)
+            row["psnr"], row["ssim"] = _score(out, x, crop, use_y)
+            row["input_psnr"], row["input_ssim"] = _score(baseline, x, crop, use_y)
+        h, w = out.shape[:2] if x is None else (min(out.shape[0], x.shape[0]),
+                                                min(out.shape[1], x.shape[1]))
+        save_images(output_dir, name, input=y, output=out,
+                    target=None if x is None else x[:h, :w], crop_border=crop,
+                    y_channel=use_y)
         rows.append(row)
-        if not input_dir:
-            time_value = t
+        if results is not None:
+            results.add(row)
     return rows
 
 
@@ -172,7 +368,8 @@ def benchmark_sets(root: str, scale: int) -> list[tuple[str, str, str]]:
     bicubic). ``root`` may itself be one set laid out that way."""
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise FileNotFoundError(f"benchmark root {root} is not a directory")
+        raise DataError(f"benchmark root {root} is not a directory; pass --benchmark_root a "
+                        "folder of sets (Set5/, Set14/, ...)")
 
     def as_set(folder: Path):
         hr = folder / "HR" if (folder / "HR").is_dir() else folder
@@ -185,74 +382,104 @@ def benchmark_sets(root: str, scale: int) -> list[tuple[str, str, str]]:
         as_set(d) for d in sorted(base.iterdir()) if d.is_dir()]
     found = [s for s in found if s is not None]
     if not found:
-        raise FileNotFoundError(f"no benchmark sets under {root}: expected one folder of HR "
-                                f"images per set, or <set>/HR (+ <set>/LR_bicubic/X{scale})")
+        raise DataError(f"no benchmark sets under {root}: expected one folder of HR "
+                        f"images per set, or <set>/HR (+ <set>/LR_bicubic/X{scale})")
     return found
 
 
 def evaluate_benchmarks(config, state, exp, root: str, *, output_dir: Path,
+                        results: Results | None = None,
                         **folder_options) -> tuple[list[dict], list[dict]]:
-    """Scores every set under ``root`` (see ``benchmark_sets``); returns per-image rows (with the
-    set's name) and per-set means. ``folder_options`` go to ``evaluate_folder``."""
-    rows, per_set = [], []
+    """Scores every set under ``root`` (see ``benchmark_sets``) into ``output_dir/<set>``;
+    returns per-image rows (with the set's name) and per-set means. ``folder_options`` go to
+    ``evaluate_folder``."""
+    rows = []
     for name, hr, lr in benchmark_sets(root, exp.task.scale):
-        set_rows = evaluate_folder(config, state, exp, input_dir=lr, target_dir=hr,
-                                   output_dir=output_dir / name, **folder_options)
-        rows += [{"set": name, **r} for r in set_rows]
-        per_set.append({"set": name, "images": len(set_rows), **summarize(set_rows)})
-    return rows, per_set
+        rows += evaluate_folder(config, state, exp, input_dir=lr, target_dir=hr,
+                                output_dir=output_dir / name, results=results,
+                                row_prefix={"set": name}, **folder_options)
+    return rows, per_set_means(rows)
+
+
+def per_set_means(rows: list[dict]) -> list[dict]:
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    return [{"set": s, **summarize([r for r in rows if r["set"] == s])} for s in sets]
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """Rows as a markdown table (floats to 4 decimals)."""
-    keys = list(rows[0])
+    """Rows as a markdown table (floats to 4 decimals); keys of any row, '-' where one lacks it."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r[k]) if k in r else "-" for k in keys) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def summarize(rows: list[dict]) -> dict:
-    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float))] if rows else []
-    return {k: float(np.mean([r[k] for r in rows])) for k in keys} | {"images": len(rows)}
+    """The image count and the mean of every numeric column (over the rows that have it)."""
+    keys = list(dict.fromkeys(k for r in rows for k, v in r.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)))
+    means = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+    return {"images": len(rows), **means}
 
 
 def run(workdir: str, *, which: str = "best", input_dir: str = "", target_dir: str = "",
         output_dir: str = "", tile: int | None = None, self_ensemble: bool | None = None,
         t: float | None = None, crop_border: int | None = None,
-        y_channel: bool | None = None, benchmark_root: str = "") -> tuple[list[dict], dict, Path]:
-    """eval.py's work: returns (per-image rows, summary, where the CSVs were written).
+        y_channel: bool | None = None, benchmark_root: str = "", overwrite: bool = False,
+        bad_images: str | None = None) -> tuple[list[dict], dict, Path]:
+    """eval.py's work: returns (per-image rows, summary, the folder written; see
+    ``output_folder``). The folder holds per_image.csv, summary.json, target.json, the outputs
+    (``<image>.png``), inputs (``input/``) and side-by-sides (``compare/``); per_image.csv and
+    summary.json are written even when a later image fails.
 
     With ``benchmark_root`` (SR benchmark sets, see ``benchmark_sets``) the metrics default to the
     SR literature's: Y channel, border crop = scale; the summary's ``sets`` holds the per-set means
     (also written to per_set.csv)."""
+    logs.quiet_library_logs()
     workdir = Path(workdir)
     config = load_config(workdir)
     state, exp, step = load_state(config, workdir, which)
     task = exp.task
-    out_dir = Path(output_dir) if output_dir else workdir / f"eval_{which}_{step}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    per_set = None
+    ensemble = config.eval.self_ensemble if self_ensemble is None else self_ensemble
+    name, identity = evaluation_target(input_dir=input_dir, target_dir=target_dir,
+                                       benchmark_root=benchmark_root, self_ensemble=ensemble)
+    checkpoint = f"{which}-{step}"
+    identity = {"checkpoint": checkpoint, **identity}
+    out_dir, replaced = output_folder(workdir, checkpoint, name, identity, output_dir=output_dir,
+                                      overwrite=overwrite)
     if benchmark_root:
-        rows, per_set = evaluate_benchmarks(
-            config, state, exp, benchmark_root, output_dir=out_dir,
-            tile=config.eval.tile if tile is None else tile, overlap=config.eval.tile_overlap,
-            self_ensemble=config.eval.self_ensemble if self_ensemble is None else self_ensemble,
-            crop_border=task.scale if crop_border is None else crop_border,
-            y_channel=True if y_channel is None else y_channel)
-        _write_rows(out_dir / "per_set.csv", per_set)
-    elif input_dir or target_dir:
-        rows = evaluate_folder(
-            config, state, exp, input_dir=input_dir, target_dir=target_dir, output_dir=out_dir,
-            tile=config.eval.tile if tile is None else tile, overlap=config.eval.tile_overlap,
-            self_ensemble=config.eval.self_ensemble if self_ensemble is None else self_ensemble,
-            t=t, crop_border=crop_border, y_channel=y_channel)
-    else:
-        rows = evaluate_validation(config, state, exp)
-    summary = {"step": step, **summarize(rows)}
-    if per_set is not None:
-        summary["sets"] = per_set
-    if rows:
-        _write_rows(out_dir / "per_image.csv", rows)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return rows, summary, out_dir
+        crop_border = task.scale if crop_border is None else crop_border
+        y_channel = True if y_channel is None else y_channel
+    options = {"tile": config.eval.tile if tile is None else tile,
+               "overlap": config.eval.tile_overlap, "self_ensemble": ensemble, "t": t,
+               "crop_border": config.eval.crop_border if crop_border is None else crop_border,
+               "y_channel": config.eval.y_channel if y_channel is None else y_channel,
+               "bad_images": config.data.bad_images if bad_images is None else bad_images}
+    (out_dir / "target.json").write_text(json.dumps({"identity": identity, "options": options},
+                                                    indent=1))
+    results = Results(out_dir, {"checkpoint": which, "step": step, "target": name,
+                                **({"replaced_earlier": True} if replaced else {})})
+    folder_options = dict(tile=options["tile"], overlap=options["overlap"],
+                          self_ensemble=ensemble, crop_border=options["crop_border"],
+                          y_channel=options["y_channel"], bad_images=options["bad_images"],
+                          results=results)
+    error, extra = None, {}
+    try:
+        if benchmark_root:
+            evaluate_benchmarks(config, state, exp, benchmark_root, output_dir=out_dir,
+                                **folder_options)
+        elif input_dir or target_dir:
+            evaluate_folder(config, state, exp, input_dir=input_dir, target_dir=target_dir,
+                            output_dir=out_dir, t=t, **folder_options)
+        else:
+            evaluate_validation(config, state, exp, output_dir=out_dir, results=results)
+    except BaseException as e:
+        error = e
+        raise
+    finally:
+        if benchmark_root and results.rows:
+            extra["sets"] = per_set_means(results.rows)
+            _write_rows(out_dir / "per_set.csv", extra["sets"])
+        summary = results.close(error, **extra)
+    return results.rows, summary, out_dir

@@ -1,15 +1,34 @@
-"""Run logs: CSV per stream, TensorBoard events (tensorboardX, no TensorFlow), image grids,
-and a progress line with steps/s and ETA. Only process 0 writes."""
+"""Run logs: CSV per stream, TensorBoard events (tensorboardX, no TensorFlow), labelled image
+grids, a progress line with the best PSNR and an ETA that leaves compiling out, ``train.log``,
+and the summary printed when a run ends. Only process 0 writes.
+
+What the training loop calls::
+
+    quiet_library_logs()                         # once, before checkpoints are opened
+    progress = Progress(total, start, workdir, enabled=is_process_0, stages=len(stages))
+    progress.compiling(stage); ...; progress.compiled(stage, seconds)
+    progress.update(step, stage=stage, terms=plan.num_terms, loss=loss, best_psnr=best)
+    progress.write("step 100 stage 0: valid PSNR ...")   # a line above the bar and in train.log
+    runlog = RunLog(workdir, resume_step, image_count=..., image_size=...)
+    runlog.config(config); runlog.images(step, {"input": y, "output": out, "target": x})
+    print(final_summary(workdir, result))
+"""
 
 from __future__ import annotations
 
 import csv
+import functools
+import io
+import logging
 import math
+import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 import jax
 
@@ -50,10 +69,340 @@ VALID_FIELDS = ["step", "stage", "loss", "psnr", "ssim", "input_psnr", "input_ss
                 "flops", "seconds", "compile_seconds"]
 
 
+# Notices libraries print through absl that say nothing a user can act on. Orbax: a save without
+# metrics in a manager that tracks the best (our plain resume checkpoints do that on purpose), and
+# the options it adjusts itself when a run is opened read-only (loading a run to evaluate it).
+LIBRARY_NOTICES = (
+    "Requested `tracked_metric`; did not provide metrics.",
+    "CheckpointManagerOptions.read_only=True, setting",
+    "Given directory is read only",
+)
+
+
+class _DropNotices(logging.Filter):
+    def filter(self, record):
+        return not (isinstance(record.msg, str) and record.msg.startswith(LIBRARY_NOTICES))
+
+
+def quiet_library_logs() -> None:
+    """Drops exactly ``LIBRARY_NOTICES`` from absl's logger (Orbax logs through it); every other
+    warning still shows. Idempotent."""
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _DropNotices) for f in logger.filters):
+        logger.addFilter(_DropNotices())
+
+
+class TextLog:
+    """``train.log``: every progress line with the wall-clock time, appended across resumes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, line: str):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        for part in str(line).splitlines() or [""]:
+            self._file.write(f"{stamp} {part}\n")
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+
+def hms(seconds: float) -> str:
+    """``m:ss`` under an hour, else ``h:mm:ss``; '-' when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _db(psnr) -> str:
+    return f"{psnr:.2f} dB" if psnr is not None and math.isfinite(psnr) else "-"
+
+
+class Progress:
+    """The run's status: a tqdm bar on a terminal, else one plain line per ``update``; every line
+    also goes to ``workdir/train.log``.
+
+    The rate (and so the ETA) is measured on the time between updates minus the compile time
+    reported in it, smoothed over recent updates: it follows the current stage, and a stage's
+    compile does not make the rest of the run look slower. ``stage`` is the 0-based index the
+    CSVs hold; lines show it as ``stage k/J``.
+    """
+
+    def __init__(self, total: int, start: int = 0, workdir=None, enabled: bool = True, *,
+                 stages: int = 1, stream=None, smoothing: float = 0.3):
+        self.total, self.stages, self.enabled = total, stages, enabled
+        self.stream = sys.stdout if stream is None else stream
+        self.smoothing = smoothing
+        self.rate = None  # training steps per second
+        self.log = TextLog(Path(workdir) / "train.log") if enabled and workdir else None
+        self._compiling = None  # (label, started) while a stage compiles
+        self._compile_in_interval = 0.0
+        self._last = {}
+        self.start = start
+        self._bar = None
+        if enabled and _isatty(self.stream):
+            from tqdm import tqdm
+
+            # A terminal that reports no size (a pty without one) would get an empty bar.
+            sized = _columns(self.stream) > 0
+            self._bar = tqdm(total=total, initial=start, file=self.stream, unit="step",
+                             dynamic_ncols=sized, ncols=None if sized else 120,
+                             nrows=None if sized else 24,
+                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}{postfix}")
+
+    @property
+    def start(self) -> int:
+        return self._start
+
+    @start.setter
+    def start(self, step: int):
+        """Where the rate is measured from (the loop sets it after a restore)."""
+        self._start = self._mark_step = step
+        self._mark_time = time.perf_counter()
+        self._compile_in_interval = 0.0
+        if getattr(self, "_bar", None) is not None:
+            self._bar.n = self._bar.initial = step
+            self._bar.refresh()
+
+    def stage_label(self, stage, terms=None) -> str:
+        if isinstance(stage, str):
+            return stage
+        label = f"stage {stage + 1}/{self.stages}"
+        return label + (f", {terms} term{'s' if terms != 1 else ''}" if terms else "")
+
+    def compiling(self, stage, terms: int | None = None):
+        """Says that ``stage`` (an index, or a name such as 'validation') compiles now."""
+        self._compiling = (stage, time.perf_counter())
+        label = f"compiling {self.stage_label(stage, terms)}"
+        if self._bar is not None:
+            self._bar.set_postfix_str(label + " ...", refresh=True)
+            if self.log:
+                self.log.write(label)
+        else:
+            self.write(label)
+
+    def compiled(self, stage, seconds: float | None = None, detail: str = ""):
+        """Ends ``compiling(stage)``; ``seconds`` defaults to the time since it; ``detail``
+        (e.g. the kernels chosen) follows on the same line."""
+        started = self._compiling[1] if self._compiling else time.perf_counter()
+        seconds = time.perf_counter() - started if seconds is None else seconds
+        self._compiling = None
+        self._compile_in_interval += seconds
+        self.write(f"compiled {self.stage_label(stage)} in {seconds:.1f} s"
+                   + (f"; {detail}" if detail else ""))
+
+    def line(self, step: int, *, stage=0, terms=None, loss=None, best_psnr=None) -> str:
+        pct = 100.0 * step / self.total if self.total else 100.0
+        parts = [f"step {step}/{self.total} ({pct:.0f}%)", self.stage_label(stage, terms)]
+        if loss is not None:
+            parts.append(f"loss {loss:.4g}")
+        parts.append(f"best {_db(best_psnr)}")
+        parts.append(f"{self.rate:.2f} step/s" if self.rate else "- step/s")
+        parts.append(f"ETA {self.eta(step)}")
+        return "  ".join(parts)
+
+    def eta(self, step: int) -> str:
+        return hms((self.total - step) / self.rate) if self.rate else "-"
+
+    def update(self, step: int, *, stage=0, terms: int | None = None, loss: float | None = None,
+               best_psnr: float | None = None, psnr: float | None = None):
+        """Called at every log step with what the line shows; ``best_psnr`` is the best
+        validation PSNR so far (None, NaN or -inf before the first evaluation: shown as '-').
+        ``psnr`` is its older name, kept until every caller passes ``best_psnr``."""
+        if not self.enabled:
+            return
+        best_psnr = psnr if best_psnr is None else best_psnr
+        now = time.perf_counter()
+        steps, seconds = step - self._mark_step, now - self._mark_time - self._compile_in_interval
+        if steps > 0 and seconds > 0:
+            rate = steps / seconds
+            self.rate = rate if self.rate is None else (
+                self.smoothing * rate + (1 - self.smoothing) * self.rate)
+        self._mark_step, self._mark_time, self._compile_in_interval = step, now, 0.0
+        line = self.line(step, stage=stage, terms=terms, loss=loss, best_psnr=best_psnr)
+        if self.log:
+            self.log.write(line)
+        if self._bar is not None:
+            self._bar.n = step
+            postfix = [self.stage_label(stage, terms)]
+            if loss is not None:
+                postfix.append(f"loss {loss:.4g}")
+            postfix += [f"best {_db(best_psnr)}",
+                        f"{self.rate:.2f} step/s" if self.rate else "- step/s",
+                        f"ETA {self.eta(step)}"]
+            self._bar.set_postfix_str(", ".join(postfix), refresh=True)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def write(self, message: str):
+        """A line above the bar (or on its own), also in train.log."""
+        if not self.enabled:
+            return
+        if self.log:
+            self.log.write(message)
+        if self._bar is not None:
+            self._bar.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self.log:
+            self.log.close()
+            self.log = None
+
+
+def _columns(stream) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        return 0
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# ---- image grids -------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int):
+    """DejaVu Sans, which ships with matplotlib; Pillow's own default font otherwise."""
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    except Exception:  # no matplotlib or no font file: a smaller, plainer bitmap font
+        return ImageFont.load_default()
+
+
+def _text_width(text: str, size: int) -> int:
+    box = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=_font(size))
+    return box[2] - box[0]
+
+
+def _to_u8(img) -> np.ndarray:
+    return (np.clip(np.asarray(img, np.float64), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _fit(img: np.ndarray, height: int, width: int) -> Image.Image:
+    """One crop at the cell's size: nearest when enlarging (pixels stay visible), box filter when
+    shrinking."""
+    pil = Image.fromarray(_to_u8(img))
+    if pil.size == (width, height):
+        return pil
+    enlarging = width >= pil.size[0]
+    return pil.resize((width, height), Image.NEAREST if enlarging else Image.BOX)
+
+
+def grid_columns(panels: dict) -> list[tuple[str, np.ndarray]]:
+    """(heading, NHWC images) per column: input, for SR (an input smaller than the other panels)
+    a MATLAB-bicubic column beside the nearest-neighbour input, then output, target and any
+    other panels in their order."""
+    panels = {k: np.asarray(v, np.float32) for k, v in panels.items()}
+    order = [k for k in ("input", "output", "target") if k in panels]
+    order += [k for k in panels if k not in order]
+    ref = panels.get("target", max(panels.values(), key=lambda a: a.shape[1]))
+    columns = []
+    for name in order:
+        images = panels[name]
+        if name == "input" and images.shape[1] < ref.shape[1]:
+            from msjax import resize
+
+            scale = round(ref.shape[1] / images.shape[1])
+            columns.append((f"input (nearest x{scale})", images))
+            bicubic = resize.imresize(images.astype(np.float64), float(scale))
+            columns.append((f"bicubic x{scale}",
+                            np.clip(bicubic[:, :ref.shape[1], :ref.shape[2]], 0, 1)))
+        else:
+            columns.append((name, images))
+    return columns
+
+
+def image_grid(panels: dict, *, count: int | None = None, size: int | None = None,
+               title: str = "", crop_border: int = 0, y_channel: bool = False) -> np.ndarray:
+    """A labelled grid as HxWx3 uint8: a title band, a heading per column (``grid_columns``),
+    one row per sample (the first ``count``), each cell ``size`` pixels on its longer side (None:
+    the target's own size), and on every image the size of the target its PSNR against it (the
+    run's metric conventions)."""
+    columns = grid_columns(panels)
+    n = min(len(c[1]) for c in columns)
+    n = n if count is None else min(n, count)
+    ref = dict(columns).get("target", max((c[1] for c in columns), key=lambda a: a.shape[1]))
+    h, w = ref.shape[1:3]
+    if size:
+        h, w = max(1, round(h * size / max(h, w))), max(1, round(w * size / max(h, w)))
+    gap = 2
+    heading_px = max(11, min(18, w // 9))
+    while heading_px > 8 and max(_text_width(c[0], heading_px) for c in columns) > w - 4:
+        heading_px -= 1  # every heading fits its column
+    font, small = _font(heading_px), _font(max(9, min(heading_px, w // 8)))
+    band = heading_px + 8
+    top = (band if title else 0) + band
+    width = len(columns) * w + (len(columns) + 1) * gap
+    height = top + n * h + (n + 1) * gap
+    canvas = Image.new("RGB", (width, height), (24, 24, 24))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((gap + 2, 4), title, fill=(255, 255, 255), font=font)
+    target = dict(columns).get("target")
+    from msjax import metrics
+
+    for j, (heading, images) in enumerate(columns):
+        x0 = gap + j * (w + gap)
+        draw.text((x0 + 2, top - band + 4), heading, fill=(235, 235, 235), font=font)
+        for i in range(n):
+            y0 = top + gap + i * (h + gap)
+            canvas.paste(_fit(images[i], h, w), (x0, y0))
+            if target is None or heading == "target" or images[i].shape != target[i].shape:
+                continue
+            value = metrics.psnr(np.clip(images[i], 0, 1), np.clip(target[i], 0, 1),
+                                 data_range=1.0, crop_border=crop_border, y_channel=y_channel)
+            text = f"{value:.2f} dB" if math.isfinite(value) else "inf dB"
+            box = draw.textbbox((0, 0), text, font=small)
+            tw, th = box[2] - box[0], box[3] - box[1]
+            draw.rectangle((x0, y0 + h - th - 6, x0 + tw + 6, y0 + h), fill=(0, 0, 0))
+            draw.text((x0 + 3 - box[0], y0 + h - th - 3 - box[1]), text, fill=(255, 255, 120),
+                      font=small)
+    return np.asarray(canvas)
+
+
+def _flat_config(config) -> dict:
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    out = {}
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+    walk(config)
+    return out
+
+
 class RunLog:
-    def __init__(self, workdir: Path, resume_step: int | None):
+    """The run's CSVs, TensorBoard events and image grids (``workdir/images/<stream>_<step>.png``).
+
+    ``image_count`` and ``image_size`` are ``config.log``'s; ``crop_border`` and ``y_channel``
+    the run's metric conventions (``config.eval``), used for the PSNR written on each image.
+    """
+
+    def __init__(self, workdir: Path, resume_step: int | None, *, image_count: int = 8,
+                 image_size: int = 128, crop_border: int = 0, y_channel: bool = False):
         self.enabled = jax.process_index() == 0
         self.workdir = Path(workdir)
+        self.image_count, self.image_size = image_count, image_size
+        self.metric_kw = dict(crop_border=crop_border, y_channel=y_channel)
         if not self.enabled:
             return
         self.train = CsvLog(self.workdir / "train.csv", TRAIN_FIELDS, resume_step)
@@ -71,54 +420,74 @@ class RunLog:
             if k not in ("step",) and isinstance(v, (int, float)) and math.isfinite(v):
                 self.tb.add_scalar(f"{stream}/{k}", v, int(row["step"]))
 
-    def images(self, step: int, panels: dict[str, np.ndarray], limit: int = 4,
-               stream: str = "valid"):
-        """A PNG grid (one row per sample, one column per panel) and TensorBoard images, named
-        by ``stream`` ('valid': the validation set; 'train': a training batch)."""
+    def images(self, step: int, panels: dict[str, np.ndarray], stream: str = "valid",
+               count: int | None = None) -> Path | None:
+        """One labelled grid (``image_grid``) of ``panels`` ({'input', 'output', 'target'}:
+        NHWC in [0, 1]) as a PNG and as one TensorBoard image, ``<stream>/grid``; ``stream``
+        'valid' is the validation set, 'train' a training batch. Returns the PNG's path."""
+        if not self.enabled:
+            return None
+        title = f"{'validation' if stream == 'valid' else stream} crops, step {step}"
+        grid = image_grid(panels, count=self.image_count if count is None else count,
+                          size=self.image_size, title=title, **self.metric_kw)
+        path = self.workdir / "images" / f"{stream}_{step:08d}.png"
+        Image.fromarray(grid).save(path)
+        self.tb.add_image(f"{stream}/grid", grid, step, dataformats="HWC")
+        return path
+
+    def config(self, config, step: int = 0):
+        """The run's config as TensorBoard text (a table of every field) and as hparams, whose
+        metrics are the validation scalars already logged (valid/psnr, valid/ssim)."""
         if not self.enabled:
             return
-        columns = [np.clip(np.asarray(p[:limit], np.float32), 0, 1) for p in panels.values()]
-        size = max(c.shape[1] for c in columns)
-        # Panels of other sizes (an SR input) are shown nearest-upscaled to the largest.
-        columns = [np.repeat(np.repeat(c, size // c.shape[1], 1), size // c.shape[2], 2)
-                   for c in columns]
-        grid = np.concatenate([np.concatenate(list(c), axis=0) for c in columns], axis=1)
-        Image.fromarray((grid * 255 + 0.5).astype(np.uint8)).save(
-            self.workdir / "images" / f"{stream}_{step:08d}.png")
-        for name, c in zip(panels, columns):
-            self.tb.add_images(f"{stream}/{name}", c, step, dataformats="NHWC")
+        from tensorboardX.summary import hparams
+
+        flat = _flat_config(config)
+        rows = "\n".join(f"| {k} | {v!r} |" for k, v in sorted(flat.items()))
+        self.tb.add_text("config", f"| field | value |\n|---|---|\n{rows}", step)
+        values = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+                  for k, v in flat.items()}
+        for summary in hparams(values, {"valid/psnr": math.nan, "valid/ssim": math.nan}):
+            self.tb.file_writer.add_summary(summary, step)
 
     def close(self):
         if self.enabled:
             self.tb.close()
 
 
-class Progress:
-    """One status line every ``every`` steps: step, stage, loss, steps/s and ETA."""
+# ---- the end of a run --------------------------------------------------------------------------
 
-    def __init__(self, total: int, start: int, enabled: bool = True):
-        self.total, self.start, self.enabled = total, start, enabled
-        self.t0 = time.perf_counter()
-        self._bar = None
-        if enabled:
-            from tqdm import tqdm
+def final_summary(workdir, result: dict) -> str:
+    """What a finished run prints: where it is, its best checkpoint and final scores against the
+    input's, and the commands that come next. Values missing from ``result`` (a finished run run
+    again) are read from the run's valid.csv."""
+    workdir = Path(workdir)
+    rows = read_csv(workdir / "valid.csv") if (workdir / "valid.csv").exists() else []
+    last = rows[-1] if rows else {}
+    best = max((r for r in rows if math.isfinite(r.get("psnr", math.nan))),
+               key=lambda r: r["psnr"], default={})
 
-            self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                             mininterval=2.0, smoothing=0.1)
+    def value(key, fallback):
+        v = result.get(key)
+        return v if v is not None and (not isinstance(v, float) or math.isfinite(v)) else fallback
 
-    def update(self, step: int, **info):
-        if self._bar is not None:
-            self._bar.n = step
-            self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)
-                                   for k, v in info.items()}, refresh=False)
-            self._bar.refresh()
+    step = value("step", last.get("step"))
+    psnr, input_psnr = value("psnr", last.get("psnr")), value("input_psnr", last.get("input_psnr"))
+    best_psnr, best_step = value("best_psnr", best.get("psnr")), value("best_step",
+                                                                       best.get("step"))
+    gain = (f", {psnr - input_psnr:+.2f} dB" if psnr is not None and input_psnr is not None
+            and math.isfinite(psnr) and math.isfinite(input_psnr) else "")
+    w = shlex.quote(str(workdir))
+    lines = [f"finished: step {_int(step)} in {workdir}",
+             f"  best checkpoint: step {_int(best_step)}, valid PSNR {_db(best_psnr)}",
+             f"  final:           valid PSNR {_db(psnr)} (input {_db(input_psnr)}{gain})",
+             "next:"]
+    commands = ((f"python eval.py --workdir {w}", "scores and restored images"),
+                (f"python -m msjax.report {w}", "report.md and report.png in the run"))
+    width = max(len(c) for c, _ in commands)
+    lines += [f"  {c:<{width}}  # {why}" for c, why in commands]
+    return "\n".join(lines)
 
-    def write(self, message: str):
-        if self._bar is not None:
-            self._bar.write(message)
-        elif self.enabled:
-            print(message, flush=True)
 
-    def close(self):
-        if self._bar is not None:
-            self._bar.close()
+def _int(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else str(int(v))

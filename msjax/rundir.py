@@ -159,8 +159,9 @@ class Run:
 
 def load_state(workdir, which: str = "best", *, config=None):
     """(state, experiment, step) of the run's best (or latest) checkpoint, on one device."""
-    from msjax import build, checkpoints
+    from msjax import build, checkpoints, logs
 
+    logs.quiet_library_logs()
     workdir = Path(workdir)
     config = config or load_config(workdir)
     exp = build.experiment(config, num_devices=1)

@@ -94,16 +94,16 @@ class StepPrograms:
 
     def __call__(self, stage: int, state, batches):
         if stage not in self.programs:
-            self.progress.write(f"compiling stage {stage} ...")
+            self.progress.compiling(stage, terms=self.exp.stages[stage].plan.num_terms)
             program = build.compile_train_step(self.exp, stage, state, batches, self.seed_key,
                                                recorded=self.recorded.get(str(stage), ""))
             self.ledger.compile_seconds += program.seconds
             if program.kernels:
                 self.recorded[str(stage)] = program.kernels
             measured = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in program.timings.items())
-            self.progress.write(
-                f"stage {stage} compiled in {program.seconds:.1f} s"
-                + (f"; convolutions {program.kernels}" if program.kernels else "")
+            self.progress.compiled(
+                stage, program.seconds,
+                detail=(f"convolutions {program.kernels}" if program.kernels else "")
                 + (f" (measured per step: {measured})" if measured else ""))
             self.programs[stage] = program
         return self.programs[stage]
@@ -122,7 +122,7 @@ def host_batches(exp, source, step: int) -> tuple:
     return batches
 
 
-def panels(state, batch, key, *, task, count: int = 4):
+def panels(state, batch, key, *, task, count: int):
     """Validation and training images for the logs: input, output (evaluation mode), target."""
     head = jax.tree.map(lambda a: a[:count], batch)
     if "input" in head:
@@ -152,10 +152,12 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
     batches) -> batches`` rewrites each step's device batches before the MGE step (e.g. ECO's
     teacher pairs). Both must be deterministic in (step, batches).
     """
+    logs.quiet_library_logs()
     exp = config if isinstance(config, build.Experiment) else build.experiment(config)
     c, workdir = exp.config, Path(workdir).expanduser()
     resume = open_workdir(workdir, exp)
-    progress = logs.Progress(exp.total_steps, 0, enabled=jax.process_index() == 0)
+    progress = logs.Progress(exp.total_steps, 0, workdir, enabled=jax.process_index() == 0,
+                             stages=len(exp.stages))
     for line in exp.describe():
         progress.write(line)
     source = data.open_source(c.data, "train", scale=exp.task.scale)
@@ -177,11 +179,14 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
                            "are recomputed for the new budget")
     start = int(parallel.fetch(state.step))
     progress.start = start
-    runlog = logs.RunLog(workdir, resume_step=start if restored is not None else None)
+    runlog = logs.RunLog(workdir, resume_step=start if restored is not None else None,
+                         image_count=c.log.image_count, image_size=c.log.image_size,
+                         crop_border=c.eval.crop_border, y_channel=c.eval.y_channel)
+    runlog.config(c, start)
     seed_key = parallel.put_replicated(jax.random.PRNGKey(c.seed), exp.mesh)
     lr = optim_schedule(exp)
     evaluate = build.eval_step(exp)
-    draw = exp.backend.jit(functools.partial(panels, task=exp.task),
+    draw = exp.backend.jit(functools.partial(panels, task=exp.task, count=c.log.image_count),
                            out_shardings=parallel.replicated(exp.mesh))
     programs = StepPrograms(exp, seed_key, ledger, progress, recorded)
     buffer, result = MetricsBuffer(), {}
@@ -201,7 +206,8 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
         runlog.scalars("train", {"step": last + 1, "stage": stage, "loss": m["loss"],
                                  "finest_loss": m["finest_loss"], "grad_norm": m["grad_norm"],
                                  "lr": float(lr(last)), **ledger.row()})
-        progress.update(last + 1, stage=stage, loss=m["loss"], psnr=best_psnr)
+        progress.update(last + 1, stage=stage, terms=exp.stages[stage].plan.num_terms,
+                        loss=m["loss"], best_psnr=best_psnr)
 
     def save(step, stage, metrics=None):
         ckpt.save(step, state, {"step": step, "stage": stage, "best_psnr": best_psnr,
@@ -245,13 +251,13 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
                            **ledger.row()}
                     runlog.scalars("valid", row)
                     improved, best_psnr = row["psnr"] > best_psnr, max(best_psnr, row["psnr"])
-                    progress.write(f"step {done} stage {stage}: valid PSNR {row['psnr']:.2f} dB "
-                                   f"(input {row['input_psnr']:.2f}), SSIM {row['ssim']:.4f}"
-                                   f"{' *best' if improved else ''}")
-                    if done % (c.log.eval_every * 4) == 0 or done == exp.total_steps:
-                        runlog.images(done, parallel.fetch(draw(state, valid.batch, seed_key)))
-                        runlog.images(done, parallel.fetch(draw(state, batches[0], seed_key)),
-                                      stream="train")
+                    progress.write(f"step {done} {progress.stage_label(stage)}: valid PSNR "
+                                   f"{row['psnr']:.2f} dB (input {row['input_psnr']:.2f}), SSIM "
+                                   f"{row['ssim']:.4f}{' *best' if improved else ''}")
+                    runlog.images(done, parallel.fetch(draw(state, valid.batch, seed_key)))
+                    # What the model makes of data it is fitted to, beside validation.
+                    runlog.images(done, parallel.fetch(draw(state, batches[0], seed_key)),
+                                  stream="train")
                     save(done, stage, {"psnr": row["psnr"]})
                     result = row
                 elif done % c.log.checkpoint_every == 0 or boundary:

@@ -3,9 +3,11 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from msjax import report
+from msjax.errors import RunDirError
 from msjax.logs import TRAIN_FIELDS, VALID_FIELDS, CsvLog
 
 
@@ -69,8 +71,60 @@ def test_cli_writes_plot_and_markdown(runs, tmp_path, capsys):
 
 
 def test_missing_logs_say_what_is_wrong(tmp_path):
-    with pytest.raises(FileNotFoundError, match="valid.csv"):
+    with pytest.raises(RunDirError, match="valid.csv"):
         report.load_run(tmp_path)
+    empty = write_run(tmp_path / "fresh", "single", [], [])
+    with pytest.raises(RunDirError, match="no validation rows yet"):
+        report.load_run(empty)
+
+
+def test_a_wrong_path_is_one_error_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path / "no_such_run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "no_such_run" in err
+    assert "Traceback" not in err
+
+
+def test_the_report_goes_next_to_the_runs_never_into_the_current_directory(
+        runs, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    report.main([str(runs[0])])
+    assert (runs[0] / "report.png").exists() and (runs[0] / "report.md").exists()
+    report.main([str(r) for r in runs])  # several runs: their common parent
+    assert (tmp_path / "report.md").exists() and "single" in (tmp_path / "report.md").read_text()
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_title_says_what_was_run():
+    run = report.Run("ms", [], [], {"task.name": "sr", "task.scale": 2, "model": "edsr",
+                                    "mode": "multiscale", "data.source": "builtin"})
+    assert report.title([run]) == "sr x2, edsr on built-in photos: ms (multiscale)"
+
+
+def test_stage_starts_are_where_each_later_stage_begins(tmp_path):
+    train_rows = [{"step": 3, "stage": 0, "seconds": 0.3, "work_units": 1.5, "flops": 3e9},
+                  {"step": 5, "stage": 1, "seconds": 1.1, "work_units": 3.5, "flops": 7e9},
+                  {"step": 6, "stage": 2, "seconds": 2.0, "work_units": 5.5, "flops": 9e9}]
+    run = report.load_run(write_run(tmp_path / "fms", "fullmultiscale",
+                                    rows([25.0], 2.0, 9e9, 5.5), train_rows))
+    assert report.stage_starts(run, "flops") == [(1, pytest.approx(3e9)),
+                                                 (2, pytest.approx(7e9))]
+
+
+@pytest.mark.parametrize("lo,hi", [(58, 433), (1.3, 9.9), (0.2, 3e3), (5, 5e7), (2.1, 2.9)])
+def test_log_ticks_are_few_enough_to_read_and_never_crowded(lo, hi):
+    ticks = report.log_ticks(lo, hi)
+    assert 2 <= len(ticks) <= 10
+    assert all(lo * 0.99 <= t <= hi * 1.01 for t in ticks)
+    # Neighbours at least 1/12 of the axis apart in log space: labels do not run together.
+    span = math.log10(hi / lo)
+    gaps = np.diff(np.log10(ticks))
+    assert gaps.min() >= span / 12
+    assert all(len(report._plain(t)) <= 5 for t in ticks)
 
 
 def test_stage_costs_split_the_cumulative_ledger(tmp_path):
