@@ -39,7 +39,7 @@ def validate(config, *, workdir: str | None = None, num_devices: int = 1) -> Non
     _one_of(c.data.source, SOURCES, "data.source")
     _one_of(c.mge.restriction, RESTRICTIONS, "mge.restriction")
     _one_of(c.dtype, ("float32", "bfloat16"), "dtype")
-    _one_of(c.train.optimizer, ("adam", "lamb"), "train.optimizer")
+    _one_of(c.train.optimizer, optim.OPTIMIZERS, "train.optimizer")
     _one_of(c.runtime.nonfinite, ("stop", "skip"), "runtime.nonfinite")
     _one_of(c.data.bad_images, ("skip", "error"), "data.bad_images")
     _one_of(c.data.get("resize_mode", "square"), RESIZE_MODES, "data.resize_mode")

@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax import damage, operators, resize
+from msjax import damage, metrics, operators, resize
 
 TASKS = ("denoise", "deblur", "inpaint", "sr", "damage")
-LOSSES = ("mse", "l1", "l1_255")
+# neg_ssim: the official MGE SR loss, -SSIM with zero padding (metrics.ssim_zero_padded_batch).
+LOSSES = ("mse", "l1", "l1_255", "neg_ssim")
 # The range the model sees: data stays in [0, 1]; "signed" feeds the model 2y - 1 and reads its
 # output o as (o + 1) / 2, i.e. a tanh head on [-1, 1] data as the pyramidal reference.
 MODEL_RANGES = ("unit", "signed")
@@ -80,6 +81,8 @@ class Task:
             return jnp.mean(jnp.abs(diff))
         if self.loss == "l1_255":  # ECO's official loss: L1 on the 0-255 scale
             return jnp.mean(jnp.abs(255.0 * diff))
+        if self.loss == "neg_ssim":  # the mean over C, H, W per image, then over the batch
+            return -jnp.mean(metrics.ssim_zero_padded_batch(output, target))
         raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
 
 
