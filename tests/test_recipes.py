@@ -94,6 +94,17 @@ def test_neg_ssim_gradient_is_finite(case):
         assert float(neg_ssim(output - 10.0 * grad, target)) < float(neg_ssim(output, target))
 
 
+@pytest.mark.parametrize("loss", tasks.LOSSES)
+def test_image_losses_average_to_the_term_loss(loss):
+    """Validation reports ``image_loss``: one value per image whose mean is the training loss."""
+    task = tasks.make_task(ml_collections.ConfigDict(dict(name="sr", scale=2, loss=loss)))
+    x = jnp.asarray(images((3, 16, 16, 3), seed=8), jnp.float32)
+    y = jnp.asarray(images(None, seed=9, noise=0.1, like=np.asarray(x)), jnp.float32)
+    per_image = task.image_loss(y, x)
+    assert per_image.shape == (3,) and len(set(np.asarray(per_image).tolist())) == 3
+    assert float(jnp.mean(per_image)) == pytest.approx(float(task.term_loss(y, x)), rel=1e-6)
+
+
 def _random_params(model, x):
     """Fan-in scaled random parameters of every leaf (fresh ones leave zero heads)."""
     shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
