@@ -138,6 +138,9 @@ def test_reference_schedule_two_constant_rates_per_clamped_block_and_for_the_cha
     low = configs["phase_1_plus_low"]
     assert low.train.lr == low.train.lr_end == 1e-5               # constant, not a cosine
     assert configs["phase_1"].train.lr_end == warm[1]
+    c.train.init_from = "runs/pretrained"  # a warm start seeds N_1 only; later phases inherit
+    assert [multiblock.phase_config(c, p).train.init_from for p in plan[:3]] == [
+        "runs/pretrained", "", ""]
 
 
 def test_an_unknown_block_optimizer_is_a_config_error():

@@ -89,6 +89,8 @@ def phase_config(config, phase: Phase) -> ml_collections.ConfigDict:
                                clamp_last=phase.clamp_last))
     c.train.steps = phase.steps
     c.train.optimizer = phase.optimizer or config.train.optimizer
+    if phase.init_from:  # the earlier phase's weights start it (make_init), not train.init_from
+        c.train.init_from = ""
     c.train.lr = phase.lr
     # The reference holds each phase's rate constant (a new Adam at each rate change).
     c.train.lr_end = phase.lr if config.multiblock.get("constant_lr", False) else min(
