@@ -34,11 +34,13 @@ def validate(config) -> None:
     _one_of(c.data.source, SOURCES, "data.source")
     _one_of(c.mge.restriction, RESTRICTIONS, "mge.restriction")
     _one_of(c.dtype, ("float32", "bfloat16"), "dtype")
-    _one_of(c.train.optimizer, ("adam", "lamb"), "train.optimizer")
+    _one_of(c.train.optimizer, optim.OPTIMIZERS, "train.optimizer")
     _one_of(c.data.bad_images, ("skip", "error"), "data.bad_images")
     _one_of(c.data.resize_mode, RESIZE_MODES, "data.resize_mode")
     _one_of(c.runtime.nonfinite, ("stop", "skip"), "runtime.nonfinite")
     _one_of(c.train.lr_schedule, optim.LR_SCHEDULES, "train.lr_schedule")
+    _one_of(c.train.init_checkpoint, ("best", "latest"), "train.init_checkpoint")
+    optim.learning_rate(c.train, c.train.steps)  # a step schedule's period and factor
     _check(c.train.steps > 0, f"train.steps={c.train.steps} must be positive")
     _check(c.train.lr > 0, f"train.lr={c.train.lr} must be positive")
     _check(0 <= c.train.lr_end <= c.train.lr,

@@ -26,7 +26,7 @@ SECTIONS = {
 # how a process runs the job or looks at it, and paths (a dataset or teacher moved to another
 # disk). Anything else is another experiment. ``train.steps`` may grow: that extends the run.
 RESUMABLE_SECTIONS = ("runtime", "log", "eval")
-RESUMABLE_SUFFIXES = ("_dir", "_workdir")
+RESUMABLE_SUFFIXES = ("_dir", "_workdir", "init_from")
 
 
 def get_config():
@@ -49,7 +49,7 @@ def get_config():
         upsample_input=False,      # sr with a size-keeping model: feed it bilinear-upsampled LR
         residual=False,            # output = model(input) + input
         model_range="unit",        # model sees [0, 1] (unit) or [-1, 1] (signed: pyramidal tanh)
-        loss="mse",                # mse | l1 | l1_255 (ECO's L1 on the 0-255 scale)
+        loss="mse",                # mse | l1 | l1_255 (ECO's L1 x 255) | neg_ssim (MGE SR, official)
     ))
 
     c.data = ml_collections.ConfigDict(dict(
@@ -101,10 +101,12 @@ def get_config():
 
     c.train = ml_collections.ConfigDict(dict(
         steps=8000,                # total optimizer steps (all FMS stages together)
-        optimizer="adam",          # adam | lamb
+        optimizer="adam",          # adam | lamb | adadelta (Multiblock seed's warm phase, lr 1)
         lr=5e-4,
         lr_end=1e-6,               # cosine to this over the whole run
-        lr_schedule="cosine",      # cosine (one over the run, official) | cosine_per_stage (FMS)
+        lr_schedule="cosine",      # cosine (official MGE) | cosine_per_stage (FMS) | step (SR papers)
+        lr_step_period=200_000,    # step: steps between rate changes (the papers: 200k)
+        lr_step_factor=0.5,        # step: the rate's factor at each change (the papers: halved)
         weight_decay=0.0,
         grad_clip_value=0.0,
         grad_clip_norm=0.0,
@@ -112,6 +114,8 @@ def get_config():
         lamb_bias_correction=True,  # ECO's official LAMB has none
         lamb_max_weight_norm=0.0,  # >0: cap on the LAMB trust ratio's weight norm (ECO: 10)
         loss_spike_factor=0.0,     # >0: skip a step whose loss exceeds this x the last accepted
+        init_from="",              # a run directory: start a fresh run from its matching weights
+        init_checkpoint="best",    # init_from's checkpoint: best | latest
     ))
 
     c.log = ml_collections.ConfigDict(dict(
@@ -150,6 +154,8 @@ def get_config():
     c.multiblock = ml_collections.ConfigDict(dict(
         blocks=3,                  # m: the chain N_m o ... o N_1
         block_steps=2000,          # phase i: N_i on the frozen N_1..N_{i-1} (official 4 x 500)
+        block_optimizer="",        # phase i's optimizer ("": train.optimizer; seed: adadelta)
+        block_lr=0.0,              # phase i's learning rate (0: train.lr; seed's Adadelta: 1)
         plus_steps=0,              # >0: then the clamped N_i+ this long (official 26 x 500)
         plus_lr=0.0,               # its learning rate (0: train.lr)
         joint_steps=0,             # >0: then the whole chain fine-tuned (official 20 x 500)

@@ -11,6 +11,10 @@ Conventions, shared by the numpy evaluation functions and the jnp batched ones:
   per-channel PSNRs); identical images give ``inf``.
 - SSIM: per channel, then averaged; 11x11 Gaussian window, sigma 1.5, statistics over the valid
   region only (output (H-10) x (W-10)); ``c1 = (0.01 L)^2``, ``c2 = (0.03 L)^2``.
+- The MGE SR training loss's SSIM (``ssim_zero_padded_batch``) is the official code's other
+  convention: the same window and constants with L = 1, but zero padding 5, so the map keeps the
+  image's H x W, border pixels see zeros (biased low), and patches smaller than the window (MGE's
+  coarse levels) still have one; pixels 5 or more from every edge equal the valid map's.
 
 The numpy functions take one HWC (or HW) image in the range ``[0, data_range]`` (uint8 or
 float); the ``*_batch`` functions take NHWC float images in [0, 1] and return one value per image.
@@ -151,3 +155,31 @@ def ssim_batch(x, y, *, crop_border: int = 0, y_channel: bool = False) -> jax.Ar
     x, y = _prepare_batch(x, y, crop_border, y_channel)
     return dm_pix.ssim(x, y, max_val=1.0, filter_size=_WIN, filter_sigma=_SIGMA,
                        precision=jax.lax.Precision.HIGHEST)
+
+
+# --- the official MGE SR loss's SSIM: zero padding, differentiable (float32, images in [0, 1]) ---
+
+
+def _gaussian_zero_padded(z: jax.Array) -> jax.Array:
+    """The 11x11 sigma-1.5 window over H and W of an NHWC batch, each channel on its own, with zero
+    padding 5 (output H x W), as two 1-D passes: a separable window with zero padding is exactly
+    the 2-D zero-padded convolution."""
+    c, pad = z.shape[-1], _WIN // 2
+    g = jnp.asarray(_gauss1d(), jnp.float32)
+    for window, padding in (((_WIN, 1), ((pad, pad), (0, 0))), ((1, _WIN), ((0, 0), (pad, pad)))):
+        z = jax.lax.conv_general_dilated(
+            z, jnp.tile(g.reshape(*window, 1, 1), (1, 1, 1, c)), (1, 1), padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c,
+            precision=jax.lax.Precision.HIGHEST)
+    return z
+
+
+def ssim_zero_padded_batch(x, y, *, return_map: bool = False) -> jax.Array:
+    """Per-image SSIM [N] (or its NHWC map) with the official MGE loss's zero padding (module
+    doc); differentiable, float32, peak 1, mean over H, W and C.
+
+    ``dm_pix.ssim`` with this filter: its clamps of the variances (>= eps^2) and of |cov| only touch
+    pixels where float32 rounding broke those bounds (a test pins it to a float64 transcription of
+    the official formula)."""
+    x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+    return dm_pix.ssim(x, y, max_val=1.0, filter_fn=_gaussian_zero_padded, return_map=return_map)

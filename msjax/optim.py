@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from msjax.errors import ConfigError
+
 
 class LambState(NamedTuple):
     count: jax.Array
@@ -90,17 +92,30 @@ def skip_loss_spikes(inner: optax.GradientTransformation,
 
 # --- the run's optimizer and schedules -----------------------------------------------------
 
-LR_SCHEDULES = ("cosine", "cosine_per_stage")
+OPTIMIZERS = ("adam", "lamb", "adadelta")
+LR_SCHEDULES = ("cosine", "cosine_per_stage", "step")
+# Adadelta's constants as the Multiblock seed (and torch's defaults): rho 0.9, eps 1e-6.
+ADADELTA_RHO, ADADELTA_EPS = 0.9, 1e-6
 
 
 def learning_rate(train_config, total_steps: int, stage_ends=()) -> optax.Schedule:
     """``train.lr_schedule``: ``cosine`` from lr to lr_end over the whole run (the official
-    recipe, never restarted), or ``cosine_per_stage``: the same cosine inside every
-    full-multiscale stage (``stage_ends``: each stage's last step + 1), so the fine stage trains
-    at full rate instead of at the tail of the coarse stages' schedule."""
+    recipe, never restarted), ``cosine_per_stage``: the same cosine inside every full-multiscale
+    stage (``stage_ends``: each stage's last step + 1), so the fine stage trains at full rate
+    instead of at the tail of the coarse stages' schedule, or ``step``: lr times
+    ``lr_step_factor`` after every ``lr_step_period`` steps of the run (EDSR / RCAN / MSRN: halved
+    every 200k; lr_end plays no part)."""
     c = train_config
+    schedule = c.get("lr_schedule", "cosine")
+    if schedule == "step":
+        if c.lr_step_period <= 0 or c.lr_step_factor <= 0:
+            raise ConfigError(
+                f"train.lr_schedule=step needs train.lr_step_period > 0 and train.lr_step_factor "
+                f"> 0 (got {c.lr_step_period} and {c.lr_step_factor}); the papers: 200000 and 0.5")
+        return optax.exponential_decay(c.lr, transition_steps=int(c.lr_step_period),
+                                       decay_rate=c.lr_step_factor, staircase=True)
     alpha = c.lr_end / c.lr
-    if c.get("lr_schedule", "cosine") == "cosine_per_stage" and len(stage_ends) > 1:
+    if schedule == "cosine_per_stage" and len(stage_ends) > 1:
         starts = (0, *stage_ends[:-1])
         return optax.join_schedules(
             [optax.cosine_decay_schedule(c.lr, max(end - start, 1), alpha=alpha)
@@ -109,12 +124,14 @@ def learning_rate(train_config, total_steps: int, stage_ends=()) -> optax.Schedu
 
 
 def make_optimizer(train_config, total_steps: int, stage_ends=()) -> optax.GradientTransformation:
-    """Adam (or LAMB) with the cosine schedule of ``learning_rate``, down to ``lr_end`` (official:
+    """Adam, LAMB or Adadelta with the schedule of ``learning_rate`` (official MGE: Adam, cosine
     5e-4 -> 1e-6 over all stages, never restarted).
 
     ECO's official extras, read with defaults that leave them off: ``beta2`` (ECO: 0.99),
     ``lamb_bias_correction`` (ECO: False), ``lamb_max_weight_norm`` (ECO: 10), and
     ``loss_spike_factor`` (ECO: 5; skip a step whose loss exceeds it times the last accepted one).
+    Adadelta (the Multiblock seed's warm phase: lr 1, rho 0.9, eps 1e-6) is optax's, with
+    ``weight_decay`` coupled as in torch.
     """
     c = train_config
     schedule = learning_rate(c, total_steps, stage_ends)
@@ -125,10 +142,14 @@ def make_optimizer(train_config, total_steps: int, stage_ends=()) -> optax.Gradi
             opt = optax.chain(optax.add_decayed_weights(c.weight_decay), opt)
     elif c.optimizer == "lamb":
         opt = lamb(schedule, b2=b2, weight_decay=c.get("weight_decay", 0.0),
-                         bias_correction=c.get("lamb_bias_correction", True),
-                         max_weight_norm=c.get("lamb_max_weight_norm", 0.0))
+                   bias_correction=c.get("lamb_bias_correction", True),
+                   max_weight_norm=c.get("lamb_max_weight_norm", 0.0))
+    elif c.optimizer == "adadelta":
+        opt = optax.adadelta(schedule, rho=ADADELTA_RHO, eps=ADADELTA_EPS,
+                             weight_decay=c.get("weight_decay", 0.0))
     else:
-        raise ValueError(f"unknown optimizer {c.optimizer!r}; choose adam or lamb")
+        raise ConfigError(f"train.optimizer={c.optimizer!r} is unknown; choose one of "
+                          f"{', '.join(OPTIMIZERS)}")
     parts = []
     if c.get("grad_clip_value", 0.0):
         parts.append(optax.clip(c.grad_clip_value))

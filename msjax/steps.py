@@ -73,7 +73,7 @@ def eval_step(state: TrainState, batch, *, task, crop_border: int = 0, y_channel
     """
     out = predict(state, batch["input"], batch.get("t"), task=task)
     target = batch["target"]
-    loss = jnp.mean((out - target) ** 2, axis=(1, 2, 3))
+    loss = task.image_loss(out, target)  # the training loss, per image
     out = jnp.clip(out, 0.0, 1.0)
     return {"loss": loss,
             "psnr": metrics.psnr_batch(out, target, crop_border=crop_border, y_channel=y_channel),

@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax import damage, operators, resize
+from msjax import damage, metrics, operators, resize
 
 TASKS = ("denoise", "deblur", "inpaint", "sr", "damage")
-LOSSES = ("mse", "l1", "l1_255")
+# neg_ssim: the official MGE SR loss, -SSIM with zero padding (metrics.ssim_zero_padded_batch).
+LOSSES = ("mse", "l1", "l1_255", "neg_ssim")
 # The range the model sees: data stays in [0, 1]; "signed" feeds the model 2y - 1 and reads its
 # output o as (o + 1) / 2, i.e. a tanh head on [-1, 1] data as the pyramidal reference.
 MODEL_RANGES = ("unit", "signed")
@@ -71,16 +72,28 @@ class Task:
             out = out + inp.astype(out.dtype)
         return out, extra
 
-    def term_loss(self, output: jax.Array, target: jax.Array) -> jax.Array:
-        """ell: the mean over the term's batch, in float32 whatever the compute dtype."""
+    def _pixel_loss(self, output: jax.Array, target: jax.Array) -> jax.Array:
         diff = output.astype(jnp.float32) - target.astype(jnp.float32)
         if self.loss == "mse":
-            return jnp.mean(diff**2)
+            return diff**2
         if self.loss == "l1":
-            return jnp.mean(jnp.abs(diff))
+            return jnp.abs(diff)
         if self.loss == "l1_255":  # ECO's official loss: L1 on the 0-255 scale
-            return jnp.mean(jnp.abs(255.0 * diff))
+            return jnp.abs(255.0 * diff)
         raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+
+    def term_loss(self, output: jax.Array, target: jax.Array) -> jax.Array:
+        """ell: the mean over the term's batch, in float32 whatever the compute dtype."""
+        if self.loss == "neg_ssim":  # the official order: C, H, W per image, then the batch
+            return jnp.mean(self.image_loss(output, target))
+        return jnp.mean(self._pixel_loss(output, target))
+
+    def image_loss(self, output: jax.Array, target: jax.Array) -> jax.Array:
+        """The loss of each image [N] (its mean over H, W and C), float32: validation's loss."""
+        if self.loss == "neg_ssim":
+            return -metrics.ssim_zero_padded_batch(output, target)
+        per_pixel = self._pixel_loss(output, target)
+        return jnp.mean(per_pixel, axis=tuple(range(1, per_pixel.ndim)))
 
 
 def _blur_at_level(x, key, level, *, sigma, t_max, per_level, level_blur):

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from msjax import (build, checkpoints, config_check, data, logs, multiscale, optim, parallel,
-                   rundir, steps)
+                   rundir, steps, warmstart)
 from msjax.errors import NonFiniteError, RunDirError
 
 class Preempted(Exception):
@@ -166,7 +166,8 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep_best=c.log.keep_best)
     restored = ckpt.restore_latest(state, on_fallback=progress.write)
     ledger, best_psnr, recorded = Ledger(), -math.inf, {}
-    if restored is None:
+    if restored is None:  # a fresh run: warm-started weights, then a method's own start
+        state = warmstart.warm_start(state, c.train, write=progress.write)
         state = init_fn(state) if init_fn is not None else state
     else:
         state, meta, _ = restored

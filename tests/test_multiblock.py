@@ -5,10 +5,11 @@ import json
 
 import jax
 import numpy as np
+import optax
 import pytest
 from PIL import Image
 
-from msjax import checkpoints, evaluate, methods, train
+from msjax import checkpoints, config_check, evaluate, methods, train
 from msjax.methods import multiblock
 from tests.helpers import tiny_config, write_images
 
@@ -114,19 +115,74 @@ def test_two_block_run_completes_every_phase_and_resumes(tmp_path, monkeypatch):
     assert calls == [] and again["best_psnr"] == result["best_psnr"]
 
 
-def test_reference_schedule_two_constant_rates_per_clamped_block_and_for_the_chain():
+@pytest.mark.parametrize("recipe", ["seed", "adam_only"])
+def test_reference_schedule_two_constant_rates_per_clamped_block_and_for_the_chain(recipe):
     from msjax.configs import multiblock_realsr
 
-    c = multiblock_realsr.get_config()
+    c = multiblock_realsr.get_config(recipe)
     plan = multiblock.plan_phases(c)
     assert [p.name for p in plan][:3] == ["phase_1", "phase_1_plus", "phase_1_plus_low"]
     assert [p.name for p in plan][-2:] == ["joint", "joint_low"]
     by_name = {p.name: p for p in plan}
-    assert [(by_name[n].steps, by_name[n].lr) for n in ("phase_1", "phase_1_plus",
-                                                        "phase_1_plus_low")] == [
-        (2000, 1e-4), (3000, 1e-4), (10000, 1e-5)]
+    configs = {name: multiblock.phase_config(c, p) for name, p in by_name.items()}
+    # The seed report: N_i's 2000 warm steps with Adadelta at 1; the reference scripts: Adam 1e-4.
+    warm = ("adadelta", 1.0) if recipe == "seed" else ("adam", 1e-4)
+    assert [(configs[n].train.optimizer, configs[n].train.lr, configs[n].train.steps)
+            for n in ("phase_1", "phase_1_plus", "phase_1_plus_low")] == [
+        (*warm, 2000), ("adam", 1e-4, 3000), ("adam", 1e-5, 10000)]
+    assert {configs[n].train.optimizer for n in ("joint", "joint_low")} == {"adam"}
     assert by_name["phase_2"].init_from == "phase_1_plus_low"  # N_2 follows the finished N_1+
+    assert by_name["phase_2"].inherit == by_name["phase_3"].inherit == (recipe == "seed")
     assert by_name["joint_low"].init_from == "joint" and by_name["joint_low"].frozen == 0
     assert sum(p.steps for p in plan) == 3 * 15000 + 10000       # the reference's iterations
-    low = multiblock.phase_config(c, by_name["phase_1_plus_low"])
+    low = configs["phase_1_plus_low"]
     assert low.train.lr == low.train.lr_end == 1e-5               # constant, not a cosine
+    assert configs["phase_1"].train.lr_end == warm[1]
+    c.train.init_from = "runs/pretrained"  # a warm start seeds N_1 only; later phases inherit
+    assert [multiblock.phase_config(c, p).train.init_from for p in plan[:3]] == [
+        "runs/pretrained", "", ""]
+
+
+def test_an_unknown_block_optimizer_is_a_config_error():
+    c = tiny_config()
+    c.multiblock.block_optimizer = "sgd"
+    with pytest.raises(config_check.ConfigError, match="multiblock.block_optimizer"):
+        multiblock.plan_phases(c)
+
+
+def test_one_block_runs_its_adadelta_warm_phase_then_adam(tmp_path, monkeypatch):
+    """N_1: 2 Adadelta steps (lr 1) that move the fresh weights, then N_1+ with a fresh Adam from
+    exactly those weights."""
+    config = multiblock_config(tmp_path / "data")
+    config.multiblock.update(dict(blocks=1, block_optimizer="adadelta", block_lr=1.0,
+                                  joint_steps=0, inherit=False, constant_lr=True))
+    runs = {}
+
+    def wrapped(config, workdir, init_fn=None, **hooks):
+        def capture(state):
+            state = init_fn(state) if init_fn is not None else state
+            runs[workdir.name] = (config.train.optimizer, config.train.lr,
+                                  jax.tree.map(np.asarray, state.params))
+            return state
+        return REAL_LOOP(config, workdir, init_fn=capture, **hooks)
+
+    monkeypatch.setattr(train, "train_and_evaluate", wrapped)
+    methods.run(config, tmp_path / "run")
+    assert [(name, opt, lr) for name, (opt, lr, _) in runs.items()] == [
+        ("phase_1", "adadelta", 1.0), ("phase_1_plus", "adam", 5e-4)]
+
+    def best(name):
+        workdir = tmp_path / "run" / name
+        state, _, _ = evaluate.load_state(evaluate.load_config(workdir), workdir)
+        return state, jax.tree.map(np.asarray, state.params)
+
+    warm_state, warm = best("phase_1")
+    is_adadelta = lambda x: isinstance(x, optax.ScaleByAdaDeltaState)  # noqa: E731
+    assert any(map(is_adadelta, jax.tree.leaves(warm_state.opt_state, is_leaf=is_adadelta)))
+    fresh = runs["phase_1"][2]
+    moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(warm), jax.tree.leaves(fresh))]
+    assert 0 < max(moved) < 0.05  # Adadelta's first steps are ~sqrt(eps / (1 - rho)) = 3e-3 each
+    jax.tree.map(np.testing.assert_array_equal, runs["phase_1_plus"][2], warm)
+    _, plus = best("phase_1_plus")
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(plus),
+                                                        jax.tree.leaves(warm)))

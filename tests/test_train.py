@@ -185,7 +185,7 @@ def test_per_stage_cosine_restarts_the_rate_at_every_fms_stage():
     assert float(per_stage(9)) < 0.05 * 1e-3 and float(per_stage(19)) < 0.05 * 1e-3
     c.train.lr_schedule = "cosine"  # the official single cosine: the fine stage starts low
     assert float(optim.learning_rate(c.train, 30)(20)) < 0.3 * 1e-3
-    c.train.lr_schedule = "step"
+    c.train.lr_schedule = "linear"
     with pytest.raises(config_check.ConfigError, match="train.lr_schedule"):
         config_check.validate(c)
 

@@ -7,6 +7,7 @@
         --config.eco.teacher_workdir=runs/edsr_div2k_x2
     # --config.eco.schedule=linear | --config.eco.mix=sample | --config.eco.precompute=True
     # full EDSR as in the paper: --config.model_kwargs.n_resblocks=32 ... (and its teacher)
+    # x3 / x4 start from this run: configs/eco_edsr_x3.py, configs/eco_edsr_x4.py
 
 The official training (reference/seed_methods.md a.4): L1 on the 0-255 scale, LAMB with betas
 (0.9, 0.99), eps 1e-6, no bias correction, trust ratio min(|w|, 10) / |r|, peak 3.2e-3 (ECO's
@@ -17,28 +18,8 @@ Reference: ECO EDSR x2 reports +0.1 dB Set5 / +0.24 dB Urban100 over its vanilla
 Runtime and result of this config: not measured yet.
 """
 
-from msjax.configs._sr_div2k import div2k_x2
+from msjax.configs._sr_div2k import div2k_x2, eco
 
 
 def get_config():
-    c = div2k_x2("edsr")
-    c.method = "eco"
-    c.eco.schedule = "sigmoid"
-    c.eco.shift = 0.0
-    c.eco.mix = "pixel"
-    c.task.loss = "l1_255"
-    c.mode = "single"
-    c.batch_size = 128
-    c.train.steps = 125_000
-    c.train.optimizer = "lamb"
-    c.train.lr = 3.2e-3
-    c.train.lr_end = 0.0
-    c.train.grad_clip_value = 0.1
-    # ECO's official LAMB extras (optim.make_optimizer; off by default).
-    c.train.beta2 = 0.99
-    c.train.lamb_bias_correction = False
-    c.train.lamb_max_weight_norm = 10.0
-    c.train.loss_spike_factor = 5.0
-    c.log.eval_every = 1000
-    c.log.checkpoint_every = 1000
-    return c
+    return eco(div2k_x2("edsr"))

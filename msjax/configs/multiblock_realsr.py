@@ -6,23 +6,34 @@
         --config.data.valid_dir=/data/RealSR/Canon/Test/2_HR \
         --config.data.valid_lr_dir=/data/RealSR/Canon/Test/2_LR
     python eval.py --workdir runs/multiblock/joint_low  # the whole chain's best checkpoint
+    # the reference scripts' recipe (Adam 1e-4 warm phase, no inheritance):
+    #   --config configs/multiblock_realsr.py:adam_only
     # LR at half size instead: --config.task.scale=2 --config.task.upsample_input=True
 
 One command runs every phase into runs/multiblock/<phase> (phase_1, phase_1_plus,
 phase_1_plus_low, phase_2, ..., joint, joint_low), keeps each phase's best checkpoint and metrics,
 writes runs/multiblock/phases.csv, and resumes where it stopped. Each block: conv, 16 RCAB (64 ch,
-attention 64->16), convs, input residual, orthogonal init (1.26M parameters). The reference's
-schedule, at constant rates with a new Adam at each change: per block 2000 steps of N_i at 1e-4,
-then the clamped N_i+ 3000 at 1e-4 and 10000 at 1e-5; then the chain 5000 at 1e-4 and 5000 at
-1e-5; L1, HR patch 48, batch 16 (the reference's joint phase used batch 8 of patch 120); RGB
-PSNR without border crop. Runtime and result: not measured yet (the reference's author reports
+attention 64->16), convs, input residual, orthogonal init (1.26M parameters).
+
+The seed report's recipe (default, reference/seed_methods.md c.3 and the seed's section 4): per
+block, N_i unclamped for 2000 steps of Adadelta (lr 1, rho 0.9, eps 1e-6, no weight decay), then
+the clamped N_i+ with a fresh Adam, 3000 steps at 1e-4 and 10000 at 1e-5; N_2 and N_3 start as
+copies of the trained N_1+ and N_2+ (inheriting initialization); then the chain 5000 at 1e-4 and
+5000 at 1e-5. ``adam_only`` is the reference scripts' recipe: the 2000 warm steps with Adam at
+1e-4 and every block from a fresh orthogonal init. Both: constant rates with a new optimizer at
+each change, L1, HR patch 48, batch 16 (the reference's joint phase used batch 8 of patch 120),
+RGB PSNR without border crop. Runtime and result: not measured yet (the seed's author reports
 32.22 dB for 3 blocks).
 """
 
 from msjax import defaults
 
+RECIPES = ("seed", "adam_only")
 
-def get_config():
+
+def get_config(recipe="seed"):
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     c = defaults.get_config()
     c.method = "multiblock"
     c.task.name = "sr"
@@ -36,6 +47,10 @@ def get_config():
     c.model_kwargs = dict(n_feats=64, n_rcab=16, attention_hidden=16)
     c.multiblock.blocks = 3
     c.multiblock.block_steps = 2000
+    if recipe == "seed":
+        c.multiblock.block_optimizer = "adadelta"  # the warm phase; Adam from N_i+ on
+        c.multiblock.block_lr = 1.0
+        c.multiblock.inherit = True    # N_i starts from the trained N_{i-1}+
     c.multiblock.plus_steps = 3000
     c.multiblock.plus_lr = 1e-4
     c.multiblock.plus_low_steps = 10000
@@ -49,6 +64,7 @@ def get_config():
     c.batch_size = 16
     c.mge.levels = 2                   # 48 -> 24 -> 12
     c.mge.finest_batch = 4
+    c.train.optimizer = "adam"
     c.train.lr = 1e-4
     c.train.lr_end = 1e-6
     c.log.eval_every = 500

@@ -5,11 +5,15 @@
     # the SR ResNet option (hidden 100, 9 blocks, no time, 1,622,503 parameters): the config
     # argument picks it, --config configs/sr_urban100.py:resnet
     # every MGE mode: --config.mode=single|multiscale|fullmultiscale
+    # MSE instead of the official loss: --config.task.loss=mse
     python eval.py --workdir runs/sr_urban100 --benchmark_root /data/benchmark
 
 The official recipe: 128x128 HR patches (64x64 LR), the network sees the bilinear x2 upsampled LR
-and adds it back, Adam 1e-3, base batch 8. LR made by MATLAB-exact bicubic. Y-channel PSNR/SSIM
-with the border crop equal to the scale, as in the SR literature.
+and adds it back, loss -SSIM (11x11 Gaussian window, sigma 1.5, zero padding 5, so the coarse
+levels' small patches have one too; telescoped like any loss, so the logged losses are
+differences of -SSIM values), Adam 1e-3, base batch 8. LR made by MATLAB-exact bicubic. Y-channel
+PSNR/SSIM (valid-region SSIM, no padding) with the border crop equal to the scale, as in the SR
+literature.
 """
 
 from msjax import defaults
@@ -22,6 +26,7 @@ def get_config(model="srnet"):
     c.task.kernel = "bicubic"
     c.task.upsample_input = True
     c.task.residual = True
+    c.task.loss = "neg_ssim"           # the official SR loss (msjax.metrics.ssim_zero_padded_batch)
     c.data.source = "folder"
     c.data.patch = 128
     c.data.valid_images = 200

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from msjax import evaluate, train
+from msjax import evaluate, optim, train
 from msjax.errors import ConfigError
 
 SUMMARY_FIELDS = ("phase", "blocks", "trained", "steps", "lr", "best_psnr", "best_step", "psnr",
@@ -41,6 +41,7 @@ class Phase:
     lr: float
     init_from: str = ""    # the phase whose best weights start this one ('' : fresh)
     inherit: bool = False  # the new block starts as a copy of the previous block
+    optimizer: str = ""    # '' : train.optimizer (each phase starts a fresh one)
 
     @property
     def frozen(self) -> int:
@@ -49,12 +50,19 @@ class Phase:
 
 
 def plan_phases(config) -> list[Phase]:
+    """The phases in order. Phase i (N_i's warm phase, unclamped) runs ``block_optimizer`` at
+    ``block_lr`` (the seed: Adadelta at 1), the later phases train.optimizer at their rates."""
     mb, lr = config.multiblock, config.train.lr
+    if mb.block_optimizer not in ("", *optim.OPTIMIZERS):
+        raise ConfigError(
+            f"multiblock.block_optimizer={mb.block_optimizer!r} is unknown; choose one of "
+            f"{', '.join(optim.OPTIMIZERS)} (or '' for train.optimizer)")
     plus = mb.plus_steps > 0
     phases, previous = [], ""
     for i in range(1, mb.blocks + 1):
         phases.append(Phase(f"phase_{i}", i, clamp=plus, clamp_last=False, steps=mb.block_steps,
-                            lr=lr, init_from=previous, inherit=mb.inherit and i > 1))
+                            lr=mb.block_lr or lr, init_from=previous,
+                            inherit=mb.inherit and i > 1, optimizer=mb.block_optimizer))
         if plus:
             phases.append(Phase(f"phase_{i}_plus", i, clamp=True, clamp_last=True,
                                 steps=mb.plus_steps, lr=mb.plus_lr or lr,
@@ -75,12 +83,15 @@ def plan_phases(config) -> list[Phase]:
 
 
 def phase_config(config, phase: Phase) -> ml_collections.ConfigDict:
-    """The plain-loop config of one phase: the chain's shape, its steps and learning rate."""
+    """The plain-loop config of one phase: the chain's shape, its steps, optimizer and rate."""
     c = ml_collections.ConfigDict(config.to_dict())
     c.method = ""
     c.model_kwargs.update(dict(n_blocks=phase.blocks, frozen=phase.frozen, clamp=phase.clamp,
                                clamp_last=phase.clamp_last))
     c.train.steps = phase.steps
+    c.train.optimizer = phase.optimizer or config.train.optimizer
+    if phase.init_from:  # the earlier phase's weights start it (make_init), not train.init_from
+        c.train.init_from = ""
     c.train.lr = phase.lr
     # The reference holds each phase's rate constant (a new Adam at each rate change).
     c.train.lr_end = phase.lr if config.multiblock.get("constant_lr", False) else min(
