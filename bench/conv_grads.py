@@ -3,10 +3,10 @@ kernel gradient, in JAX (XLA:CPU) and PyTorch, as GFLOP per wall second and per 
 
     python bench/conv_grads.py --batch 4 --size 64 --channels 128
 
-JAX runs with each ``--cpu_convolutions`` choice (msjax/xla_options.py): ``eigen``, msjax's
-default, and ``ynnpack``, XLA's. This is where the train step's time went on CPU: with YNNPACK
-the kernel gradient of a wide full-resolution layer runs 3-5x below the forward's speed; Eigen's
-runs within 1.5x of it (2026-11-22, 4x64x64x128: 19 / 18 / 80 ms against 19 / 17 / 29 ms).
+JAX runs with each ``--cpu_convolutions`` choice (msjax/backend): ``onednn`` (msjax's FFI
+handlers), ``eigen`` and ``ynnpack`` (XLA:CPU's own; YNNPACK is XLA's default). This is where
+a CPU train step spends its time; which kernel is fastest differs between CPUs (README,
+benchmarks, with the machine each figure came from).
 """
 
 from __future__ import annotations
@@ -42,25 +42,25 @@ def main(argv=None):
     import jax
     import numpy as np
 
-    from msjax import kernels, xla_options
+    from msjax.backend import convolutions, xla_cpu
 
     rng = np.random.default_rng(0)
     x, g = (rng.random((n, s, s, c), np.float32) for _ in range(2))
     w = rng.random((3, 3, c, c), np.float32)
 
     def conv(x, w):
-        return kernels.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return convolutions.dispatch(x, w, (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     def parts_for():  # new functions per kind: jax caches a trace by function
         return {"forward": (lambda x, w: conv(x, w), (x, w)),
                 "input grad": (lambda g, w: jax.vjp(lambda x: conv(x, w), x)[1](g)[0], (g, w)),
                 "kernel grad": (lambda g, x: jax.vjp(lambda w: conv(x, w), w)[1](g)[0], (g, x))}
     for conv_kind in args.cpu_convolutions.split(","):
-        options = xla_options.cpu_options(cpu_convolutions=conv_kind)
+        options = xla_cpu.options(conv_kind)
         for name, (fn, operands) in parts_for().items():
             operands = [jax.device_put(a) for a in operands]
-            with kernels.convolutions(conv_kind):
+            with convolutions.use(conv_kind):
                 exe = jax.jit(fn).lower(*operands).compile(options)
             print(f"jax {conv_kind:8s} {name:12s}",
                   rate(lambda: exe(*operands).block_until_ready(), flops, args.repeats))
@@ -79,7 +79,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from msjax.hugepages import restart_with_huge_pages
+    from msjax.backend.hugepages import restart_with_huge_pages
 
-    restart_with_huge_pages()  # as train.py runs (msjax/hugepages.py)
+    restart_with_huge_pages()  # as train.py runs (msjax/backend/hugepages.py)
     main()

@@ -92,7 +92,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from msjax.hugepages import restart_with_huge_pages
+    from msjax.backend.hugepages import restart_with_huge_pages
 
-    restart_with_huge_pages()  # as train.py runs (msjax/hugepages.py)
+    restart_with_huge_pages()  # as train.py runs (msjax/backend/hugepages.py)
     main()

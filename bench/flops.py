@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import step_time  # noqa: E402
+from bench import common, step_time  # noqa: E402
 
 
 def matmul_peaks(n: int, repeats: int) -> dict[str, tuple[float, float]]:
@@ -44,7 +44,7 @@ def matmul_peaks(n: int, repeats: int) -> dict[str, tuple[float, float]]:
     peaks = {}
     for name, fn in candidates.items():
         fn()  # compile / warm caches
-        timing = step_time.median_seconds(fn, 0, repeats)
+        timing = common.median_seconds(fn, 0, repeats)
         peaks[name] = (flops / timing["seconds"], flops / timing["cpu_seconds"])
     return peaks
 
@@ -54,7 +54,6 @@ def main(argv=None):
     parser.set_defaults(sizes="64", modes="single")
     parser.add_argument("--matmul", type=int, default=2048, help="matmul side for the peak")
     args = parser.parse_args(argv)
-    step_time.check_divisible(args)
 
     peaks = matmul_peaks(args.matmul, max(args.repeats, 3))
     peak = max(wall for wall, _ in peaks.values())
@@ -86,7 +85,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from msjax.hugepages import restart_with_huge_pages
+    from msjax.backend.hugepages import restart_with_huge_pages
 
-    restart_with_huge_pages()  # as train.py runs (msjax/hugepages.py)
+    restart_with_huge_pages()  # as train.py runs (msjax/backend/hugepages.py)
     main()

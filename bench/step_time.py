@@ -11,10 +11,11 @@ The batch is fixed and already on the device: this times the step, not the data 
 msjax runs in a subprocess per ``--devices`` count (JAX_NUM_CPU_DEVICES must be set before JAX
 starts): the batch is sharded over that many simulated CPU devices. PyTorch (the optional
 ``bench`` extra, CPU build) runs in this process with its default threads. Ratios below 1.0 mean
-msjax is faster. ``--cpu_convolutions onednn,eigen,ynnpack`` times the convolution kernels
-(``runtime.cpu_convolutions``; onednn is what msjax's default ``auto`` picks on one CPU device,
-msjax/kernels; eigen and ynnpack are XLA:CPU's own, ynnpack its default; see msjax/xla_options.py
-and bench/conv_grads.py), ``--cpu_reductions ynnpack,xla`` both reduction kernels.
+msjax is faster. ``--cpu_convolutions auto,onednn,eigen,ynnpack`` times the convolution kernels
+(``runtime.cpu_convolutions``; auto measures the others on the step and keeps the fastest,
+msjax/backend/cpu.py; eigen and ynnpack are XLA:CPU's own, ynnpack its default),
+``--cpu_reductions ynnpack,xla`` both reduction kernels. The step is compiled by
+``msjax.build.compile_train_step``, as in training.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # configs/ and bench/ are not installed packages
+sys.path.insert(0, str(ROOT))  # bench/ is not an installed package
+
+from bench import common  # noqa: E402
 
 
 def make_parser(description=__doc__) -> argparse.ArgumentParser:
@@ -79,71 +80,21 @@ def plan_batches(args, mode) -> tuple[int, ...]:
     return stages[0].plan.batch_sizes
 
 
-def check_divisible(args):
-    """Every term's batch is sharded over the devices, so it must divide by each device count."""
-    for devices in csv_list(args.devices, int):
-        for mode in csv_list(args.modes):
-            bad = [n for n in plan_batches(args, mode) if n % devices]
-            if bad:
-                raise SystemExit(f"{mode} batches {plan_batches(args, mode)} do not divide by "
-                                 f"{devices} devices; raise --batch (multiscale's finest batch "
-                                 f"is batch/growth)")
-
-
-def median_seconds(step, warmup: int, repeats: int) -> dict:
-    """Median wall and CPU seconds of ``step()``, which must block until its work is done.
-
-    CPU seconds over wall seconds is how many cores the step kept busy: a direct view of idle
-    cores, and a steadier measure of work than wall time on a machine shared with other jobs.
-    """
-    for _ in range(warmup):
-        step()
-    times, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return dict(seconds=statistics.median(times), cpu_seconds=statistics.median(cpu), times=times)
-
-
 # --- msjax -------------------------------------------------------------------------------------
 
-def msjax_step(model_name: str, size: int, mode: str, args, conv: str = "auto",
-               reductions: str = "ynnpack"):
-    """(run_one_step, FLOPs of one step over all devices) for the compiled msjax step."""
-    import functools
-
-    import jax
-    import numpy as np
-
+def msjax_config(model_name: str, size: int, mode: str, args, conv: str = "auto",
+                 reductions: str = "ynnpack"):
+    """The step as a config: denoising (t-interpolation), area restriction, Adam."""
     from msjax import defaults
-    from msjax import models, multiscale, parallel, steps, tasks, train, xla_options
 
-    config = defaults.get_config()
-    config.task.name = "denoise"
-    config.runtime.cpu_convolutions = conv
-    config.runtime.cpu_reductions = reductions
-    plan = multiscale.LevelPlan(plan_batches(args, mode))
-    mesh = parallel.make_mesh()
-    task = tasks.make_task(config.task)
-    model = models.create_model(model_name)
-    sample = np.zeros((1, size, size, 3), np.float32)
-    state = train.create_state(model, config, sample, total_steps=1000, mesh=mesh)
-    rng = np.random.default_rng(0)
-    batches = parallel.put_batch(tuple(
-        {"target": rng.random((n, size, size, 3), np.float32)} for n in plan.batch_sizes), mesh)
-    key = parallel.put_replicated(jax.random.PRNGKey(0), mesh)
-    fn = jax.jit(functools.partial(steps.train_step, plan=plan, task=task), donate_argnums=(0,),
-                 out_shardings=parallel.replicated(mesh))
-    exe = fn.lower(state, batches, key).compile(xla_options.for_config(config))
-    holder = [state]
-
-    def run():
-        holder[0], metrics = exe(holder[0], batches, key)
-        jax.block_until_ready(metrics["loss"])
-
-    return run, multiscale.compiled_flops(exe) * mesh.size
+    c = defaults.get_config()
+    c.task.name, c.model, c.mode = "denoise", model_name, mode
+    c.data.patch, c.batch_size = size, args.batch
+    c.mge.levels, c.mge.batch_growth = args.levels, args.growth
+    c.mge.finest_batch = max(1, args.batch // args.growth)
+    c.train.steps = 1000
+    c.runtime.cpu_convolutions, c.runtime.cpu_reductions = conv, reductions
+    return c
 
 
 def worker(args):
@@ -153,11 +104,12 @@ def worker(args):
     for model, size, mode in cases(args):
         for conv in csv_list(args.cpu_convolutions):
             for red in csv_list(args.cpu_reductions):
-                run, flops = msjax_step(model, size, mode, args, conv, red)
-                timing = median_seconds(run, args.warmup, args.repeats)
+                run, flops, kernels, _, _ = common.compiled_step(
+                    msjax_config(model, size, mode, args, conv, red))
+                timing = common.median_seconds(run, args.warmup, args.repeats)
                 print(json.dumps(dict(model=model, size=size, mode=mode,
-                                      devices=jax.device_count(), conv=conv, reductions=red,
-                                      flops=flops, **timing)), flush=True)
+                                      devices=jax.device_count(), conv=kernels or conv,
+                                      reductions=red, flops=flops, **timing)), flush=True)
 
 
 def measure_msjax(args, devices: int) -> list[dict]:
@@ -227,7 +179,8 @@ def measure_torch(args) -> list[dict]:
 
     records = []
     for model, size, mode in cases(args):
-        timing = median_seconds(torch_step(model, size, mode, args), args.warmup, args.repeats)
+        timing = common.median_seconds(torch_step(model, size, mode, args), args.warmup,
+                                       args.repeats)
         records.append(dict(model=model, size=size, mode=mode, threads=torch.get_num_threads(),
                             **timing))
     return records
@@ -252,14 +205,14 @@ def main(argv=None):
     args = make_parser().parse_args(argv)
     if args.worker:
         return worker(args)
-    check_divisible(args)
     torch_records = [] if args.no_torch else measure_torch(args)
     jax_records = [r for d in csv_list(args.devices, int) for r in measure_msjax(args, d)]
+    print(f"machine: {common.machine()}")
     print(table(jax_records, torch_records, args.batch))
 
 
 if __name__ == "__main__":
-    from msjax.hugepages import restart_with_huge_pages
+    from msjax.backend.hugepages import restart_with_huge_pages
 
-    restart_with_huge_pages()  # as train.py runs (msjax/hugepages.py)
+    restart_with_huge_pages()  # as train.py runs (msjax/backend/hugepages.py)
     main()

@@ -78,15 +78,14 @@ def match_tensors(fresh, source, *, source_name: str = "", step: int = 0):
 
 def load_source(workdir, which: str = "best"):
     """(state, step) of the run in ``workdir``: its best (or latest) checkpoint."""
-    from msjax import evaluate  # the loop imports this module; evaluate imports the loop
+    from msjax import rundir  # rundir builds through build.py, which the loop imports
 
     if which not in CHECKPOINTS:
         raise ConfigError(f"train.init_checkpoint={which!r} is unknown; choose best or latest")
     workdir = Path(workdir).expanduser()
     try:
-        config = evaluate.load_config(workdir)
-        state, _, step = evaluate.load_state(config, workdir, which)
-    except FileNotFoundError as e:
+        state, _, step = rundir.load_state(workdir, which)
+    except RunDirError as e:
         raise RunDirError(f"train.init_from={workdir} cannot start this run: {e}; train that run "
                           "first (its config's docstring says how) or set train.init_from=''")
     return state, int(step)

@@ -13,7 +13,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from msjax import config_check, metrics, multiscale, optim, tasks, train, warmstart, xla_options
+from msjax import config_check, metrics, multiscale, optim, tasks, train, warmstart
+from msjax.backend import xla_cpu as xla_options
 from msjax.errors import ConfigError, RunDirError
 from msjax.models import create_model
 from msjax.multiscale import LevelPlan

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from msjax import config_check, data, evaluate, optim, steps, train
+from msjax import config_check, data, errors, evaluate, optim, steps, train
 from tests.helpers import tiny_config, write_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def test_second_run_resumes_and_best_is_the_best_psnr(tmp_path):
     # A workdir written by another config is refused, never mixed.
     other = tiny_config(**{"train.steps": 3, "log.eval_every": 2, "mode": "fullmultiscale",
                            "train.lr": 5e-3})
-    with pytest.raises(config_check.ConfigError, match="another config"):
+    with pytest.raises(errors.RunDirError, match="another config"):
         train.train_and_evaluate(other, workdir)
     # Running again finds the run finished and does not train again.
     result = train.train_and_evaluate(c, workdir)
