@@ -41,8 +41,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from msjax.models.densenet import (
+    DOWN_KINDS,
     STRIDED_X2_PADDING,
     TRANSPOSED_X2_PADDING,
+    UP_KINDS,
     DenseBlock,
     TransitionDown,
     TransitionUp,
@@ -100,7 +102,7 @@ class PyramidalAutoencoder(nn.Module):
     level_channels: Sequence[int] = (32, 64, 128, 256, 256, 256)  # conv variants: level 0..L
     down: str = "maxpool"  # dense variants' transition down (densenet.DOWN_KINDS)
     up: str = "transposed"  # dense variants' transition up (densenet.UP_KINDS)
-    up_reduction: int = 2  # up='transposed_ext': its transposed conv maps c -> c // up_reduction
+    up_reduction: int = 2  # up='transposed_ext' maps c -> c // this (the reference's n; no default)
     output: str = "tanh"
     dropout_rate: float = 0.2
     dtype: Any = jnp.float32
@@ -108,6 +110,8 @@ class PyramidalAutoencoder(nn.Module):
 
     @property
     def size_multiple(self) -> int:
+        """What H and W must divide by; checks the fields first (config validation reads this)."""
+        self._check_fields()
         return self.downsampling
 
     @property
@@ -121,8 +125,7 @@ class PyramidalAutoencoder(nn.Module):
     @nn.compact
     def __call__(self, x, t=None, train: bool = False):
         del t  # not time-conditioned
-        if self.output not in OUTPUTS:
-            raise ValueError(f"unknown output {self.output!r}; choose one of {OUTPUTS}")
+        self._check_fields()
         factor = self.downsampling
         if x.shape[1] % factor or x.shape[2] % factor:
             raise ValueError(
@@ -136,6 +139,14 @@ class PyramidalAutoencoder(nn.Module):
             y = self._dense_pyramid(x, train)
         y = self.conv(out_channels, (3, 3), padding="SAME", dtype=self.dtype)(y)
         return jnp.tanh(y) if self.output == "tanh" else y
+
+    def _check_fields(self) -> None:
+        for field, value, choices in (("output", self.output, OUTPUTS),
+                                      ("down", self.down, DOWN_KINDS), ("up", self.up, UP_KINDS)):
+            if value not in choices:
+                raise ValueError(f"unknown {field} {value!r}; choose one of {choices}")
+        if self.up_reduction < 1:
+            raise ValueError(f"up_reduction must be at least 1, got {self.up_reduction}")
 
     def _input_width(self) -> int:
         if self.variant in DENSE_VARIANTS:
