@@ -51,7 +51,7 @@ DOWN_INPUTS = (112, 192, 304, 464, 656)
 
 
 def pyramidal103_blocks(up_width):
-    """(input width, layers) of every dense block, for a transition up that maps c -> up_width(c)."""
+    """(input width, layers) of every dense block, with transitions up mapping c -> up_width(c)."""
     decoder = [(s + up_width(c), n) for s, c, n in zip(SKIPS, UP_INPUTS, DECODER_BLOCKS)]
     return list(ENCODER_AND_BOTTLENECK) + decoder
 

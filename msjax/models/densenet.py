@@ -135,7 +135,8 @@ class TransitionUp(nn.Module):
         if self.kind == "transposed":
             return up(self.features or channels)(x)
         if not 1 <= self.reduction <= channels:
-            raise ValueError(f"transition up reduction must be in 1..{channels}, got {self.reduction}")
+            raise ValueError(
+                f"transition up reduction must be in 1..{channels}, got {self.reduction}")
         x = nn.relu(batch_norm(train, self.dtype)(x))
         x = up(self.features or channels // self.reduction)(x)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -10,7 +10,13 @@ import jax
 import jax.numpy as jnp
 
 from msjax.models.layers import Conv, ModuleDef
-from msjax.models.sr_blocks import ResBlock, Upsampler, from_network_range, same_conv, to_network_range
+from msjax.models.sr_blocks import (
+    ResBlock,
+    Upsampler,
+    from_network_range,
+    same_conv,
+    to_network_range,
+)
 
 
 class EDSR(nn.Module):
@@ -35,7 +41,8 @@ class EDSR(nn.Module):
         head = conv(self.n_feats, name="head")(to_network_range(x, self.rgb_range, self.dtype))
         h = head
         for i in range(self.n_resblocks):
-            h = ResBlock(self.n_feats, self.res_scale, self.dtype, self.conv, name=f"resblock_{i}")(h)
+            h = ResBlock(self.n_feats, self.res_scale, self.dtype, self.conv,
+                         name=f"resblock_{i}")(h)
         h = head + conv(self.n_feats, name="body_end")(h)
         h = Upsampler(self.n_feats, self.scale, self.dtype, self.conv, name="upsampler")(h)
         y = conv(3, name="tail")(h)

@@ -51,11 +51,11 @@ class Conv(nn.Module):
 
     ``kernel`` (H, W, in, out) and ``bias`` (out) are named and shaped as nn.Conv's, so parameter
     trees and checkpoints are the same; inputs, kernel and bias are promoted to ``dtype`` (None:
-    their common type) before the convolution, as nn.Conv does. ``padding`` is 'SAME', 'VALID', an
-    int, one int per spatial axis (both sides), or (lo, hi) pairs; it reaches ``convolution`` as
-    explicit pairs.
-    ``convolution`` has ``lax.conv_general_dilated``'s signature and is the only thing a backend
-    needs to replace.
+    their common type) before the convolution, as nn.Conv does. ``kernel_size``, ``strides`` and
+    ``kernel_dilation`` are pairs or one int for both axes. ``padding`` is 'SAME', 'VALID', an int,
+    one int per spatial axis (both sides), or (lo, hi) pairs; it reaches ``convolution`` as
+    explicit pairs. ``convolution`` has ``lax.conv_general_dilated``'s signature and is the only
+    thing a backend needs to replace.
     """
 
     features: int
@@ -81,17 +81,18 @@ class Conv(nn.Module):
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = self.convolution(
-            x, kernel, strides, self._explicit_padding(x.shape[1:3], kernel_size, strides, dilation),
-            lhs_dilation=None, rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=1, precision=None, preferred_element_type=None)
+        padding = self._explicit_padding(x.shape[1:3], kernel_size, strides, dilation)
+        y = self.convolution(x, kernel, strides, padding, lhs_dilation=None, rhs_dilation=dilation,
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=1,
+                             precision=None, preferred_element_type=None)
         return y if bias is None else y + bias.reshape(1, 1, 1, -1)
 
     def _explicit_padding(self, spatial, kernel_size, strides, dilation):
         padding = self.padding
         if isinstance(padding, str):
             if padding not in ("SAME", "VALID"):
-                raise ValueError(f"Conv padding must be 'SAME', 'VALID' or explicit, got {padding!r}")
+                raise ValueError(
+                    f"Conv padding must be 'SAME', 'VALID' or explicit, got {padding!r}")
             dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
             return tuple(lax.padtype_to_pads(spatial, dilated, strides, padding))
         if isinstance(padding, int):
