@@ -1,4 +1,5 @@
-"""The MGE model families: parameter counts of the reference, shapes, t handling, dropout, dtype."""
+"""The MGE model families: parameter counts of the reference, shapes, t handling, dropout, dtype;
+and the convolution module every family builds its convolutions with."""
 
 import functools
 import math
@@ -145,3 +146,122 @@ def test_sample_layer_norm_gradient_matches_autodiff_of_the_formula():
     assert float(jnp.abs(theirs).max()) > 0.1   # a gradient worth comparing
     bf16 = sample_layer_norm(x.astype(jnp.bfloat16))
     assert bf16.dtype == jnp.bfloat16
+
+
+# --- the convolution every family builds on ----------------------------------------------------
+
+CONV_GEOMETRIES = [  # kernel, strides, padding, dilation
+    ((3, 3), 1, "SAME", 1),
+    ((3, 3), 2, "SAME", 1),             # lax pads (0, 1) here on even sides
+    ((3, 3), 2, 1, 1),
+    ((5, 5), 1, "VALID", 1),
+    ((3, 3), 1, "SAME", 2),
+    ((3, 1), (2, 1), ((1, 2), (0, 1)), (1, 2)),
+    ((1, 1), 1, (0, 0), 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("kernel_size, strides, padding, dilation", CONV_GEOMETRIES)
+def test_conv_initialises_and_computes_like_flax_conv(kernel_size, strides, padding, dilation,
+                                                      dtype):
+    import flax.linen as nn
+
+    from msjax.models.layers import Conv
+
+    options = dict(features=5, kernel_size=kernel_size, strides=strides, padding=padding,
+                   kernel_dilation=dilation, dtype=dtype)
+    x = jax.random.normal(jax.random.key(1), (2, 10, 12, 3))
+    ours, flax_conv = Conv(**options), nn.Conv(**options)
+    variables = ours.init(jax.random.key(0), x)
+    flax_variables = flax_conv.init(jax.random.key(0), x)
+    assert jax.tree.structure(variables) == jax.tree.structure(flax_variables)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(flax_variables)):
+        assert a.dtype == b.dtype == jnp.float32
+        np.testing.assert_array_equal(a, b)
+    # A bias that is not zero, so adding it is checked too.
+    variables = jax.tree.map(lambda p: p + 0.25, variables)
+    y, expected = ours.apply(variables, x), flax_conv.apply(variables, x)
+    assert y.dtype == expected.dtype == dtype and y.shape == expected.shape
+    np.testing.assert_array_equal(y.astype(jnp.float32), expected.astype(jnp.float32))
+
+
+def test_conv_without_bias_has_only_a_kernel():
+    from msjax.models.layers import Conv
+
+    variables = jax.eval_shape(Conv(4, (3, 3), use_bias=False).init, jax.random.key(0),
+                               jnp.zeros((1, 8, 8, 2)))
+    assert jax.tree.map(lambda a: a.shape, variables["params"]) == {"kernel": (3, 3, 2, 4)}
+
+
+ROUTED_FAMILIES = [
+    ("unet", dict(model_channels=16, channel_mult=(1, 2), groups=8), (1, 8, 8, 3)),
+    ("resnet", dict(hidden=8, nlayers=1), (1, 8, 8, 3)),
+    ("srnet", {}, (1, 8, 8, 3)),
+    ("residual_cnn", dict(features=8, depth=3), (1, 8, 8, 3)),
+    ("edsr", dict(n_resblocks=1, n_feats=8), (1, 6, 6, 3)),
+    ("rcan", dict(n_resgroups=1, n_resblocks=2, n_feats=8, reduction=4), (1, 6, 6, 3)),
+    ("msrn", dict(n_blocks=1, n_feats=8, scale=4), (1, 6, 6, 3)),
+    ("multiblock", dict(n_blocks=2, n_feats=8, n_rcab=1, attention_hidden=2), (1, 6, 6, 3)),
+    ("pyramidal", dict(variant="basic22", level_channels=(4, 4, 4)), (1, 8, 8, 3)),
+    ("pyramidal", dict(variant="pyramidal44", features=8, growth=4), (1, 8, 8, 3)),
+    ("pyramidal", dict(variant="pyramidal44", features=8, growth=4, down="strided",
+                       up="resize_conv"), (1, 8, 8, 3)),
+]
+
+
+def host_random_variables(model, shape, seed=0):
+    """Random variables drawn with numpy from the abstract tree (no initializer compiles)."""
+    rng = np.random.default_rng(seed)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
+
+    def fill(path, leaf):
+        if path[-1].key == "var":
+            return jnp.ones(leaf.shape, leaf.dtype)
+        return jnp.asarray(0.3 * rng.standard_normal(leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def regular_conv_modules(params):
+    """Modules of the tree with an HWIO kernel that are not flax transposed convolutions."""
+    found = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if path[-1].key == "kernel" and leaf.ndim == 4 and not path[-2].key.startswith(
+                "ConvTranspose"):
+            found += 1
+    return found
+
+
+@pytest.mark.parametrize("name, kwargs, shape", ROUTED_FAMILIES)
+def test_every_regular_convolution_goes_through_the_conv_field(name, kwargs, shape):
+    from msjax.models.layers import Conv
+
+    calls = []
+
+    def recording_convolution(*args, **kwargs):
+        calls.append(args[1].shape)
+        return jax.lax.conv_general_dilated(*args, **kwargs)
+
+    default = create_model(name, **kwargs)
+    routed = create_model(name, conv=functools.partial(Conv, convolution=recording_convolution),
+                          **kwargs)
+    variables = host_random_variables(default, shape)
+    x = jax.random.uniform(jax.random.key(1), shape)
+    # Traced once under jit: every convolution the model applies is one recorded call.
+    y_routed = jax.jit(routed.apply)(variables, x)
+    assert len(calls) == regular_conv_modules(variables["params"]) > 0
+    np.testing.assert_array_equal(y_routed, jax.jit(default.apply)(variables, x))
+
+
+def test_models_import_no_platform_kernels():
+    import subprocess
+    import sys
+
+    # A fresh interpreter: this one may have imported msjax.kernels for other tests.
+    program = ("import sys\n"
+               "from msjax.models import MODEL_NAMES, model_class\n"
+               "[model_class(name) for name in MODEL_NAMES]\n"
+               "assert 'msjax.models.pyramidal' in sys.modules\n"
+               "assert not [m for m in sys.modules if m.startswith('msjax.kernels')]\n")
+    subprocess.run([sys.executable, "-c", program], check=True)

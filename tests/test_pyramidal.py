@@ -41,6 +41,38 @@ def dense_block_params(channels_in, layers, growth):
                for c in (channels_in + j * growth for j in range(layers)))
 
 
+# The 48/16 model's level widths (reference notes d.2): encoder skips s_5 .. s_1 (the decoder
+# concatenates each with the transition up's output) and the widths the transitions up receive.
+SKIPS = (656, 464, 304, 192, 112)
+UP_INPUTS = (240, 192, 160, 112, 80)
+DECODER_BLOCKS = (12, 10, 7, 5, 5)
+ENCODER_AND_BOTTLENECK = ((48, 4), (112, 5), (192, 7), (304, 10), (464, 12), (656, 15))
+DOWN_INPUTS = (112, 192, 304, 464, 656)
+
+
+def pyramidal103_blocks(up_width):
+    """(input width, layers) of every dense block, with transitions up mapping c -> up_width(c)."""
+    decoder = [(s + up_width(c), n) for s, c, n in zip(SKIPS, UP_INPUTS, DECODER_BLOCKS)]
+    return list(ENCODER_AND_BOTTLENECK) + decoder
+
+
+def pyramidal103_params(up_width, up_params, k=16):
+    """The (48, k=16) model's parameter count from the layer facts, for a transition up that maps
+    c channels to ``up_width(c)`` with ``up_params(c)`` parameters."""
+    count = (9 * 3 * 48 + 48) + (9 * 80 * 3 + 3)  # input conv 3->48, output conv 80->3
+    count += sum(dense_block_params(c, n, k) for c, n in pyramidal103_blocks(up_width))
+    count += sum(c * c + c + 2 * c for c in DOWN_INPUTS)  # 1x1 conv + BN, then the pool
+    return count + sum(up_params(c) for c in UP_INPUTS)
+
+
+def pyramidal103_batch_stats(up_width, up_normalises, k=16):
+    """Running mean and variance of every BatchNorm: dense layers, transitions down, and the
+    transitions up if they normalise their input."""
+    widths = [c + j * k for c, n in pyramidal103_blocks(up_width) for j in range(n)]
+    widths += list(DOWN_INPUTS) + (list(UP_INPUTS) if up_normalises else [])
+    return 2 * sum(widths)
+
+
 def test_pyramidal103_parameter_count():
     """The (48, 16) 103-layer model has exactly 9,358,819 parameters, the reference's ~9.36M.
 
@@ -52,15 +84,36 @@ def test_pyramidal103_parameter_count():
     running statistics (103,584 floats here) live in ``batch_stats``, not in ``params``.
     """
     variables = abstract_variables(PyramidalAutoencoder("pyramidal103", 48, 16), (1, 64, 64, 3))
-    k = 16
-    expected = (9 * 3 * 48 + 48) + (9 * 80 * 3 + 3)
-    expected += sum(dense_block_params(c, n, k) for c, n in
-                    [(48, 4), (112, 5), (192, 7), (304, 10), (464, 12), (656, 15),
-                     (896, 12), (656, 10), (464, 7), (304, 5), (192, 5)])
-    expected += sum(c * c + c + 2 * c for c in (112, 192, 304, 464, 656))  # transitions down
-    expected += sum(9 * c * c + c for c in (240, 192, 160, 112, 80))  # transitions up
+    same_width = lambda c: c  # noqa: E731
+    expected = pyramidal103_params(same_width, lambda c: 9 * c * c + c)
     assert count(variables["params"]) == expected == 9_358_819
-    assert count(variables["batch_stats"]) == 103_584
+    assert count(variables["batch_stats"]) == pyramidal103_batch_stats(same_width, False) == 103_584
+
+
+@pytest.mark.parametrize("down, up, up_reduction, expected", [
+    # Pooling has no parameters: average pooling costs what max pooling does.
+    ("avgpool", "transposed", 2, 9_358_819),
+    # 'ext': BN on c (2c), transposed conv c -> c // n with bias, decoder blocks on s_l + c // n.
+    ("maxpool", "transposed_ext", 1, 9_360_387),
+    ("maxpool", "transposed_ext", 2, 8_232_219),
+    # Pixel shuffle: no parameters, decoder blocks on s_l + c / 4 channels.
+    ("maxpool", "pixel_shuffle", 2, 7_353_603),
+])
+def test_pyramidal103_transition_variants_parameter_counts(down, up, up_reduction, expected):
+    """The reference's alternative transitions in its final model, counted from their layer
+    facts (reference notes d.1) with the same arithmetic as the default model."""
+    n = up_reduction
+    up_width, up_params = {
+        "transposed": (lambda c: c, lambda c: 9 * c * c + c),
+        "transposed_ext": (lambda c: c // n, lambda c: 2 * c + 9 * c * (c // n) + c // n),
+        "pixel_shuffle": (lambda c: c // 4, lambda c: 0),
+    }[up]
+    assert pyramidal103_params(up_width, up_params) == expected
+    model = PyramidalAutoencoder("pyramidal103", 48, 16, down=down, up=up, up_reduction=n)
+    variables = abstract_variables(model, (1, 64, 64, 3))
+    assert count(variables["params"]) == expected
+    assert count(variables["batch_stats"]) == pyramidal103_batch_stats(
+        up_width, up == "transposed_ext")
 
 
 def test_registry_builds_the_pyramidal_family():
@@ -77,11 +130,20 @@ def test_every_variant_keeps_the_input_shape(variant, size):
     assert out.shape == x.shape
 
 
-def test_rectangular_grayscale_input_with_other_transitions():
-    model = PyramidalAutoencoder("pyramidal457", 8, 4, down="strided", up="resize_conv")
+@pytest.mark.parametrize("up", UP_KINDS)
+@pytest.mark.parametrize("down", DOWN_KINDS)
+def test_every_transition_pair_keeps_a_rectangular_grayscale_shape(down, up):
+    model = PyramidalAutoencoder("pyramidal457", 8, 4, down=down, up=up)
     x = jnp.zeros((1, 16, 24, 1))
     out = jax.eval_shape(lambda v: model.apply(v, x), abstract_variables(model, x.shape))
     assert out.shape == x.shape
+
+
+def test_pixel_shuffle_up_needs_widths_that_divide_by_four():
+    # pyramidal457's bottleneck has 7 layers: 7 x growth 2 = 14 channels.
+    with pytest.raises(ValueError, match="divides by 4"):
+        abstract_variables(PyramidalAutoencoder("pyramidal457", 8, 2, up="pixel_shuffle"),
+                           (1, 16, 16, 3))
 
 
 @pytest.mark.parametrize("variant", ["basic22", "pyramidal44"])
@@ -121,6 +183,9 @@ def test_linear_output_is_the_tanh_output_before_tanh_and_bad_fields_raise():
         abstract_variables(PyramidalAutoencoder("nope"), (1, 64, 64, 3))
     with pytest.raises(ValueError, match="tanh"):
         abstract_variables(PyramidalAutoencoder("basic21", output="sigmoid"), (1, 64, 64, 3))
+    # Config validation reads size_multiple, so a misspelt transition fails before any compile.
+    with pytest.raises(ValueError, match="pixel_shuffle"):
+        PyramidalAutoencoder("pyramidal44", up="pixelshuffle").size_multiple
 
 
 @pytest.mark.parametrize("kind", DOWN_KINDS)
@@ -131,12 +196,43 @@ def test_transition_down_halves(kind):
     assert out.shape == (1, 4, 6, 5)
 
 
-@pytest.mark.parametrize("kind", UP_KINDS)
-def test_transition_up_doubles(kind):
-    block = TransitionUp(kind, features=7)
-    x = jnp.zeros((1, 4, 6, 5))
-    out = jax.eval_shape(lambda: block.init_with_output(RNGS, x)[0])
-    assert out.shape == (1, 8, 12, 7)
+@pytest.mark.parametrize("kind, channels_out", [
+    ("transposed", 8), ("transposed_ext", 4), ("pixel_shuffle", 2), ("resize_conv", 8)])
+def test_transition_up_doubles(kind, channels_out):
+    x = jnp.zeros((1, 4, 6, 8))
+    out = jax.eval_shape(lambda: TransitionUp(kind).init_with_output(RNGS, x)[0])
+    assert out.shape == (1, 8, 12, channels_out)
+    if kind != "pixel_shuffle":  # the others take any output width
+        block = TransitionUp(kind, features=7)
+        assert jax.eval_shape(lambda: block.init_with_output(RNGS, x)[0]).shape == (1, 8, 12, 7)
+
+
+def test_ext_transition_up_normalises_first_and_drops_out_in_training():
+    block = TransitionUp("transposed_ext", reduction=4)
+    x = jax.random.normal(jax.random.key(7), (2, 3, 4, 8))
+    variables = numpy_variables(block, x)
+    shapes = jax.tree.map(lambda a: a.shape, variables["params"])
+    assert shapes == {"BatchNorm_0": {"scale": (8,), "bias": (8,)},
+                      "ConvTranspose_0": {"kernel": (3, 3, 8, 2), "bias": (2,)}}
+
+    def train(seed):
+        return block.apply(variables, x, train=True, mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.key(seed)})[0]
+
+    a, b = train(0), train(1)
+    assert a.shape == (2, 6, 8, 2) and not np.allclose(a, b)
+    assert 0.1 < float(jnp.mean(a == 0)) < 0.3  # dropout 0.2 after the conv (zero bias here)
+    np.testing.assert_array_equal(block.apply(variables, x), block.apply(variables, x))
+
+
+def test_pixel_shuffle_up_is_depth_to_space_in_pytorch_order():
+    x = jnp.arange(2 * 3 * 8, dtype=jnp.float32).reshape(1, 2, 3, 8)
+    y = TransitionUp("pixel_shuffle").apply({}, x)
+    # Output channel c at offset (i, j) of each 2x2 cell is input channel 4c + 2i + j.
+    for c in range(2):
+        for i in range(2):
+            for j in range(2):
+                np.testing.assert_array_equal(y[0, i::2, j::2, c], x[0, :, :, 4 * c + 2 * i + j])
 
 
 def test_transposed_up_matches_pytorch_geometry():

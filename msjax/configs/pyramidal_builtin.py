@@ -6,11 +6,14 @@ pyramidal44 (dense blocks 4 | 4 | 4, one pooling; 8 input features, growth 8) on
 of the scikit-image photographs, damage 'noise' (Gaussian, std 125 on the 0-255 scale) by
 default; other damages: --config.task.damage=block (jpeg also needs
 --config.mge.operator_per_level=False). Full-multiscale MGE over three grids (8, 16, 32 px),
-each damaged on its own grid. Validation: fixed 64x64 crops of two held-out photos.
+each damaged on its own grid. Validation: fixed 64x64 crops of two held-out photos. Adam at a
+constant rate (1e-3 here, 3e-4 in the reference), as the reference has no schedule; set train.lr
+and train.lr_end together. Transitions as in the reference's final model (model_kwargs down, up;
+densenet.py lists the others).
 
-Measured on a shared 2-core CPU (load ~8): 300 steps in 3m50s (183 CPU s), valid PSNR 20.2 dB
-from a damaged input of 9.3 dB, at 177 work units; --config.mode=single reached 20.3 dB at 300
-work units (4m10s).
+Measured with a cosine schedule (add --config.train.lr_end=1e-6), not at the constant rate, on a
+shared 2-core CPU (load ~8): 300 steps in 3m50s (183 CPU s), valid PSNR 20.2 dB from a damaged
+input of 9.3 dB, at 177 work units; --config.mode=single reached 20.3 dB at 300 work units (4m10s).
 """
 
 from msjax import defaults
@@ -26,7 +29,8 @@ def get_config():
     c.data.valid_patch = 64
     c.data.valid_images = 8
     c.model = "pyramidal"
-    c.model_kwargs = dict(variant="pyramidal44", features=8, growth=8, output="tanh")
+    c.model_kwargs = dict(variant="pyramidal44", features=8, growth=8, output="tanh",
+                          down="maxpool", up="transposed", up_reduction=2)
     c.mode = "fullmultiscale"
     c.batch_size = 8                 # single batch; FMS stages 32, 16 x 2, 8 x 3 (coarse first)
     c.mge.levels = 2
@@ -36,6 +40,7 @@ def get_config():
     c.fms.stage_weights = (4, 2, 1)
     c.train.steps = 300
     c.train.lr = 1e-3
+    c.train.lr_end = c.train.lr        # a cosine from lr to lr: constant, like the reference
     c.log.eval_every = 100
     c.log.every = 20
     c.log.checkpoint_every = 100

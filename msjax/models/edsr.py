@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from msjax.models.sr_blocks import ResBlock, Upsampler, conv, from_network_range, to_network_range
+from msjax.models.layers import Conv, ModuleDef
+from msjax.models.sr_blocks import (
+    ResBlock,
+    Upsampler,
+    from_network_range,
+    same_conv,
+    to_network_range,
+)
 
 
 class EDSR(nn.Module):
@@ -24,17 +32,18 @@ class EDSR(nn.Module):
     res_scale: float = 1.0
     rgb_range: float = 255.0  # the reference trains on 0..255 values; weights depend on that scale
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array | None = None, train: bool = False) -> jax.Array:
         del t, train  # no conditioning, no dropout or batch norm
-        head = conv(self.n_feats, dtype=self.dtype, name="head")(
-            to_network_range(x, self.rgb_range, self.dtype)
-        )
+        conv = partial(same_conv, self.conv, dtype=self.dtype)
+        head = conv(self.n_feats, name="head")(to_network_range(x, self.rgb_range, self.dtype))
         h = head
         for i in range(self.n_resblocks):
-            h = ResBlock(self.n_feats, self.res_scale, self.dtype, name=f"resblock_{i}")(h)
-        h = head + conv(self.n_feats, dtype=self.dtype, name="body_end")(h)
-        h = Upsampler(self.n_feats, self.scale, self.dtype, name="upsampler")(h)
-        y = conv(3, dtype=self.dtype, name="tail")(h)
+            h = ResBlock(self.n_feats, self.res_scale, self.dtype, self.conv,
+                         name=f"resblock_{i}")(h)
+        h = head + conv(self.n_feats, name="body_end")(h)
+        h = Upsampler(self.n_feats, self.scale, self.dtype, self.conv, name="upsampler")(h)
+        y = conv(3, name="tail")(h)
         return from_network_range(y, self.rgb_range, self.dtype)

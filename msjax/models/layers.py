@@ -1,4 +1,10 @@
-"""Small pieces shared by the MGE model families (UNet, ResNet, SRNet, ResidualCNN).
+"""Small pieces shared by the model families: the convolution module, initialisers, time
+embeddings and the per-sample layer norm.
+
+Every regular convolution of every family is a ``Conv`` built through the family's ``conv``
+field (``ModuleDef``, default ``Conv``), as flax's ResNet example takes ``conv: ModuleDef``: a
+backend hands a model ``partial(Conv, convolution=...)`` to run its convolutions on other kernels,
+and the models import nothing platform-specific. Transposed convolutions stay flax's.
 
 Initialisers follow the PyTorch defaults of the reference code where they shape early training:
 ``nn.Conv2d`` / ``nn.Linear`` draw kernels from kaiming-uniform with a=sqrt(5), which is
@@ -11,12 +17,17 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Any, Callable, Sequence, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
+from jax import lax
 
-from msjax.backend import convolutions as _convolutions
+# A Module class, or a functools.partial of one, that a model instantiates (flax ResNet's alias).
+ModuleDef = Any
+Padding = Union[str, int, Sequence[Union[int, tuple[int, int]]]]
 
 torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 zeros_init = nn.initializers.zeros
@@ -31,15 +42,82 @@ def scaled(init: nn.initializers.Initializer, factor: float) -> nn.initializers.
     return scaled_init
 
 
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class Conv(nn.Module):
+    """2-D NHWC convolution with the parameters and dtype rule of ``nn.Conv``.
+
+    ``kernel`` (H, W, in, out) and ``bias`` (out) are named and shaped as nn.Conv's, so parameter
+    trees and checkpoints are the same; inputs, kernel and bias are promoted to ``dtype`` (None:
+    their common type) before the convolution, as nn.Conv does. ``kernel_size``, ``strides`` and
+    ``kernel_dilation`` are pairs or one int for both axes. ``padding`` is 'SAME', 'VALID', an int,
+    one int per spatial axis (both sides), or (lo, hi) pairs; it reaches ``convolution`` as
+    explicit pairs. ``convolution`` has ``lax.conv_general_dilated``'s signature and is the only
+    thing a backend needs to replace.
+    """
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: Padding = "SAME"
+    kernel_dilation: int | Sequence[int] = 1
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    convolution: Callable[..., jax.Array] = lax.conv_general_dilated
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4:
+            raise ValueError(f"Conv takes NHWC inputs, got shape {x.shape}")
+        kernel_size, strides = _pair(self.kernel_size), _pair(self.strides)
+        dilation = _pair(self.kernel_dilation)
+        kernel = self.param("kernel", self.kernel_init, (*kernel_size, x.shape[-1], self.features),
+                            self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        padding = self._explicit_padding(x.shape[1:3], kernel_size, strides, dilation)
+        y = self.convolution(x, kernel, strides, padding, lhs_dilation=None, rhs_dilation=dilation,
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=1,
+                             precision=None, preferred_element_type=None)
+        return y if bias is None else y + bias.reshape(1, 1, 1, -1)
+
+    def _explicit_padding(self, spatial, kernel_size, strides, dilation):
+        padding = self.padding
+        if isinstance(padding, str):
+            if padding not in ("SAME", "VALID"):
+                raise ValueError(
+                    f"Conv padding must be 'SAME', 'VALID' or explicit, got {padding!r}")
+            dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
+            return tuple(lax.padtype_to_pads(spatial, dilated, strides, padding))
+        if isinstance(padding, int):
+            return ((padding, padding),) * 2
+        return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+
+
+def torch_conv(conv: ModuleDef = Conv, **fields) -> ModuleDef:
+    """``conv`` with PyTorch's default kernel init, float32 params and ``fields`` preset."""
+    return partial(conv, kernel_init=torch_default_init, param_dtype=jnp.float32, **fields)
+
+
 # Explicit symmetric padding, as in PyTorch: 'SAME' pads (0, 1) for stride 2 on even sizes, which
 # would shift the downsampling grid by half a pixel relative to the reference.
-# nn.Conv whose convolution msjax.kernels picks (oneDNN's on CPU under runtime.cpu_convolutions=
-# auto|onednn, else XLA's). flax marks the conv_general_dilated field deprecated; without it every
-# convolution stays on XLA and oneDNN is refused (kernels.require_onednn).
-NNConv = partial(nn.Conv, conv_general_dilated=_convolutions.dispatch)
-Conv = partial(NNConv, kernel_init=torch_default_init, param_dtype=jnp.float32)
-Conv3x3 = partial(Conv, kernel_size=(3, 3), padding=1)
-Conv1x1 = partial(Conv, kernel_size=(1, 1), padding=0)
+def conv3x3(conv: ModuleDef = Conv) -> ModuleDef:
+    return torch_conv(conv, kernel_size=(3, 3), padding=1)
+
+
+def conv1x1(conv: ModuleDef = Conv) -> ModuleDef:
+    return torch_conv(conv, kernel_size=(1, 1), padding=0)
+
+
+TorchConv = torch_conv()
+Conv3x3 = conv3x3()
+Conv1x1 = conv1x1()
 Dense = partial(nn.Dense, kernel_init=torch_default_init, param_dtype=jnp.float32)
 
 

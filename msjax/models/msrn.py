@@ -6,13 +6,15 @@ paper-era model: it keeps the extra conv after fusion and the 2^n-stage upsample
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from msjax.models.sr_blocks import Upsampler, conv, from_network_range, to_network_range
+from msjax.models.layers import Conv, ModuleDef
+from msjax.models.sr_blocks import Upsampler, from_network_range, same_conv, to_network_range
 
 
 class MSRB(nn.Module):
@@ -20,22 +22,15 @@ class MSRB(nn.Module):
 
     features: int
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        conv = partial(same_conv, self.conv, dtype=self.dtype)
         m = self.features
-        c1 = jnp.concatenate(
-            [nn.relu(conv(m, 3, dtype=self.dtype)(x)), nn.relu(conv(m, 5, dtype=self.dtype)(x))],
-            axis=-1,
-        )
-        c2 = jnp.concatenate(
-            [
-                nn.relu(conv(2 * m, 3, dtype=self.dtype)(c1)),
-                nn.relu(conv(2 * m, 5, dtype=self.dtype)(c1)),
-            ],
-            axis=-1,
-        )
-        return x + conv(m, 1, dtype=self.dtype)(c2)
+        c1 = jnp.concatenate([nn.relu(conv(m, 3)(x)), nn.relu(conv(m, 5)(x))], axis=-1)
+        c2 = jnp.concatenate([nn.relu(conv(2 * m, 3)(c1)), nn.relu(conv(2 * m, 5)(c1))], axis=-1)
+        return x + conv(m, 1)(c2)
 
 
 class MSRN(nn.Module):
@@ -47,22 +42,20 @@ class MSRN(nn.Module):
     n_feats: int = 64
     rgb_range: float = 255.0  # the reference trains on 0..255 values; weights depend on that scale
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array | None = None, train: bool = False) -> jax.Array:
         del t, train  # no conditioning, no dropout or batch norm
-        head = conv(self.n_feats, dtype=self.dtype, name="head")(
-            to_network_range(x, self.rgb_range, self.dtype)
-        )
+        conv = partial(same_conv, self.conv, dtype=self.dtype)
+        head = conv(self.n_feats, name="head")(to_network_range(x, self.rgb_range, self.dtype))
         features, h = [], head
         for i in range(self.n_blocks):
-            h = MSRB(self.n_feats, self.dtype, name=f"msrb_{i}")(h)
+            h = MSRB(self.n_feats, self.dtype, self.conv, name=f"msrb_{i}")(h)
             features.append(h)
         # The official code appends the head output last; the order only matters for weight porting.
-        fused = conv(self.n_feats, 1, dtype=self.dtype, name="fusion")(
-            jnp.concatenate(features + [head], axis=-1)
-        )
-        h = conv(self.n_feats, dtype=self.dtype, name="fusion_conv")(fused)
-        h = Upsampler(self.n_feats, self.scale, self.dtype, name="upsampler")(h)
-        y = conv(3, dtype=self.dtype, name="tail")(h)
+        fused = conv(self.n_feats, 1, name="fusion")(jnp.concatenate(features + [head], axis=-1))
+        h = conv(self.n_feats, name="fusion_conv")(fused)
+        h = Upsampler(self.n_feats, self.scale, self.dtype, self.conv, name="upsampler")(h)
+        y = conv(3, name="tail")(h)
         return from_network_range(y, self.rgb_range, self.dtype)

@@ -8,13 +8,15 @@ whole chain.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from msjax.models.sr_blocks import RCAB, conv
+from msjax.models.layers import Conv, ModuleDef
+from msjax.models.sr_blocks import RCAB, same_conv
 
 # The reference initialises every conv and attention weight with init.orthogonal_ (gain 1).
 orthogonal_init = nn.initializers.orthogonal()
@@ -29,20 +31,19 @@ class MultiblockBlock(nn.Module):
     attention_hidden: int = 16  # reduction 4, not RCAN's 16
     clamp: bool = False
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array | None = None, train: bool = False) -> jax.Array:
         del t, train  # no conditioning, no dropout or batch norm
-        h = conv(self.n_feats, dtype=self.dtype, kernel_init=orthogonal_init, name="head")(
-            x.astype(self.dtype)
-        )
+        conv = partial(same_conv, self.conv, dtype=self.dtype, kernel_init=orthogonal_init)
+        h = conv(self.n_feats, name="head")(x.astype(self.dtype))
         for i in range(self.n_rcab):
-            h = RCAB(
-                self.n_feats, self.attention_hidden, self.dtype, orthogonal_init, name=f"rcab_{i}"
-            )(h)
+            h = RCAB(self.n_feats, self.attention_hidden, self.dtype, orthogonal_init, self.conv,
+                     name=f"rcab_{i}")(h)
         # No feature-level long skip here (unlike RCAN): only the image-level residual below.
-        h = conv(self.n_feats, dtype=self.dtype, kernel_init=orthogonal_init, name="body_end")(h)
-        y = conv(3, dtype=self.dtype, kernel_init=orthogonal_init, name="to_rgb")(h)
+        h = conv(self.n_feats, name="body_end")(h)
+        y = conv(3, name="to_rgb")(h)
         y = y + x.astype(self.dtype)
         # clip has zero gradient where it clips, like the reference's masked in-place assignment.
         return jnp.clip(y, 0.0, 1.0) if self.clamp else y
@@ -70,6 +71,7 @@ class MultiblockChain(nn.Module):
     clamp_last: bool | None = None
     frozen: int = 0
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(
@@ -92,6 +94,7 @@ class MultiblockChain(nn.Module):
                 self.attention_hidden,
                 last_clamp if i == self.n_blocks - 1 else self.clamp,
                 self.dtype,
+                self.conv,
                 name=f"block_{i}",
             )
             for i in range(self.n_blocks)

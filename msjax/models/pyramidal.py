@@ -14,6 +14,11 @@ Two families, picked by ``variant``:
   concatenated with s_l and fed to a dense block. ``pyramidal103`` with (features, growth) =
   (48, 16) is the reference's final 103-layer model (blocks 4, 5, 7, 10, 12 | 15 | 12, 10, 7, 5, 5;
   the last decoder block has 5 layers in the reference code although its README figure says 4).
+  Their transitions are chosen as the reference's factories choose them: ``down`` = 'maxpool'
+  (its final model) or 'avgpool', ``up`` = 'transposed' (its final model), 'transposed_ext' (BN,
+  ReLU, transposed conv to c // ``up_reduction``, dropout) or 'pixel_shuffle' (c -> c / 4, no
+  parameters); msjax adds 'strided' and 'resize_conv' (densenet.py). A transition up's output
+  width sets the decoder blocks' input width, hence the parameter count.
 
 Every variant ends in a 3x3 conv to the input's channel count, then tanh (``output='tanh'``, data
 in [-1, 1] as in the reference) or nothing (``output='linear'``, data in [0, 1]). msjax data stay
@@ -35,16 +40,17 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from msjax.models.layers import NNConv
-
 from msjax.models.densenet import (
+    DOWN_KINDS,
     STRIDED_X2_PADDING,
     TRANSPOSED_X2_PADDING,
+    UP_KINDS,
     DenseBlock,
     TransitionDown,
     TransitionUp,
     batch_norm,
 )
+from msjax.models.layers import Conv, ModuleDef
 
 # variant -> (levels, convs per level, skip: None | 'add' | 'cat')
 CONV_VARIANTS = {
@@ -72,6 +78,7 @@ class ConvBNReLU(nn.Module):
     features: int
     resample: Optional[str] = None  # None, 'down' or 'up'
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -80,11 +87,11 @@ class ConvBNReLU(nn.Module):
                 self.features, (3, 3), (2, 2), padding=TRANSPOSED_X2_PADDING, dtype=self.dtype
             )
         elif self.resample == "down":
-            conv = NNConv(
+            conv = self.conv(
                 self.features, (3, 3), (2, 2), padding=STRIDED_X2_PADDING, dtype=self.dtype
             )
         else:
-            conv = NNConv(self.features, (3, 3), padding="SAME", dtype=self.dtype)
+            conv = self.conv(self.features, (3, 3), padding="SAME", dtype=self.dtype)
         return nn.relu(batch_norm(train, self.dtype)(conv(x)))
 
 
@@ -95,12 +102,16 @@ class PyramidalAutoencoder(nn.Module):
     level_channels: Sequence[int] = (32, 64, 128, 256, 256, 256)  # conv variants: level 0..L
     down: str = "maxpool"  # dense variants' transition down (densenet.DOWN_KINDS)
     up: str = "transposed"  # dense variants' transition up (densenet.UP_KINDS)
+    up_reduction: int = 2  # up='transposed_ext' maps c -> c // this (the reference's n; no default)
     output: str = "tanh"
     dropout_rate: float = 0.2
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @property
     def size_multiple(self) -> int:
+        """What H and W must divide by; checks the fields first (config validation reads this)."""
+        self._check_fields()
         return self.downsampling
 
     @property
@@ -114,21 +125,28 @@ class PyramidalAutoencoder(nn.Module):
     @nn.compact
     def __call__(self, x, t=None, train: bool = False):
         del t  # not time-conditioned
-        if self.output not in OUTPUTS:
-            raise ValueError(f"unknown output {self.output!r}; choose one of {OUTPUTS}")
+        self._check_fields()
         factor = self.downsampling
         if x.shape[1] % factor or x.shape[2] % factor:
             raise ValueError(
                 f"{self.variant} needs H and W divisible by {factor}, got {x.shape[1]}x{x.shape[2]}"
             )
         out_channels = x.shape[-1]
-        x = nn.relu(NNConv(self._input_width(), (3, 3), padding="SAME", dtype=self.dtype)(x))
+        x = nn.relu(self.conv(self._input_width(), (3, 3), padding="SAME", dtype=self.dtype)(x))
         if self.variant in CONV_VARIANTS:
             y = self._conv_pyramid(x, train)
         else:
             y = self._dense_pyramid(x, train)
-        y = NNConv(out_channels, (3, 3), padding="SAME", dtype=self.dtype)(y)
+        y = self.conv(out_channels, (3, 3), padding="SAME", dtype=self.dtype)(y)
         return jnp.tanh(y) if self.output == "tanh" else y
+
+    def _check_fields(self) -> None:
+        for field, value, choices in (("output", self.output, OUTPUTS),
+                                      ("down", self.down, DOWN_KINDS), ("up", self.up, UP_KINDS)):
+            if value not in choices:
+                raise ValueError(f"unknown {field} {value!r}; choose one of {choices}")
+        if self.up_reduction < 1:
+            raise ValueError(f"up_reduction must be at least 1, got {self.up_reduction}")
 
     def _input_width(self) -> int:
         if self.variant in DENSE_VARIANTS:
@@ -141,7 +159,7 @@ class PyramidalAutoencoder(nn.Module):
     def _conv_pyramid(self, x, train):
         levels, convs, skip = CONV_VARIANTS[self.variant]
         ch = self.level_channels
-        block = functools.partial(ConvBNReLU, dtype=self.dtype)
+        block = functools.partial(ConvBNReLU, dtype=self.dtype, conv=self.conv)
         if convs == 2:
             x = block(ch[0])(x, train)
         encoded = [x]
@@ -165,16 +183,19 @@ class PyramidalAutoencoder(nn.Module):
 
     def _dense_pyramid(self, x, train):
         encoder_sizes, bottleneck_size, decoder_sizes = DENSE_VARIANTS[self.variant]
-        dense = functools.partial(
-            DenseBlock, growth=self.growth, dropout_rate=self.dropout_rate, dtype=self.dtype
-        )
+        dense = functools.partial(DenseBlock, growth=self.growth, dropout_rate=self.dropout_rate,
+                                  dtype=self.dtype, conv=self.conv)
+        down = functools.partial(TransitionDown, self.down, dropout_rate=self.dropout_rate,
+                                 dtype=self.dtype, conv=self.conv)
+        up = functools.partial(TransitionUp, self.up, dropout_rate=self.dropout_rate,
+                               reduction=self.up_reduction, dtype=self.dtype, conv=self.conv)
         skips = []
         for n in encoder_sizes:
             x = jnp.concatenate([x, dense(n)(x, train)], axis=-1)
             skips.append(x)
-            x = TransitionDown(self.down, None, self.dropout_rate, self.dtype)(x, train)
+            x = down()(x, train)
         y = dense(bottleneck_size)(x, train)
         for n, skip in zip(decoder_sizes, reversed(skips)):
-            y = TransitionUp(self.up, dtype=self.dtype)(y, train)
+            y = up()(y, train)
             y = dense(n)(jnp.concatenate([skip, y], axis=-1), train)
         return y

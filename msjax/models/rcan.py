@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from msjax.models.layers import Conv, ModuleDef
 from msjax.models.sr_blocks import (
     ResidualGroup,
     Upsampler,
-    conv,
     from_network_range,
+    same_conv,
     to_network_range,
 )
 
@@ -31,20 +33,20 @@ class RCAN(nn.Module):
     reduction: int = 16
     rgb_range: float = 255.0  # the reference trains on 0..255 values; weights depend on that scale
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array | None = None, train: bool = False) -> jax.Array:
         del t, train  # no conditioning, no dropout or batch norm
+        conv = partial(same_conv, self.conv, dtype=self.dtype)
         hidden = max(1, self.n_feats // self.reduction)
-        head = conv(self.n_feats, dtype=self.dtype, name="head")(
-            to_network_range(x, self.rgb_range, self.dtype)
-        )
+        head = conv(self.n_feats, name="head")(to_network_range(x, self.rgb_range, self.dtype))
         h = head
         for i in range(self.n_resgroups):
             h = ResidualGroup(
-                self.n_feats, self.n_resblocks, hidden, self.dtype, name=f"group_{i}"
+                self.n_feats, self.n_resblocks, hidden, self.dtype, self.conv, name=f"group_{i}"
             )(h)
-        h = head + conv(self.n_feats, dtype=self.dtype, name="body_end")(h)
-        h = Upsampler(self.n_feats, self.scale, self.dtype, name="upsampler")(h)
-        y = conv(3, dtype=self.dtype, name="tail")(h)
+        h = head + conv(self.n_feats, name="body_end")(h)
+        h = Upsampler(self.n_feats, self.scale, self.dtype, self.conv, name="upsampler")(h)
+        y = conv(3, name="tail")(h)
         return from_network_range(y, self.rgb_range, self.dtype)

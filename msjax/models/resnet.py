@@ -14,9 +14,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from msjax.models.layers import (
-    Conv1x1,
-    Conv3x3,
+    Conv,
     Dense,
+    ModuleDef,
+    conv1x1,
+    conv3x3,
     per_sample_t,
     sample_layer_norm,
     scaled,
@@ -48,9 +50,11 @@ class ResidualBlock(nn.Module):
     features: int
     time_embed: bool
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x, t):
+        Conv3x3 = conv3x3(self.conv)
         h = Conv3x3(self.features, dtype=self.dtype)(x)
         if self.time_embed:
             h = h + TimeEmbedding(self.features, dtype=self.dtype)(t)[:, None, None, :]
@@ -63,14 +67,16 @@ class ResNet(nn.Module):
     nlayers: int = 2
     time_embed: bool = True
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x, t=None, train: bool = False):
+        Conv1x1 = conv1x1(self.conv)
         out_channels = x.shape[-1]
         t = per_sample_t(t, x.shape[0])
         h = Conv1x1(self.hidden, dtype=self.dtype)(x)
         for _ in range(self.nlayers):
-            h = ResidualBlock(self.hidden, self.time_embed, dtype=self.dtype)(h, t)
+            h = ResidualBlock(self.hidden, self.time_embed, dtype=self.dtype, conv=self.conv)(h, t)
         # The reference scales the close weights by 1e-3 so the untrained net outputs ~0.
         close_init = scaled(torch_default_init, 1e-3)
         return Conv1x1(out_channels, kernel_init=close_init, dtype=self.dtype)(h)

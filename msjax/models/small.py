@@ -7,7 +7,15 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from msjax.models.layers import Conv3x3, Dense, per_sample_t, sinusoidal_embedding, zeros_init
+from msjax.models.layers import (
+    Conv,
+    Dense,
+    ModuleDef,
+    conv3x3,
+    per_sample_t,
+    sinusoidal_embedding,
+    zeros_init,
+)
 
 # Sinusoid size for the optional time input; the learned Dense maps it to one offset per channel.
 TIME_FEATURES = 16
@@ -25,9 +33,11 @@ class ResidualCNN(nn.Module):
     depth: int = 5
     time_embed: bool = False
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x, t=None, train: bool = False):
+        Conv3x3 = conv3x3(self.conv)
         if self.depth < 2:
             raise ValueError(f"depth must be at least 2, got {self.depth}")
         h = Conv3x3(self.features, dtype=self.dtype)(x)

@@ -8,25 +8,24 @@ shift is a fixed constant (not a parameter), applied on the rgb_range = 255 scal
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from msjax.models.layers import NNConv
+from msjax.models.layers import Conv, ModuleDef, torch_default_init
 
 Initializer = Callable[..., jax.Array]
 
 # DIV2K training-set RGB mean, as in EDSR/RCAN/MSRN (`MeanShift` with std 1).
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
-# PyTorch's default conv init (kaiming_uniform with a = sqrt(5)) has variance 1 / (3 fan_in); the
-# reference models were trained from it without normalisation layers, so we keep its scale.
-torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def conv(
+def same_conv(
+    conv: ModuleDef,
     features: int,
     kernel: int = 3,
     *,
@@ -34,8 +33,11 @@ def conv(
     kernel_init: Initializer = torch_default_init,
     name: str | None = None,
 ) -> nn.Module:
-    """A k x k conv with bias and 'same' padding (PyTorch's padding k // 2 for odd k)."""
-    return NNConv(
+    """A k x k ``conv`` with bias and 'same' padding (PyTorch's padding k // 2 for odd k).
+
+    PyTorch's default init (variance 1 / (3 fan_in)) is kept: the reference models were trained
+    from it without normalisation layers."""
+    return conv(
         features,
         (kernel, kernel),
         padding="SAME",
@@ -74,16 +76,18 @@ class Upsampler(nn.Module):
     features: int
     scale: int
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        conv = partial(same_conv, self.conv, dtype=self.dtype)
         if self.scale == 3:
-            return pixel_shuffle(conv(9 * self.features, dtype=self.dtype)(x), 3)
+            return pixel_shuffle(conv(9 * self.features)(x), 3)
         stages = int(round(math.log2(self.scale))) if self.scale > 1 else 0
         if self.scale < 2 or 2**stages != self.scale:
             raise ValueError(f"scale must be 3 or a power of 2, got {self.scale}")
         for _ in range(stages):
-            x = pixel_shuffle(conv(4 * self.features, dtype=self.dtype)(x), 2)
+            x = pixel_shuffle(conv(4 * self.features)(x), 2)
         return x
 
 
@@ -93,11 +97,13 @@ class ResBlock(nn.Module):
     features: int
     res_scale: float = 1.0
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = nn.relu(conv(self.features, dtype=self.dtype)(x))
-        h = conv(self.features, dtype=self.dtype)(h)
+        conv = partial(same_conv, self.conv, dtype=self.dtype)
+        h = nn.relu(conv(self.features)(x))
+        h = conv(self.features)(h)
         return x + h * self.res_scale
 
 
@@ -125,11 +131,13 @@ class RCAB(nn.Module):
     attention_hidden: int
     dtype: Any = jnp.float32
     kernel_init: Initializer = torch_default_init
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = conv(self.features, dtype=self.dtype, kernel_init=self.kernel_init)(x)
-        h = conv(self.features, dtype=self.dtype, kernel_init=self.kernel_init)(nn.relu(h))
+        conv = partial(same_conv, self.conv, dtype=self.dtype, kernel_init=self.kernel_init)
+        h = conv(self.features)(x)
+        h = conv(self.features)(nn.relu(h))
         h = ChannelAttention(self.attention_hidden, self.dtype, self.kernel_init)(h)
         return x + h
 
@@ -141,10 +149,11 @@ class ResidualGroup(nn.Module):
     n_resblocks: int
     attention_hidden: int
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         h = x
         for _ in range(self.n_resblocks):
-            h = RCAB(self.features, self.attention_hidden, self.dtype)(h)
-        return x + conv(self.features, dtype=self.dtype)(h)
+            h = RCAB(self.features, self.attention_hidden, self.dtype, conv=self.conv)(h)
+        return x + same_conv(self.conv, self.features, dtype=self.dtype)(h)

@@ -12,13 +12,14 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from msjax.models.layers import Conv, Conv1x1, sample_layer_norm
+from msjax.models.layers import Conv, ModuleDef, conv1x1, sample_layer_norm, torch_conv
 
 RELU_GAIN = math.sqrt(2.0)
 
 
 class SRNet(nn.Module):
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x, t=None, train: bool = False):
@@ -28,7 +29,7 @@ class SRNet(nn.Module):
         layers = ((64, 5, RELU_GAIN), (64, 3, RELU_GAIN), (32, 3, RELU_GAIN), (32, 3, 1.0))
         h = x
         for features, size, gain in layers:
-            h = Conv(
+            h = torch_conv(self.conv)(
                 features,
                 kernel_size=(size, size),
                 padding=size // 2,
@@ -38,4 +39,4 @@ class SRNet(nn.Module):
             h = nn.leaky_relu(sample_layer_norm(h), negative_slope=0.2)
         # Tiny output weights: the residual starts near zero, so the net starts near bilinear.
         head_init = nn.initializers.normal(stddev=1e-3)
-        return Conv1x1(out_channels, kernel_init=head_init, dtype=self.dtype)(h)
+        return conv1x1(self.conv)(out_channels, kernel_init=head_init, dtype=self.dtype)(h)

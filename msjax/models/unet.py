@@ -16,9 +16,10 @@ import jax.numpy as jnp
 
 from msjax.models.layers import (
     Conv,
-    Conv1x1,
-    Conv3x3,
     Dense,
+    ModuleDef,
+    conv1x1,
+    conv3x3,
     per_sample_t,
     sinusoidal_embedding,
     zeros_init,
@@ -35,9 +36,11 @@ class ResBlock(nn.Module):
     dropout: float
     groups: int
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x, emb, train: bool):
+        Conv3x3, Conv1x1 = conv3x3(self.conv), conv1x1(self.conv)
         h = nn.silu(GroupNorm(self.groups, dtype=self.dtype)(x))
         h = Conv3x3(self.out_channels, dtype=self.dtype)(h)
         h = h + Dense(self.out_channels, dtype=self.dtype)(nn.silu(emb))[:, None, None, :]
@@ -78,6 +81,7 @@ class UNet(nn.Module):
     dropout: float = 0.5
     groups: int = 16
     dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
 
     @property
     def size_multiple(self) -> int:
@@ -88,7 +92,9 @@ class UNet(nn.Module):
     def __call__(self, x, t=None, train: bool = False):
         out_channels = x.shape[-1]
         ch = self.model_channels
-        block = partial(ResBlock, dropout=self.dropout, groups=self.groups, dtype=self.dtype)
+        Conv3x3 = conv3x3(self.conv)
+        block = partial(ResBlock, dropout=self.dropout, groups=self.groups, dtype=self.dtype,
+                        conv=self.conv)
 
         t = per_sample_t(t, x.shape[0])
         emb = Dense(4 * ch, dtype=self.dtype)(sinusoidal_embedding(t, ch))
@@ -102,7 +108,7 @@ class UNet(nn.Module):
                 h = block(mult * ch)(h, emb, train)
                 skips.append(h)
             if level != last_level:
-                h = Conv(h.shape[-1], kernel_size=(3, 3), strides=2, padding=1, dtype=self.dtype)(h)
+                h = Conv3x3(h.shape[-1], strides=2, dtype=self.dtype)(h)
                 skips.append(h)
 
         h = block(h.shape[-1])(h, emb, train)
