@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -66,6 +67,8 @@ class Checkpoints:
         self.on_message = on_message or log.warning
         self.set_aside: list[SetAside] = []  # what restores moved out of the way, oldest first
         self._pending: int | None = None  # a step whose asynchronous save is not confirmed yet
+        self._background_error: Exception | None = None
+        self._watcher: threading.Thread | None = None
         self._failed: StorageError | None = None
         if not read_only and _is_primary():
             partial = sorted(p.name for p in self.directory.glob(_PARTIAL))
@@ -108,25 +111,37 @@ class Checkpoints:
                 metrics=metrics, force=True)
         except Exception as e:  # nothing else is written between here and the filesystem
             raise self._storage_error(step, e) from e
-        self._pending = step
+        self._pending, self._background_error = step, None
+        # Orbax raises a background failure only to a thread that waits for it, once per
+        # thread: this one waits, so the loop can ask without blocking.
+        self._watcher = threading.Thread(target=self._watch, name="checkpoint_save_watcher",
+                                         daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            self._background_error = e
 
     def raise_if_save_failed(self, wait: bool = False) -> None:
         """Raises StorageError if a save started earlier has failed; with ``wait``, waits for it
-        first. Cheap without ``wait``: the loop calls it at every log step, so a failure stops
-        the run within a log interval instead of at the next save."""
+        first. Without ``wait`` it only reads a flag: the loop calls it at every log step, so a
+        failure stops the run within a log interval instead of at the next save."""
         if self._failed is not None:
             raise self._failed
         if self._pending is None:
             return
         step = self._pending
-        try:
-            if wait:
+        if wait:
+            try:
                 self.manager.wait_until_finished()
-            else:
-                self.manager.check_for_errors()
-        except Exception as e:
+            except Exception as e:
+                self._background_error = e
+            self._watcher.join()
+        if self._background_error is not None:
             self._pending = None
-            raise self._storage_error(step, e) from e
+            raise self._storage_error(step, self._background_error) from self._background_error
         if wait:
             self._pending = None
 
@@ -205,6 +220,8 @@ class Checkpoints:
                 failures.append((step, e.reason))
                 continue
             newer = sorted((s, r) for s, r in failures if s > step)
+            if newer and not self.read_only:
+                _sync("msjax_checkpoints_found_damage")  # every process has read them first
             for s, reason in newer:
                 folder = self._set_aside(s, reason)
                 where = f"set aside as {folder.name}" if folder else "left in place (read-only)"

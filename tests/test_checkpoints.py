@@ -276,15 +276,18 @@ WORKER = textwrap.dedent("""
         resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.RLIM_INFINITY))
     elif mode == "remount-ro":
         os.system("mount -o remount,ro " + directory)
+    start = None
     try:
-        for step in range(2, 6):
-            ckpt.save(step, make_state(step, 256), {{"step": step}})
-            time.sleep(0.2)
+        ckpt.save(2, make_state(2, 256), {{"step": 2}})
+        start = time.time()
+        while time.time() - start < 60:  # no further save: the loop only polls
             ckpt.raise_if_save_failed()
+            time.sleep(0.05)
         ckpt.wait()
         print("NO ERROR")
     except StorageError as e:
-        print("STORAGE ERROR:", e, flush=True)
+        when = "in save" if start is None else f"after {{time.time() - start:.1f}} s"
+        print(f"STORAGE ERROR {{when}}:", e, flush=True)
     finally:
         ckpt.close()
 """)
@@ -300,7 +303,7 @@ def run_worker(directory, mode, wrap=()):
 
 def check_storage_failure(proc, directory):
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("STORAGE ERROR:")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("STORAGE ERROR")]
     assert len(lines) == 1, proc.stdout + proc.stderr[-3000:]
     assert f"to {directory} failed" in lines[0]
     assert "the last good checkpoint is step 1" in lines[0]
@@ -310,7 +313,9 @@ def check_storage_failure(proc, directory):
 def test_a_write_failing_in_the_background_stops_the_process_promptly(tmp_path):
     directory = tmp_path / "ck"
     proc = run_worker(directory, "fsize")
-    assert "(File too large, EFBIG)" in check_storage_failure(proc, directory)
+    line = check_storage_failure(proc, directory)
+    assert "(File too large, EFBIG)" in line
+    assert float(line.split("after ")[1].split(" s")[0]) < 10  # seen by polling, no next save
     # The failed save left its temporary folder; the next start removes it and says so.
     assert list(directory.glob("*.orbax-checkpoint-tmp*"))
     messages = []
