@@ -11,36 +11,112 @@ RANDOM = ("noise", "block", "squares", "grid")
 IMAGES = jax.random.uniform(jax.random.key(0), (4, 64, 96, 3))
 
 
-@pytest.mark.parametrize("name", dmg.DAMAGES)
-def test_damage_is_a_deterministic_function_of_images_and_key(name):
-    first = dmg.damage(name, IMAGES, jax.random.key(1))
-    np.testing.assert_array_equal(first, dmg.damage(name, IMAGES, jax.random.key(1)))
-    assert first.shape == IMAGES.shape
-    assert float(jnp.min(first)) >= 0 and float(jnp.max(first)) <= 1
-    assert float(jnp.mean(jnp.abs(first - IMAGES))) > 0.01
-
-
-@pytest.mark.parametrize("name", RANDOM)
-def test_random_damage_changes_with_the_key(name):
-    first = dmg.damage(name, IMAGES, jax.random.key(1))
-    assert not np.array_equal(first, dmg.damage(name, IMAGES, jax.random.key(2)))
+PAINTED = ("block", "squares", "grid")
 
 
 @pytest.mark.parametrize("name", dmg.DAMAGES)
-def test_validation_form_is_fixed_per_image(name):
-    fixed = dmg.validation_damage(name, IMAGES)
-    np.testing.assert_array_equal(fixed, dmg.validation_damage(name, IMAGES))
-    # an image's damage does not depend on its batch neighbours
+def test_every_damage_keeps_shape_and_range_and_changes_the_images(name):
+    for out in (dmg.damage(name, IMAGES, jax.random.key(1)), dmg.validation_damage(name, IMAGES)):
+        assert out.shape == IMAGES.shape
+        assert float(jnp.min(out)) >= 0 and float(jnp.max(out)) <= 1
+        assert float(jnp.mean(jnp.abs(out - IMAGES))) > 0.01
+
+
+def _clipped_normal_moments(sigma, limit):
+    """Mean square and tail mass of clip(N(0, sigma^2), -limit, limit), by numpy quadrature."""
+    x = np.linspace(-12 * sigma, 12 * sigma, 400001)
+    pdf = np.exp(-0.5 * (x / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
+    dx = x[1] - x[0]
+    return (np.sum(np.clip(x, -limit, limit) ** 2 * pdf) * dx,
+            np.sum(pdf[np.abs(x) > limit]) * dx)
+
+
+def test_noise_has_the_clipped_gaussian_statistics_and_independent_draws():
+    grey = jnp.full((4, 64, 96, 3), 0.5)
+    sigma = 125 / 255
+    residual = np.asarray(dmg.damage("noise", grey, jax.random.key(0))) - 0.5
+    mean_square, clipped = _clipped_normal_moments(sigma, 0.5)
+    n = residual.size
+    assert abs(residual.mean()) < 4 * np.sqrt(mean_square / n)
+    np.testing.assert_allclose(np.mean(residual ** 2), mean_square, rtol=0.02)
+    np.testing.assert_allclose(np.mean(np.abs(residual) == 0.5), clipped, atol=0.01)
+    flat = residual.reshape(4, -1)  # each image draws its own noise: uncorrelated
+    assert np.abs(np.corrcoef(flat)[np.triu_indices(4, 1)]).max() < 0.03
+    other = np.asarray(dmg.damage("noise", grey, jax.random.key(1))) - 0.5
+    assert abs(np.corrcoef(flat[0], other.reshape(4, -1)[0])[0, 1]) < 0.03
+
+
+def test_pixelate_equals_numpy_block_means():
+    x = np.asarray(IMAGES, np.float64)
+    n, h, w, c = x.shape
+    means = x.reshape(n, h // 8, 8, w // 8, 8, c).mean(axis=(2, 4))
+    expected = np.kron(means, np.ones((1, 8, 8, 1)))
+    np.testing.assert_allclose(np.asarray(dmg.damage("pixelate", IMAGES, None)), expected,
+                               rtol=0, atol=1e-6)
+
+
+def test_blur_equals_a_numpy_separable_gaussian_with_replicated_borders():
+    x = np.asarray(IMAGES[:2, :40, :48], np.float64)
+    taps = np.exp(-0.5 * (np.arange(-7, 8) / 2.6) ** 2)  # OpenCV's sigma for a 15-tap kernel
+    taps /= taps.sum()
+    padded = np.pad(x, ((0, 0), (7, 7), (7, 7), (0, 0)), mode="edge")
+    expected = np.zeros_like(x)
+    for i in range(15):  # the 2-D kernel is the outer product of the taps
+        for j in range(15):
+            expected += taps[i] * taps[j] * padded[:, i:i + 40, j:j + 48]
+    np.testing.assert_allclose(np.asarray(dmg.blur(jnp.asarray(x, jnp.float32))), expected,
+                               rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["train", "validation"])
+@pytest.mark.parametrize("name", PAINTED)
+def test_painted_damages_change_only_the_pixels_they_paint_magenta(name, form):
+    out = np.asarray(dmg.damage(name, IMAGES, jax.random.key(4)) if form == "train"
+                     else dmg.validation_damage(name, IMAGES))
+    painted = np.all(out == dmg.MAGENTA, axis=-1)  # uniform random inputs are never magenta
+    np.testing.assert_array_equal(out[~painted], np.asarray(IMAGES)[~painted])
+    # 64 x 96 images: the 64-px reference layout, centred; squares are size + 1 pixels wide
+    area = painted.reshape(4, -1).sum(axis=1)
+    if name == "block":
+        assert (area == 33 ** 2).all()
+    elif name == "grid":
+        assert (area == 9 * 13 ** 2).all()
+    else:  # 3 or 4 squares of side 5..15 pixels, which may overlap
+        assert ((area >= 15 ** 2 // 4) & (area <= 4 * 15 ** 2)).all()
+    assert not painted[:, :, :16].any() or name == "squares"  # centred: the margins stay clear
+
+
+def test_block_jitter_is_drawn_per_image():
+    starts = [tuple(np.argwhere(np.all(np.asarray(img) == dmg.MAGENTA, axis=-1)).min(0))
+              for img in dmg.damage("block", jnp.zeros((32, 64, 64, 3)) + 0.5, jax.random.key(7))]
+    counts = {s: starts.count(s) for s in set(starts)}
+    assert set(counts) == {(15, 15), (15, 17), (17, 15), (17, 17)}  # one key, 32 draws
+    assert min(counts.values()) >= 3
+
+
+@pytest.mark.parametrize("name", dmg.DAMAGES)
+def test_validation_form_of_an_image_does_not_depend_on_its_batch(name):
+    fixed = np.asarray(dmg.validation_damage(name, IMAGES))
+    order = [2, 0, 3, 1]
+    np.testing.assert_allclose(np.asarray(dmg.validation_damage(name, IMAGES[np.array(order)])),
+                               fixed[order], atol=1e-6)
     np.testing.assert_allclose(fixed[2:3], dmg.validation_damage(name, IMAGES[2:3]), atol=1e-6)
-    assert fixed.shape == IMAGES.shape
-    assert float(jnp.min(fixed)) >= 0 and float(jnp.max(fixed)) <= 1
 
 
-@pytest.mark.parametrize("name", [n for n in dmg.DAMAGES if n != "jpeg"])
-def test_jax_damages_jit(name):
-    jitted = jax.jit(lambda x, k: dmg.damage(name, x, k))
-    np.testing.assert_allclose(jitted(IMAGES, jax.random.key(3)),
-                               dmg.damage(name, IMAGES, jax.random.key(3)), atol=1e-6)
+def test_jpeg_at_quality_5_is_blocky_and_far_worse_than_at_quality_75():
+    smooth = dmg.blur(IMAGES)
+    low = np.asarray(dmg.damage("jpeg", smooth, None))
+    high = np.asarray(dmg.damage("jpeg", smooth, None, quality=75))
+    np.testing.assert_allclose(np.round(low * 255), low * 255, atol=1e-4)  # decoded uint8
+
+    def psnr(x):
+        return 10 * np.log10(1 / np.mean((x - np.asarray(smooth)) ** 2))
+    assert psnr(low) < psnr(high) - 5
+    # Quality 5 keeps little more than each 8x8 block's mean: the error is mostly within blocks.
+    error = low - np.asarray(smooth)
+    n, h, w, c = error.shape
+    block_means = error.reshape(n, h // 8, 8, w // 8, 8, c).mean(axis=(2, 4))
+    assert np.mean(block_means ** 2) < np.mean(error ** 2)
 
 
 def test_unknown_damage_names_the_valid_ones():

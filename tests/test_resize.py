@@ -1,8 +1,5 @@
-"""MATLAB-exact bicubic imresize against the BasicSR/MATLAB goldens, and restriction checks."""
-
-import json
-import os
-from pathlib import Path
+"""MATLAB-exact bicubic imresize against the BasicSR/MATLAB goldens (tests/golden), and
+restriction checks."""
 
 import flax.linen as nn
 import jax
@@ -11,70 +8,68 @@ import numpy as np
 import pytest
 
 from msjax.resize import bicubic_downsample, bicubic_upsample, imresize, restrict
+from tests import golden
 
-GOLDEN = Path(os.environ.get(
-    "MSJAX_GOLDEN", Path(__file__).resolve().parents[1].parent / "shared" / "golden"))
-needs_golden = pytest.mark.skipif(
-    not (GOLDEN / "imresize_random.npz").exists(),
-    reason=f"golden data not found at {GOLDEN} (set MSJAX_GOLDEN to the golden/ folder)")
-
-
-def _load(name):
-    return np.load(GOLDEN / f"{name}.npz"), json.load(open(GOLDEN / f"{name}.json"))
+Z, META = golden.imresize()
+RANDOM = [c for c in META["cases"] if c["input"].endswith("_u8")]
+PHOTO = [c for c in META["cases"] if not c["input"].endswith("_u8")]
 
 
-def _photo_input(z, expr):
-    # Case inputs are expressions such as "astronaut_u8.astype(float64)/255" or an output key.
-    key = expr.split()[0].split(".")[0]
-    return z[key].astype(np.float64) / 255 if key.endswith("_u8") else z[key].astype(np.float64)
-
-
-def _check(x64, scale, f64, bsr, x_bsr=None):
+def _check(case, x64, x_bsr=None):
+    """Our float64 and float32 outputs against the golden float64 (MATLAB's algorithm) and
+    BasicSR's float32 values, at every pixel the golden data keep."""
+    scale = case["scale"]
+    f64, bsr = Z[case["expected_f64"]], Z[case["expected_bsr"]]
     out = imresize(x64, scale)
-    assert out.shape == f64.shape and out.dtype == np.float64
-    np.testing.assert_allclose(out, f64, rtol=0, atol=1e-12)
+    assert list(out.shape) == case["out_shape"] and out.dtype == np.float64
+    np.testing.assert_allclose(golden.sampled(Z, case, "f64", out), f64, rtol=0, atol=1e-12)
     out32 = imresize(jnp.asarray(x64, jnp.float32), scale)
-    assert out32.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(out32), f64, rtol=0, atol=1e-6)
+    assert out32.dtype == jnp.float32 and list(out32.shape) == case["out_shape"]
+    np.testing.assert_allclose(golden.sampled(Z, case, "f64", out32), f64, rtol=0, atol=1e-6)
     x_bsr = x64 if x_bsr is None else x_bsr  # BasicSR chains from its own float32 output
-    np.testing.assert_allclose(np.asarray(imresize(jnp.asarray(x_bsr), scale)), bsr,
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(golden.sampled(Z, case, "bsr", imresize(jnp.asarray(x_bsr), scale)),
+                               bsr, rtol=0, atol=1e-5)
+    return out, out32
 
 
-@needs_golden
-def test_random_cases():
-    z, meta = _load("imresize_random")
-    assert len(meta["cases"]) == 20
-    for case in meta["cases"]:
-        exp = z[case["expected_f64"]]
-        assert list(exp.shape) == case["out_shape"]
-        _check(z[case["input"]], case["scale"], exp, z[case["expected_bsr"]])
+def test_the_golden_data_cover_every_case():
+    assert len(RANDOM) == 20 and len(PHOTO) == 3
+    assert {(c["input"], c["scale"]) for c in RANDOM} == {
+        (f"{name}_in_u8", s) for name in ("r16x16x3", "r17x23x3", "r33x20x1", "r48x48x3")
+        for s in (0.5, 1 / 3, 0.25, 2, 3)}
 
 
-@needs_golden
-@pytest.mark.parametrize("name", ["imresize_photo_full", "imresize_photo_crop"])
-def test_photo_cases(name):
-    z, meta = _load(name)
-    for case in meta["cases"]:
-        _check(_photo_input(z, case["input_f64"]), case["scale"], z[case["expected_f64"]],
-               z[case["expected_bsr"]], x_bsr=_photo_input(z, case["input_bsr"]))
+@pytest.mark.parametrize("case", RANDOM, ids=lambda c: c["expected_f64"])
+def test_random_cases(case):
+    _check(case, Z[case["input"]].astype(np.float64) / 255)
 
 
-@needs_golden
+def test_photo_cases():
+    outputs = {}
+    for case in PHOTO:
+        if case["chained_from"] is None:
+            x = golden.imresize_input(Z, META, case).astype(np.float64) / 255
+            x_bsr = None
+        else:  # the x4 upscale of the x1/4 result, each variant chained from its own
+            x, x_bsr = outputs[case["chained_from"]]
+        out, out32 = _check(case, x, x_bsr)
+        outputs[case["expected_f64"][:-len("_f64")]] = (out, out32)
+
+
 def test_photo_chain_float32_end_to_end():
-    z, _ = _load("imresize_photo_crop")
-    x = jnp.asarray(z["astronaut_crop_u8"], jnp.float32) / 255
+    case = next(c for c in PHOTO if c["chained_from"] is not None)
+    x = jnp.asarray(golden.imresize_input(Z, META, case), jnp.float32) / 255
     out = bicubic_upsample(bicubic_downsample(x, 4), 4)
-    exp = z["astronaut_crop_down4_up4_f64"]
-    np.testing.assert_allclose(np.asarray(out), exp, rtol=0, atol=1e-6)
+    assert out.shape == (256, 256, 3)
+    np.testing.assert_allclose(golden.sampled(Z, case, "f64", out), Z[case["expected_f64"]],
+                               rtol=0, atol=1e-6)
 
 
-@needs_golden
 def test_batch_matches_single_images():
-    z, _ = _load("imresize_random")
-    x = np.stack([z["r17x23x3_in"], z["r17x23x3_in"][::-1]])
+    x = Z["r17x23x3_in_u8"].astype(np.float64) / 255
+    x = np.stack([x, x[::-1]])
     out = imresize(x, 1 / 3)
-    np.testing.assert_allclose(out[0], z["r17x23x3_down3_f64"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out[0], Z["r17x23x3_down3_f64"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(out[1], imresize(x[1], 1 / 3), rtol=0, atol=1e-15)
 
 

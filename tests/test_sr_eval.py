@@ -79,12 +79,56 @@ def test_per_image_and_per_set_tables_on_y_with_crop_scale(sr_run, benchmark_roo
     assert out.shape[:2] == (20, 30)  # the LR given for the 21-row image has 10 rows
 
 
-def test_self_ensemble_changes_the_scores(sr_run, benchmark_root, tmp_path):
-    _, plain, _ = evaluate.run(str(sr_run), benchmark_root=str(benchmark_root / "Set5"),
-                               output_dir=str(tmp_path / "a"))
-    _, ensemble, _ = evaluate.run(str(sr_run), benchmark_root=str(benchmark_root / "Set5"),
-                                  output_dir=str(tmp_path / "b"), self_ensemble=True)
-    assert np.isfinite(ensemble["psnr"]) and ensemble["psnr"] != plain["psnr"]
+def _dihedral(x, k, flip):
+    """One of the 8 flips / quarter turns of an NHWC batch, in numpy."""
+    x = np.rot90(x, k, axes=(1, 2))
+    return x[:, :, ::-1] if flip else x
+
+
+def _undo_dihedral(x, k, flip):
+    return np.rot90(x[:, :, ::-1] if flip else x, -k, axes=(1, 2))
+
+
+def test_self_ensemble_is_the_mean_of_the_8_transformed_outputs(sr_run):
+    config = evaluate.load_config(sr_run)
+    state, task, _ = evaluate.load_state(config, sr_run, "latest")
+    y = np.random.default_rng(0).random((1, 12, 10, 3)).astype(np.float32)  # not square
+    predict = jax.jit(lambda v: steps.predict(state, v, None, task=task))
+    by_hand = np.mean([_undo_dihedral(np.asarray(predict(np.ascontiguousarray(
+        _dihedral(y, k, flip)))), k, flip) for k in range(4) for flip in (False, True)], axis=0)
+    ensemble = evaluate.make_restorer(state, task, self_ensemble=True)(y, None)
+    assert ensemble.shape == (1, 24, 20, 3)
+    np.testing.assert_allclose(np.asarray(ensemble), np.clip(by_hand, 0, 1), rtol=0, atol=1e-5)
+
+
+def test_self_ensemble_of_an_equivariant_model_is_its_plain_output():
+    """Convolutions whose kernels are symmetric under the 8 flips / quarter turns, with ReLU
+    between, commute with them: averaging the transformed outputs must change nothing."""
+    c = tiny_config(**{"task.name": "denoise", "task.residual": True})
+    task = tasks.make_task(c.task)
+    model = models.create_model("residual_cnn", features=8, depth=3)
+    state = train.create_state(model, c, np.zeros((1, 16, 16, 3), np.float32), 1,
+                               parallel.make_mesh(1))
+    rng = np.random.default_rng(1)
+    random = jax.tree.map(lambda p: rng.normal(0, 0.3, p.shape).astype(np.float32), state.params)
+
+    def symmetric(p):
+        if p.ndim != 4:  # biases
+            return p
+        views = [np.rot90(p, k, axes=(0, 1)) for k in range(4)]
+        return np.mean(views + [v[:, ::-1] for v in views], axis=0)
+
+    y = rng.random((2, 16, 16, 3)).astype(np.float32) * 0.5 + 0.25
+    outputs = {}
+    for name, params in [("random", random), ("symmetric", jax.tree.map(symmetric, random))]:
+        s = state.replace(params=params)
+        outputs[name] = [np.asarray(evaluate.make_restorer(s, task, self_ensemble=e)(y, None))
+                         for e in (False, True)]
+    plain, ensemble = outputs["symmetric"]
+    assert np.abs(plain - y).mean() > 0.01  # the model does something
+    np.testing.assert_allclose(ensemble, plain, rtol=0, atol=1e-5)
+    plain, ensemble = outputs["random"]  # without the symmetry the ensemble is another output
+    assert np.abs(ensemble - plain).max() > 1e-3
 
 
 def test_eval_cli_prints_markdown_tables(sr_run, benchmark_root, tmp_path):

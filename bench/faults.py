@@ -1,0 +1,189 @@
+"""SIGKILL at random moments, resume, compare bitwise with a run that was never interrupted.
+
+    python bench/faults.py                 # 10 trials
+    python bench/faults.py --trials 3 --seed 1
+
+A short ``train.py --config configs/quickstart.py`` run, shrunk by overrides (32x32 patches, a
+2-layer 8-channel CNN, three full-multiscale stages, a checkpoint every step, validation twice)
+is run once uninterrupted. Each trial then starts the same command in a fresh workdir, waits for
+a checkpoint drawn (seeded) among all of them, and SIGKILLs it a random fraction of a second
+later, so kills land in steps, saves, validation and the shutdown alike. The same command is
+then rerun until it exits 0, and the final state (step, parameters, optimizer state, model
+state) is compared bit for bit with the reference's. ``--jobs`` trials run side by side.
+
+Every process shares one JAX compilation cache (filled by the reference run), so a restart costs
+its start-up, not a recompile; the cached programs are the ones a fresh compile makes.
+Prints one line per trial, then "N of N bitwise equal" and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OVERRIDES = ["--config.data.patch=32", "--config.model_kwargs.features=8",
+             "--config.model_kwargs.depth=2", "--config.batch_size=4",
+             "--config.data.valid_images=2", "--config.fms.stage_weights=(1,1,1)",
+             "--config.log.every=1", "--config.log.checkpoint_every=1"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
+    p.add_argument("--steps", type=int, default=24)
+    p.add_argument("--jobs", type=int, default=2, help="trials run side by side")
+    p.add_argument("--keep", action="store_true", help="keep the workdirs")
+    return p.parse_args(argv)
+
+
+def command(workdir: Path, steps: int) -> list[str]:
+    return [sys.executable, "train.py", "--config", "configs/quickstart.py", "--workdir",
+            str(workdir), f"--config.train.steps={steps}",
+            f"--config.log.eval_every={max(1, steps // 2)}", *OVERRIDES]
+
+
+def machine() -> str:
+    try:
+        info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        info = ""
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    name = fields.get("Model name", platform.processor() or platform.machine()).strip()
+    isa = "avx512f present" if "avx512f" in fields.get("Flags", "") else "AVX2 only"
+    return f"{name}, {os.cpu_count()} cores, {isa}"
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+    try:
+        return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
+                      if p.name.isdigit())
+    except OSError:
+        return []
+
+
+def run_to_end(cmd, env, tries=4) -> list[int]:
+    """Reruns ``cmd`` until it exits 0; returns every exit status."""
+    codes = []
+    for _ in range(tries):
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        codes.append(proc.returncode)
+        if proc.returncode == 0:
+            return codes
+        print(f"    rerun exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}",
+              flush=True)
+    return codes
+
+
+def final_state(workdir: Path, steps: int) -> list[np.ndarray]:
+    from msjax import evaluate
+
+    config = evaluate.load_config(workdir)
+    state, _, step = evaluate.load_state(config, workdir, "latest")
+    assert step == steps and int(state.step) == steps, (step, int(state.step))
+    import jax
+
+    tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+            "model_state": state.model_state}
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def bitwise_equal(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(
+        x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+        for x, y in zip(a, b))
+
+
+def trial(index: int, kill_after: int, delay: float, root: Path, steps: int, env) -> dict:
+    """Starts the run, SIGKILLs it ``delay`` s after checkpoint ``kill_after`` appears, then
+    reruns it until it exits 0. A run that ends before its kill starts again, killed sooner."""
+    workdir = root / f"trial{index}"
+    for _ in range(3):
+        shutil.rmtree(workdir, ignore_errors=True)
+        proc = subprocess.Popen(command(workdir, steps), cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while proc.poll() is None and not any(s >= kill_after for s in checkpoint_steps(workdir)):
+            time.sleep(0.01)
+        time.sleep(delay)
+        killed = proc.poll() is None
+        if killed:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if killed:
+            break
+        delay /= 4
+    newest = checkpoint_steps(workdir)
+    codes = run_to_end(command(workdir, steps), env)
+    return {"workdir": workdir, "killed": killed, "delay": delay,
+            "newest": newest[-1] if newest else None, "codes": codes}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="msjax_faults_"))
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", PYTHONPATH=str(ROOT),
+               JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    os.environ["JAX_NUM_CPU_DEVICES"] = "1"  # for the comparisons in this process
+    from absl import logging
+
+    logging.set_verbosity(logging.ERROR)
+    rng = np.random.default_rng(args.seed)
+    # Kill moments: after a random checkpoint (1..steps), then a random fraction of a second,
+    # which lands in the next step, its save, validation, or the shutdown after the last one.
+    plan = [(int(rng.integers(1, args.steps + 1)), float(rng.uniform(0, 0.5)))
+            for _ in range(args.trials)]
+    start = time.time()
+    try:
+        reference = root / "reference"
+        subprocess.run(command(reference, args.steps), cwd=ROOT, env=env, check=True,
+                       capture_output=True)
+        expected = final_state(reference, args.steps)
+        print(f"reference: {args.steps} uninterrupted steps in {time.time() - start:.0f} s "
+              "(compiles fill the cache)", flush=True)
+        equal = killed = 0
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            futures = {pool.submit(trial, i, k, d, root, args.steps, env): (i, k, d)
+                       for i, (k, d) in enumerate(plan)}
+            for future in concurrent.futures.as_completed(futures):
+                i, k, d = futures[future]
+                out = future.result()
+                same = out["codes"][-1] == 0 and bitwise_equal(
+                    expected, final_state(out["workdir"], args.steps))
+                equal += same
+                killed += out["killed"]
+                what = (f"SIGKILL {out['delay']:.2f} s after checkpoint {k} (newest on disk then: "
+                        f"{out['newest']})" if out["killed"]
+                        else f"finished before its kill {d:.2f} s after checkpoint {k}")
+                print(f"trial {i}: {what}; reruns exit {out['codes']}; "
+                      f"{'bitwise equal' if same else 'DIFFERENT'}", flush=True)
+                if not args.keep:
+                    shutil.rmtree(out["workdir"], ignore_errors=True)
+        print(f"{equal} of {args.trials} bitwise equal ({killed} of them killed mid-run) in "
+              f"{time.time() - start:.0f} s on {machine()}")
+        return 0 if equal == args.trials and killed == args.trials else 1
+    finally:
+        if args.keep:
+            print(f"workdirs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
