@@ -19,7 +19,7 @@ def open_source(data_config, split: str, *, scale: int = 1):
         if not c.name:
             raise DataError("data.source=tfds needs data.name, e.g. --config.data.name=stl10")
         return tfds_source(c.name, c.train_split if split == "train" else c.valid_split,
-                           c.data_dir)
+                           c.data_dir, download=c.download)
     if c.source == "folder":
         folder = c.train_dir if split == "train" else (c.valid_dir or c.train_dir)
         if not folder:

@@ -43,8 +43,6 @@ def resize_whole(img: np.ndarray, size: int, mode: str = "square") -> np.ndarray
     from PIL import Image
 
     img = _ensure_rgb(img)
-    if img.dtype != np.uint8:
-        img = (np.clip(to_float(img), 0, 1) * 255 + 0.5).astype(np.uint8)
     h, w = img.shape[:2]
     if mode == "square":
         out_h, out_w = size, size
@@ -52,7 +50,13 @@ def resize_whole(img: np.ndarray, size: int, mode: str = "square") -> np.ndarray
         out_h, out_w = round(h * size / min(h, w)), round(w * size / min(h, w))
     else:
         raise ValueError(f"resize mode {mode!r}; use one of {RESIZE_MODES}")
-    return np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.BICUBIC))
+    if img.dtype == np.uint8:
+        return np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.BICUBIC))
+    # 16-bit and float images: each channel as a float image, so no precision is lost.
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(to_float(img[..., c]))).resize(
+        (out_w, out_h), Image.BICUBIC)) for c in range(3)]
+    out = np.clip(np.stack(channels, axis=-1), 0, 1)
+    return (out * 65535 + 0.5).astype(np.uint16) if img.dtype == np.uint16 else out
 
 
 def whole_image_resize(data_config):
