@@ -1,8 +1,11 @@
-"""Data: sources (built-in photos, TFDS, folders, paired folders) and stateless batching."""
+"""Data: sources (built-in photos, TFDS, folders, paired folders) and stateless batching, on the
+host (``host.HostBatches``) or inside the compiled step (``device``)."""
 
 from __future__ import annotations
 
+from msjax.data import device, host, prepare
 from msjax.data.folders import FolderSource, PairedSource, scan_folder, scan_pairs
+from msjax.data.host import DecodedImages, HostBatches
 from msjax.data.pipeline import Prefetcher, term_batch, to_float, validation_crops
 from msjax.data.sources import DataError, builtin_photos, tfds_source
 
@@ -35,5 +38,6 @@ def open_source(data_config, split: str, *, scale: int = 1):
     raise DataError(f"unknown data.source {c.source!r}; choose one of {', '.join(SOURCES)}")
 
 
-__all__ = ["DataError", "FolderSource", "PairedSource", "Prefetcher", "SOURCES", "open_source",
-           "scan_folder", "scan_pairs", "term_batch", "to_float", "validation_crops"]
+__all__ = ["DataError", "DecodedImages", "FolderSource", "HostBatches", "PairedSource",
+           "Prefetcher", "SOURCES", "device", "host", "open_source", "prepare", "scan_folder",
+           "scan_pairs", "term_batch", "to_float", "validation_crops"]
