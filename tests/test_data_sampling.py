@@ -181,9 +181,15 @@ def test_each_image_is_decoded_once_while_the_cache_holds_it():
     images = host.DecodedImages(Counting())
     with host.HostBatches(images, seed=0, patch=PATCH, batch_sizes=lambda s: (16, 16), start=0,
                           stop=20, workers=2) as batches:
+        assert not batches.filled, "a source of unknown image sizes is decoded as drawn"
         for s in range(20):
             batches.get(s)
     assert sorted(calls) == [0, 1, 2], "640 samples, three decodes"
+    with host.HostBatches(source, seed=0, patch=PATCH, batch_sizes=lambda s: (16,), start=0,
+                          stop=2) as batches:
+        assert batches.filled and batches.images.decodes == 3, "sized and fits: decoded first"
+        batches.get(0), batches.get(1)
+        assert batches.images.decodes == 3
     small = host.DecodedImages(Counting(), cache_bytes=coordinate_image(20, 24, 0).nbytes)
     calls.clear()
     for i in [0, 1, 0, 1]:

@@ -30,6 +30,7 @@ def test_a_missing_dataset_is_prepared_then_read(tmp_path, monkeypatch):
     assert (tmp_path / "tfds" / "msjax_photo_patches" / "tiny").is_dir()
     assert list((tmp_path / "tfds").rglob("*-train.array_record-*")), "prepared as ArrayRecord"
     assert len(train) == 12 and train[3].shape == (16, 16, 3) and train[3].dtype == np.uint8
+    assert data.device.estimate(train, sample=False).bytes == 12 * 16 * 16 * 3, "from its info"
     assert len(data.open_source(c, "valid")) == 4
     probed.clear()
     data.open_source(c, "train")  # prepared: no probe, no second prepare

@@ -153,11 +153,15 @@ def _image_shapes(source, sample: int = 16) -> tuple[list, bool]:
         return [image_size(f) for f in source.files], True
     if isinstance(source, TfdsImages):
         info = getattr(source.records, "dataset_info", None)
-        feature = None if info is None else info.features.get(
-            "image" if "image" in info.features else "hr")
+        features = None if info is None else info.features
+        key = next((k for k in ("image", "hr") if features is not None and k in features), None)
+        feature = None if key is None else features[key]
         shape = getattr(feature, "shape", None)
         if shape is not None and None not in shape[:2]:
-            return [(shape[0], shape[1], np.dtype(feature.dtype).itemsize)] * len(source), True
+            itemsize = np.dtype(getattr(feature, "np_dtype", np.uint8)).itemsize
+            return [(shape[0], shape[1], itemsize)] * len(source), True
+    if not sample:
+        return [], False
     picks = np.linspace(0, len(source) - 1, min(sample, len(source))).astype(int)
     shapes = []
     for i in picks:
@@ -167,12 +171,16 @@ def _image_shapes(source, sample: int = 16) -> tuple[list, bool]:
     return shapes * math.ceil(len(source) / len(shapes)), False
 
 
-def estimate(source, *, resize_to: int = 0, resize_mode: str = "square") -> Footprint:
-    """The decoded dataset's footprint, before decoding where the source tells image sizes."""
+def estimate(source, *, resize_to: int = 0, resize_mode: str = "square",
+             sample: bool = True) -> Footprint | None:
+    """The decoded dataset's footprint, before decoding where the source tells image sizes;
+    otherwise from a sample of decoded images, or None when ``sample`` is False."""
     from msjax.data.folders import PairedSource
 
     hr = source.hr if isinstance(source, PairedSource) else source
-    shapes, _ = _image_shapes(hr)
+    shapes, exact = _image_shapes(hr, sample=16 if sample else 0)
+    if not exact and not sample:
+        return None
     shapes = shapes[:len(hr)]
     sized = [_resized_shape(h, w, resize_to, resize_mode) for h, w, _ in shapes]
     height, width = max(s[0] for s in sized), max(s[1] for s in sized)

@@ -79,6 +79,22 @@ class DecodedImages:
         return item
 
 
+    def fill(self, pool: concurrent.futures.Executor) -> bool:
+        """Decodes every image now on ``pool`` if the decoded source fits in the cache (by its
+        estimated size: ``device.estimate``); returns whether it did. Random draws would
+        otherwise take most of a run to touch every image of a large dataset once."""
+        from msjax.data.device import estimate
+
+        # Sized from headers or array shapes only (decoding a sample to size it would cost a
+        # decode); the size before any resize, which mostly shrinks.
+        footprint = estimate(self.source, sample=False)
+        if footprint is None or footprint.bytes > self.cache_bytes:
+            return False
+        for _ in pool.map(self.__getitem__, range(len(self))):
+            pass
+        return True
+
+
 class HostBatches:
     """Training batches built ahead on worker threads; ``get(step)`` returns step's tuple of
     term batches (numpy dicts, as ``term_batch`` makes them).
@@ -88,15 +104,17 @@ class HostBatches:
     (optional) rewrites each term batch on the worker (e.g. a host-side corruption: it must be
     deterministic, like the sampling).
     Steps are built for ``start <= step < stop``, ``prefetch`` steps ahead of the last ``get``;
-    an error in a worker is raised by the ``get`` of its step. Use as a context manager, or call
-    ``close()``.
+    an error in a worker is raised by the ``get`` of its step. With ``fill``, a source whose
+    decoded images fit in the cache is decoded whole at construction, on the workers. Use as a
+    context manager, or call ``close()``.
     """
 
     def __init__(self, source, *, seed: int, patch: int,
                  batch_sizes: Callable[[int], Sequence[int]], start: int, stop: int,
                  scale: int = 1, augment: bool = True, resize=None,
                  rows: Callable[[int], slice | None] | None = None, transform=None,
-                 workers: int = 0, prefetch: int = 4, cache_bytes: int = 4 * 2**30):
+                 workers: int = 0, prefetch: int = 4, cache_bytes: int = 4 * 2**30,
+                 fill: bool = True):
         self.images = source if isinstance(source, DecodedImages) else DecodedImages(
             source, resize=resize, cache_bytes=cache_bytes)
         self._term = dict(seed=seed, patch=patch, scale=scale, augment=augment)
@@ -104,6 +122,7 @@ class HostBatches:
         self._stop, self._prefetch = stop, max(1, prefetch)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             workers or os.cpu_count(), thread_name_prefix="msjax-batches")
+        self.filled = fill and self.images.fill(self._pool)
         self._futures: dict[int, list] = {}
         self._next = start
         self._closed = False
