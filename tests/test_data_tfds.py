@@ -23,10 +23,11 @@ def tfds_config(data_dir, name="msjax_photo_patches/tiny", **fields):
 
 def test_a_missing_dataset_is_prepared_then_read(tmp_path, monkeypatch):
     probed = []
+    monkeypatch.setattr(prepare, "download_hosts", lambda builder: [("example.org", 443)])
     monkeypatch.setattr(prepare, "unreachable_hosts", lambda hosts: probed.append(hosts) or [])
     c = tfds_config(tmp_path / "tfds")
     train = data.open_source(c, "train")
-    assert probed, "the network is probed before TFDS downloads"
+    assert probed == [[("example.org", 443)]], "the network is probed before TFDS downloads"
     assert (tmp_path / "tfds" / "msjax_photo_patches" / "tiny").is_dir()
     assert list((tmp_path / "tfds").rglob("*-train.array_record-*")), "prepared as ArrayRecord"
     assert len(train) == 12 and train[3].shape == (16, 16, 3) and train[3].dtype == np.uint8
@@ -39,19 +40,44 @@ def test_a_missing_dataset_is_prepared_then_read(tmp_path, monkeypatch):
     assert batch["target"].shape == (4, 8, 8, 3)
 
 
-def test_offline_stops_fast_naming_the_dataset_extra_and_steps(tmp_path, monkeypatch):
+def offline(monkeypatch):
     monkeypatch.setattr(prepare, "unreachable_hosts",
                         lambda hosts: [f"{h}:{p}" for h, p in hosts])
+
+
+def test_offline_stops_fast_naming_the_dataset_extra_and_steps(tmp_path, monkeypatch):
+    offline(monkeypatch)
+    monkeypatch.setattr(prepare, "download_hosts", lambda builder: [("example.org", 443)])
     start = time.perf_counter()
     with pytest.raises(DataError) as e:
         data.open_source(tfds_config(tmp_path / "tfds"), "train")
     assert time.perf_counter() - start < 15
     message = str(e.value)
-    for part in ("'msjax_photo_patches/tiny'", "cannot reach", "pip install 'msjax[tfds]'",
+    for part in ("'msjax_photo_patches/tiny'", "cannot reach example.org:443",
+                 "pip install 'msjax[tfds]'",
                  "tfds build msjax_photo_patches/tiny --file_format=array_record",
                  str(tmp_path / "tfds")):
         assert part in message
-    assert not list((tmp_path / "tfds").rglob("*.array_record*"))
+    assert not list((tmp_path / "tfds").rglob("*-train.array_record*"))
+
+
+def test_offline_stl10_names_its_host_the_extra_and_the_manual_steps(tmp_path, monkeypatch):
+    offline(monkeypatch)
+    monkeypatch.setattr(prepare, "_needs_tensorflow", lambda builder: False)  # as if installed
+    with pytest.raises(DataError) as e:
+        data.open_source(tfds_config(tmp_path / "tfds", name="stl10",
+                                     train_split="train+unlabelled"), "train")
+    message = str(e.value)
+    for part in ("'stl10'", "cannot reach ai.stanford.edu:80", "pip install 'msjax[tfds]'",
+                 "tfds build stl10 --file_format=array_record"):
+        assert part in message
+
+
+def test_preparing_a_catalog_dataset_without_tensorflow_names_the_extra(tmp_path, monkeypatch):
+    offline(monkeypatch)
+    monkeypatch.setattr(prepare.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match=r"needs TensorFlow: pip install 'msjax\[tfds\]'"):
+        data.open_source(tfds_config(tmp_path / "tfds", name="stl10"), "train")
 
 
 def test_the_probe_of_a_dead_address_answers_within_its_timeout():
@@ -77,3 +103,16 @@ def test_stl10_train_plus_unlabelled_resolves(tmp_path):
     with tfds.testing.mock_data(num_examples=6):
         train = data.open_source(c, "train")
         assert len(train) == 6 and train[0].shape == (96, 96, 3)
+
+
+def test_a_dataset_prepared_on_first_use_is_trained_on(tmp_path):
+    from helpers import tiny_config
+
+    from msjax import train
+
+    c = tiny_config(**{"data.source": "tfds", "data.name": "msjax_photo_patches/tiny",
+                       "data.data_dir": str(tmp_path / "tfds"), "data.patch": 16,
+                       "train.steps": 2, "mode": "single"})
+    result = train.train_and_evaluate(c, tmp_path / "run")
+    assert np.isfinite(result["psnr"])
+    assert list((tmp_path / "tfds").rglob("*-train.array_record-*"))

@@ -28,10 +28,11 @@ def manual_steps(name: str, data_dir: str) -> str:
 
 
 def download_hosts(builder) -> list[tuple[str, int]]:
-    """(host, port) of every URL the builder downloads (from its checksums file), or, when it
-    lists none, TFDS's mirror and the dataset's homepage."""
+    """(host, port) of every URL the builder downloads (from its checksums file); for a catalog
+    builder that lists none, TFDS's mirror and the dataset's homepage; for a builder of one's
+    own that lists none, nothing (it may need no network)."""
     urls = list(getattr(type(builder), "url_infos", None) or {})
-    if not urls:
+    if not urls and _is_catalog(builder):
         urls = ["https://" + TFDS_MIRROR[0]] + ([builder.info.homepage]
                                                  if builder.info.homepage else [])
     hosts = []
@@ -67,15 +68,24 @@ def unreachable_hosts(hosts, timeout: float = PROBE_SECONDS) -> list[str]:
 
     if not hosts:
         return []
-    with concurrent.futures.ThreadPoolExecutor(len(hosts)) as pool:
-        results = list(pool.map(reachable, hosts))
-    return [f"{h}:{p}" for (h, p), ok in zip(hosts, results) if not ok]
+    # The name lookup is not bounded by the socket timeout: a probe still running after it
+    # counts as unreachable, and its thread is left to finish on its own.
+    pool = concurrent.futures.ThreadPoolExecutor(len(hosts))
+    futures = [pool.submit(reachable, h) for h in hosts]
+    concurrent.futures.wait(futures, timeout=timeout + 1.0)
+    pool.shutdown(wait=False)
+    return [f"{h}:{p}" for (h, p), f in zip(hosts, futures)
+            if not (f.done() and f.result())]
+
+
+def _is_catalog(builder) -> bool:
+    return type(builder).__module__.startswith("tensorflow_datasets.")
 
 
 def _needs_tensorflow(builder) -> bool:
     """TFDS's catalog builders encode images with TensorFlow while preparing; a builder of one's
     own that yields encoded images does not."""
-    return type(builder).__module__.startswith("tensorflow_datasets.")
+    return _is_catalog(builder)
 
 
 def prepare(name: str, data_dir: str, *, report=print) -> None:
