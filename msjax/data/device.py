@@ -78,8 +78,8 @@ def sample_batch(dataset: DeviceImages, key: jax.Array, *, batch: int, patch: in
     ``sharding`` (e.g. the mesh's batch sharding) makes each device cut only its own rows."""
     paired = dataset.lr_pixels is not None
     grid_patch = patch // scale if paired else patch
-    # One draw of random bits for all choices; the modulo's bias is below 2**-20 for any range
-    # an image can have.
+    # One draw of random bits for all choices; a modulo's bias is at most its range / 2**32
+    # (under 2.5e-4 for a million images or positions).
     bits = jax.random.bits(key, (4, batch), jnp.uint32)
     index = (bits[0] % dataset.sizes.shape[0]).astype(jnp.int32)
     sizes = (dataset.lr_sizes if paired else dataset.sizes)[index].astype(jnp.uint32)
@@ -128,8 +128,9 @@ class Footprint:
     def describe(self) -> str:
         size = f"{self.height}x{self.width}" if self.uniform else \
             f"up to {self.height}x{self.width}"
-        return (f"{self.count} images {size}, {self.bytes / 1e9:.1f} GB "
-                f"{'uint8' if self.itemsize == 1 else 'uint16'}")
+        amount = (f"{self.bytes / 1e9:.1f} GB" if self.bytes >= 1e9 else
+                  f"{self.bytes / 1e6:.0f} MB")
+        return f"{self.count} images {size}, {amount} {'uint8' if self.itemsize == 1 else 'uint16'}"
 
 
 def _resized_shape(h: int, w: int, resize_to: int, resize_mode: str) -> tuple[int, int]:
@@ -205,8 +206,8 @@ def device_budget(device, fraction: float) -> tuple[float, str]:
     if stats and stats.get("bytes_limit"):
         limit = float(stats["bytes_limit"])
         return fraction * limit, f"{fraction:.0%} of one device's {limit / 1e9:.1f} GB"
-    return float(CPU_DEVICE_BYTES), f"the {CPU_DEVICE_BYTES / 2**30:.0f} GiB cap for a device " \
-                                    f"that reports no memory limit ({device.platform})"
+    return float(CPU_DEVICE_BYTES), (f"the {CPU_DEVICE_BYTES / 2**30:.0f} GiB cap for a "
+                                     f"{device.platform} device, which reports no memory limit")
 
 
 def _setting(value) -> str:
@@ -232,8 +233,8 @@ def choose(data_config, source, mesh, *, host_corrupt: bool = False) -> Placemen
     ``data.device_fraction`` of one device's memory (a CPU: ``CPU_DEVICE_BYTES``)."""
     c = data_config
     setting = _setting(c.on_device)
-    host = (f"input: host workers ({c.host_workers or os.cpu_count()} threads, "
-            f"{c.host_cache_gib:g} GiB image cache)")
+    host = (f"input: host workers, {c.host_workers or os.cpu_count()} threads, "
+            f"{c.host_cache_gib:g} GiB image cache")
     if setting == "false":
         return Placement(False, f"{host} (data.on_device=false)")
     if host_corrupt:
@@ -285,9 +286,10 @@ def decode_all(source, *, resize=None, workers: int = 0) -> list:
         return list(pool.map(load, range(len(source)), chunksize=64))
 
 
-def load(source, mesh, *, resize=None, patch: int = 0, scale: int = 1,
+def load(source, mesh, *, patch: int, resize=None, scale: int = 1,
          workers: int = 0) -> DeviceImages:
-    """The whole source decoded once, padded, and replicated over ``mesh``."""
+    """The whole source decoded once, padded, and replicated over ``mesh``. Images smaller than
+    ``patch`` are refused here: the sampler's crop positions assume they fit."""
     from msjax import parallel
 
     items = decode_all(source, resize=resize, workers=workers)
