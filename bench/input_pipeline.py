@@ -275,7 +275,7 @@ def main(argv=None):
         # The sampler runs inside the step: its share of the step's time on paper.
         bound = "-" if r["consume"] != r["consume"] else (
             f"{'no' if r['paper'] > r['consume'] else 'yes'} "
-            f"(sampler {r['consume'] / r['paper']:.1%} of the step)")
+            f"(sampler {r['consume'] / r['paper']:.2%} of the step)")
         print(f"| {r['name']} | {r['label']} | {'+'.join(map(str, r['sizes']))} | "
               f"{r['today']:.2f} | {r['host']:.1f} ({r['host_setup']:.1f}) | "
               f"{r['host'] / r['today']:.0f}x | {r['grain']:.1f} | "

@@ -275,7 +275,8 @@ def test_auto_places_what_fits_and_says_why():
     assert forced.on_device and "data.on_device=true" in forced.line
     cpu = device.choose(data_config(), source, parallel.make_mesh(1))
     assert cpu.on_device and "2 GiB cap" in cpu.line
-    assert not device.choose(data_config(on_device="false"), source, parallel.make_mesh(1)).on_device
+    off = device.choose(data_config(on_device="false"), source, parallel.make_mesh(1))
+    assert not off.on_device and "(data.on_device=false)" in off.line
     jpeg = device.choose(data_config(), source, parallel.make_mesh(1), host_corrupt=True)
     assert not jpeg.on_device and "corrupts images on the host" in jpeg.line
     with pytest.raises(ConfigError, match="on_device=true"):
