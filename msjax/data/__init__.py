@@ -6,6 +6,7 @@ from __future__ import annotations
 from msjax.data import device, host, prepare
 from msjax.data.folders import FolderSource, PairedSource, scan_folder, scan_pairs
 from msjax.data.host import DecodedImages, HostBatches
+from msjax.data.inputs import TrainingInput
 from msjax.data.pipeline import Prefetcher, term_batch, to_float, validation_crops
 from msjax.data.sources import DataError, builtin_photos, tfds_source
 
@@ -39,5 +40,5 @@ def open_source(data_config, split: str, *, scale: int = 1):
 
 
 __all__ = ["DataError", "DecodedImages", "FolderSource", "HostBatches", "PairedSource",
-           "Prefetcher", "SOURCES", "device", "host", "open_source", "prepare", "scan_folder",
-           "scan_pairs", "term_batch", "to_float", "validation_crops"]
+           "Prefetcher", "SOURCES", "TrainingInput", "device", "host", "open_source", "prepare",
+           "scan_folder", "scan_pairs", "term_batch", "to_float", "validation_crops"]
