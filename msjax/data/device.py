@@ -210,7 +210,8 @@ def device_budget(device, fraction: float) -> tuple[float, str]:
                                      f"{device.platform} device, which reports no memory limit")
 
 
-def _setting(value) -> str:
+def parse_on_device(value) -> str:
+    """data.on_device as "auto" | "true" | "false" (bools and on/off accepted), or ConfigError."""
     text = str(value).strip().lower()
     mapped = {"auto": "auto", "true": "true", "1": "true", "on": "true", "yes": "true",
               "false": "false", "0": "false", "off": "false", "no": "false"}.get(text)
@@ -232,7 +233,7 @@ def choose(data_config, source, mesh, *, host_corrupt: bool = False) -> Placemen
     """``data.on_device``: auto puts the decoded dataset on the device when it fits in
     ``data.device_fraction`` of one device's memory (a CPU: ``CPU_DEVICE_BYTES``)."""
     c = data_config
-    setting = _setting(c.on_device)
+    setting = parse_on_device(c.on_device)
     host = (f"input: host workers, {c.host_workers or os.cpu_count()} threads, "
             f"{c.host_cache_gib:g} GiB image cache")
     if setting == "false":
