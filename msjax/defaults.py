@@ -74,6 +74,11 @@ def get_config():
         valid_images=8,            # how many validation images (fixed crops)
         valid_patch=0,             # validation crop side (0: same as patch)
         bad_images="skip",         # folder images that cannot be used: skip (warn, count) | error
+        on_device="auto",          # auto | true | false: train images on device, cut in the step
+        device_fraction=0.25,      # auto: on device if the decoded images fit in this share
+        host_workers=0,            # host path: threads building batches ahead (0: one per CPU core)
+        host_prefetch=4,           # host path: steps built ahead of the one being trained
+        host_cache_gib=4.0,        # host path: decoded images kept per process (least recent go)
     ))
 
     c.model = "resnet"

@@ -1,8 +1,12 @@
-"""Data: sources (built-in photos, TFDS, folders, paired folders) and stateless batching."""
+"""Data: sources (built-in photos, TFDS, folders, paired folders) and stateless batching, on the
+host (``host.HostBatches``) or inside the compiled step (``device``)."""
 
 from __future__ import annotations
 
+from msjax.data import device, host, prepare
 from msjax.data.folders import FolderSource, PairedSource, scan_folder, scan_pairs
+from msjax.data.host import DecodedImages, HostBatches
+from msjax.data.inputs import TrainingInput
 from msjax.data.pipeline import Prefetcher, term_batch, to_float, validation_crops
 from msjax.data.sources import DataError, builtin_photos, tfds_source
 
@@ -19,7 +23,7 @@ def open_source(data_config, split: str, *, scale: int = 1):
         if not c.name:
             raise DataError("data.source=tfds needs data.name, e.g. --config.data.name=stl10")
         return tfds_source(c.name, c.train_split if split == "train" else c.valid_split,
-                           c.data_dir)
+                           c.data_dir, download=c.download)
     if c.source == "folder":
         folder = c.train_dir if split == "train" else (c.valid_dir or c.train_dir)
         if not folder:
@@ -35,5 +39,6 @@ def open_source(data_config, split: str, *, scale: int = 1):
     raise DataError(f"unknown data.source {c.source!r}; choose one of {', '.join(SOURCES)}")
 
 
-__all__ = ["DataError", "FolderSource", "PairedSource", "Prefetcher", "SOURCES", "open_source",
+__all__ = ["DataError", "DecodedImages", "FolderSource", "HostBatches", "PairedSource",
+           "Prefetcher", "SOURCES", "TrainingInput", "device", "host", "open_source", "prepare",
            "scan_folder", "scan_pairs", "term_batch", "to_float", "validation_crops"]

@@ -13,25 +13,70 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from msjax.data.sources import DataError, list_images
 
 log = logging.getLogger(__name__)
 
 
+def _png_is_16bit_colour(img) -> bool:
+    """Pillow opens 16-bit RGB(A) PNGs as 8-bit 'RGB'/'RGBA'; the tile's raw mode tells."""
+    return img.format == "PNG" and any(str(t[3] if len(t) > 3 else "").startswith(
+        ("RGB;16", "RGBA;16", "LA;16")) for t in (getattr(img, "tile", None) or []))
+
+
+def _decode_png16(path: Path) -> np.ndarray:
+    """A 16-bit colour PNG at full precision, read with pypng (Pillow has no 16-bit RGB mode)."""
+    import png
+
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    planes = info["planes"]
+    arr = np.vstack([np.asarray(r, np.uint16) for r in rows]).reshape(height, width, planes)
+    if planes in (1, 2):  # grey (+ alpha)
+        return np.repeat(arr[..., :1], 3, axis=-1)
+    return np.ascontiguousarray(arr[..., :3])
+
+
 def decode(path: Path) -> np.ndarray:
-    """An image file as HxWx3: uint8 for 8-bit files, float32 in [0,1] for 16-bit and float ones."""
+    """An image file as HxWx3, upright (EXIF orientation applied): uint8 for 8-bit files, uint16
+    for 16-bit ones (grey or colour), float32 in [0,1] for float ones."""
     with Image.open(path) as img:
+        if _png_is_16bit_colour(img):  # checked first: getexif() may load (and clear tile)
+            return _orient(_decode_png16(path), img.getexif().get(ORIENTATION_TAG, 1))
+        img = ImageOps.exif_transpose(img)  # loads the image; a no-op without EXIF rotation
         img.load()
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float32) / (65535.0 if img.mode != "I" else
-                                                       max(float(np.asarray(img).max()), 1.0))
+        if img.mode in ("I;16", "I;16B", "I;16L"):
+            return np.repeat(np.asarray(img).astype(np.uint16)[..., None], 3, axis=-1)
+        if img.mode == "I":
+            arr = np.asarray(img, dtype=np.float32) / max(float(np.asarray(img).max()), 1.0)
             return np.repeat(arr[..., None], 3, axis=-1)
         if img.mode == "F":
             return np.repeat(np.clip(np.asarray(img, np.float32), 0, 1)[..., None], 3, axis=-1)
         # RGBA / LA: drop alpha (composite on nothing), palette and grayscale expand to RGB.
         return np.asarray(img.convert("RGB"))
+
+
+ORIENTATION_TAG = 0x0112
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """EXIF orientation (1-8) applied to an array, as ImageOps.exif_transpose does to an image."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(ops[orientation](arr)) if orientation in ops else arr
+
+
+def image_size(path: Path) -> tuple[int, int, int]:
+    """(height, width, bytes per channel) of an image file as ``decode`` returns it, from its
+    header alone (no decoding): the device path sizes its dataset with this before loading."""
+    with Image.open(path) as img:
+        w, h = img.size
+        deep = _png_is_16bit_colour(img) or img.mode.startswith("I;16")  # before getexif()
+        if img.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8):
+            w, h = h, w
+        return h, w, 2 if deep else (4 if img.mode in ("I", "F") else 1)
 
 
 @dataclasses.dataclass

@@ -43,8 +43,6 @@ def resize_whole(img: np.ndarray, size: int, mode: str = "square") -> np.ndarray
     from PIL import Image
 
     img = _ensure_rgb(img)
-    if img.dtype != np.uint8:
-        img = (np.clip(to_float(img), 0, 1) * 255 + 0.5).astype(np.uint8)
     h, w = img.shape[:2]
     if mode == "square":
         out_h, out_w = size, size
@@ -52,7 +50,13 @@ def resize_whole(img: np.ndarray, size: int, mode: str = "square") -> np.ndarray
         out_h, out_w = round(h * size / min(h, w)), round(w * size / min(h, w))
     else:
         raise ValueError(f"resize mode {mode!r}; use one of {RESIZE_MODES}")
-    return np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.BICUBIC))
+    if img.dtype == np.uint8:
+        return np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.BICUBIC))
+    # 16-bit and float images: each channel as a float image, so no precision is lost.
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(to_float(img[..., c]))).resize(
+        (out_w, out_h), Image.BICUBIC)) for c in range(3)]
+    out = np.clip(np.stack(channels, axis=-1), 0, 1)
+    return (out * 65535 + 0.5).astype(np.uint16) if img.dtype == np.uint16 else out
 
 
 def whole_image_resize(data_config):
@@ -73,9 +77,10 @@ def _ensure_rgb(img: np.ndarray) -> np.ndarray:
     return img[..., :3]
 
 
-def sample_patch(item, patch: int, rng: np.random.Generator, *, scale: int = 1,
-                 augment: bool = True):
-    """A random patch: HxWx3 float32, or (HR patch, aligned LR patch) for a paired item."""
+def _cut(item, patch: int, rng: np.random.Generator, *, scale: int = 1,
+         augment: bool = True) -> list[np.ndarray]:
+    """Views of a random patch (and its aligned LR patch, for a paired item), flipped and rotated
+    by ``rng``; nothing is copied yet."""
     if isinstance(item, tuple):
         hr, lr = (_ensure_rgb(a) for a in item)
         lp = patch // scale
@@ -83,17 +88,32 @@ def sample_patch(item, patch: int, rng: np.random.Generator, *, scale: int = 1,
         left = int(rng.integers(lr.shape[1] - lp + 1))
         pair = [hr[top * scale:(top + lp) * scale, left * scale:(left + lp) * scale],
                 lr[top:top + lp, left:left + lp]]
-        pair = _augment(pair, rng) if augment else pair
-        return tuple(to_float(np.ascontiguousarray(p)) for p in pair)
+        return _augment(pair, rng) if augment else pair
     img = _ensure_rgb(item)
     h, w = img.shape[:2]
     if min(h, w) < patch:
         raise ValueError(f"image of {h}x{w} is smaller than the {patch}-pixel patch")
     top, left = int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
     crop = img[top:top + patch, left:left + patch]
-    if augment:
-        crop = _augment([crop], rng)[0]
-    return to_float(np.ascontiguousarray(crop))
+    return _augment([crop], rng) if augment else [crop]
+
+
+def sample_patch(item, patch: int, rng: np.random.Generator, *, scale: int = 1,
+                 augment: bool = True):
+    """A random patch: HxWx3 float32, or (HR patch, aligned LR patch) for a paired item."""
+    views = _cut(item, patch, rng, scale=scale, augment=augment)
+    floats = tuple(to_float(np.ascontiguousarray(v)) for v in views)
+    return floats if isinstance(item, tuple) else floats[0]
+
+
+def _to_float_into(view: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = to_float(view)``, bit for bit, without the temporaries."""
+    if view.dtype == np.uint8:
+        np.divide(view, np.float32(255.0), out=out)
+    elif view.dtype == np.uint16:
+        np.divide(view, np.float32(65535.0), out=out)
+    else:
+        out[...] = view
 
 
 def term_batch(source, *, seed: int, step: int, term: int, batch: int, patch: int,
@@ -103,15 +123,21 @@ def term_batch(source, *, seed: int, step: int, term: int, batch: int, patch: in
     paired data). ``rows`` selects this process's share of the global batch (multi-host)."""
     rng = np.random.default_rng((seed, step, term))
     indices = rng.integers(0, len(source), size=batch)
-    sample_rngs = [np.random.default_rng((seed, step, term, i)) for i in range(batch)]
     chosen = range(batch)[rows] if rows is not None else range(batch)
     load = (lambda i: resize(source[i])) if resize else source.__getitem__
-    samples = [sample_patch(load(indices[i]), patch, sample_rngs[i], scale=scale,
-                            augment=augment) for i in chosen]
-    if isinstance(samples[0], tuple):
-        return {"target": np.stack([s[0] for s in samples]),
-                "input": np.stack([s[1] for s in samples])}
-    return {"target": np.stack(samples)}
+    outs, paired = None, False
+    for j, i in enumerate(chosen):
+        item = load(indices[i])
+        views = _cut(item, patch, np.random.default_rng((seed, step, term, i)), scale=scale,
+                     augment=augment)
+        if outs is None:  # written in place: no per-sample copies, no stacking
+            outs, paired = [np.empty((len(chosen),) + v.shape, np.float32) for v in views], \
+                isinstance(item, tuple)
+        for view, out in zip(views, outs):
+            _to_float_into(view, out[j])
+    if paired:
+        return {"target": outs[0], "input": outs[1]}
+    return {"target": outs[0]}
 
 
 def validation_crops(source, count: int, patch: int, *, scale: int = 1,

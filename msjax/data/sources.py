@@ -54,23 +54,39 @@ def builtin_photos(split: str) -> ArraySource:
     return ArraySource([_skimage_photo(n) for n in names], list(names))
 
 
-def tfds_source(name: str, split: str, data_dir: str = ""):
-    """A TFDS dataset prepared as ArrayRecord. Never downloads: a missing dataset fails at once."""
+def tfds_data_dir(data_dir: str = "") -> str:
+    return data_dir or os.environ.get("TFDS_DATA_DIR") or str(
+        Path("~/tensorflow_datasets").expanduser())
+
+
+def tfds_source(name: str, split: str, data_dir: str = "", *, download: bool = False):
+    """A TFDS dataset as ArrayRecord. With ``download``, a dataset not prepared yet is prepared
+    first (``prepare.prepare``: network probe, then TFDS's download-and-prepare); without, a
+    missing dataset fails at once with the manual steps."""
     import tensorflow_datasets as tfds
 
-    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or str(
-        Path("~/tensorflow_datasets").expanduser())
+    from msjax.data import prepare
+
+    data_dir = tfds_data_dir(data_dir)
+
+    def open_records():
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+
     try:
-        records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        return TfdsImages(open_records())
     except Exception as e:  # tfds raises several types for "not prepared as ArrayRecord"
-        raise DataError(
-            f"TFDS dataset {name!r} (split {split!r}) is not prepared as ArrayRecord under "
-            f"{data_dir}. Prepare it once on a machine with network access:\n"
-            f"  pip install tensorflow\n"
-            f"  tfds build {name} --file_format=array_record --data_dir={data_dir}\n"
-            f"then copy {data_dir}/{name} here (or pass --config.data.data_dir). "
-            f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return TfdsImages(records)
+        first_error = e
+    if download:
+        prepare.prepare(name, data_dir)
+        try:
+            return TfdsImages(open_records())
+        except Exception as e:
+            first_error = e
+    e = first_error
+    raise DataError(
+        f"TFDS dataset {name!r} (split {split!r}) is not prepared as ArrayRecord under "
+        f"{data_dir}; {prepare.manual_steps(name, data_dir)} "
+        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 @dataclasses.dataclass
