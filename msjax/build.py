@@ -18,6 +18,7 @@ import numpy as np
 
 from msjax import (backend as backends, config_check, data, metrics, models, multiscale, optim,
                    parallel, resize, steps, tasks)
+from msjax.models import layers
 from msjax.errors import ConfigError
 
 
@@ -49,14 +50,18 @@ class Experiment:
         return self.backend.describe() + schedule_table(self)
 
 
+@functools.cache
+def _conv_module(convolution):
+    """One module per convolution function, so models built twice compare equal (a model's
+    apply is part of what jit caches on)."""
+    return functools.partial(layers.Conv, convolution=convolution)
+
+
 def make_model(config, backend: backends.Backend):
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     kwargs = dict(config.model_kwargs)
-    if backend.convolution is not None and "conv" in models.model_class(
-            config.model).__dataclass_fields__:
-        from msjax.models import layers
-
-        kwargs["conv"] = functools.partial(layers.Conv, convolution=backend.convolution)
+    if backend.convolution is not None:
+        kwargs["conv"] = _conv_module(backend.convolution)
     return models.create_model(config.model, dtype=dtype, **kwargs)
 
 

@@ -72,6 +72,7 @@ class Backend:
     def flops(self, executable) -> float:
         return cost_flops(executable) * self.mesh.size
 
+
     def compile(self, fn: Callable, args: tuple, *, donate_argnums=(), out_shardings=None,
                 name: str = "", recorded: str = "") -> Compiled:
         """``jax.jit(fn)`` lowered on ``args`` and compiled. ``name`` says what it is (for the
