@@ -172,12 +172,37 @@ def make_validation(config, task, mesh) -> Validation:
     return Validation(parallel.put_global_batch(jax.tree.map(np.asarray, batch), mesh), n, scores)
 
 
+def device_batches(exp: Experiment, stage: int, dataset, seed_key, step) -> tuple:
+    """Every term's batch of ``step`` (a stage ``stage`` step; jit-able, the step counter may be
+    traced) cut from the device-resident ``dataset``."""
+    c = exp.config
+    return data.inputs.device_batches(dataset, seed_key, step, exp.stages[stage].plan,
+                                      patch=c.data.patch, augment=c.data.augment,
+                                      scale=exp.task.scale, mesh=exp.mesh)
+
+
+def _sampling_step(state, dataset, seed_key, *, train, plan, patch, augment, scale, mesh):
+    """The train step cutting its own batches from the device-resident dataset, with the step
+    counter it already holds: nothing crosses from the host."""
+    batches = data.inputs.device_batches(dataset, seed_key, state.step, plan, patch=patch,
+                                         augment=augment, scale=scale, mesh=mesh)
+    return train(state, batches, seed_key)
+
+
 def compile_train_step(exp: Experiment, stage_index: int, state, batches, seed_key, *,
-                       recorded: str = "") -> backends.Compiled:
+                       recorded: str = "", dataset=None) -> backends.Compiled:
     """Stage ``stage_index``'s MGE step, compiled once ahead of time (which also counts its
-    FLOPs); ``recorded``: the CPU kernels a checkpoint says this stage ran on."""
-    fn = functools.partial(steps.train_step, plan=exp.stages[stage_index].plan, task=exp.task,
+    FLOPs); ``recorded``: the CPU kernels a checkpoint says this stage ran on. With a
+    device-resident ``dataset`` the step cuts its own batches and takes the dataset in their
+    place (``batches`` is then the dataset too)."""
+    plan = exp.stages[stage_index].plan
+    fn = functools.partial(steps.train_step, plan=plan, task=exp.task,
                            skip_nonfinite=exp.config.runtime.nonfinite == "skip")
+    if dataset is not None:
+        c = exp.config
+        fn = functools.partial(_sampling_step, train=fn, plan=plan, patch=c.data.patch,
+                               augment=c.data.augment, scale=exp.task.scale, mesh=exp.mesh)
+        batches = dataset
     return exp.backend.compile(fn, (state, batches, seed_key), donate_argnums=(0,),
                                out_shardings=parallel.replicated(exp.mesh),
                                name=f"stage {stage_index}", recorded=recorded)

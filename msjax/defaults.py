@@ -188,5 +188,7 @@ def get_config():
         fast_compile=False,        # CPU: cheap XLA settings; ~4x faster compile, slower steps
         transfer_guard="disallow",  # host<->device copies inside the step loop are errors
         nonfinite="stop",          # stop | skip: what a NaN/inf loss or gradient does
+        max_skipped=0.2,           # skip: stop when more than this share of the last 50 steps
+                                   # were skipped
     ))
     return c

@@ -90,6 +90,14 @@ def read_saved(workdir) -> dict | None:
                           "save of train.py: restore it or use another --workdir") from None
 
 
+def checkpoint_steps(workdir) -> list[int]:
+    """The steps of the finished checkpoints in a run directory, read from their folder names
+    (Orbax renames a checkpoint to its step when the save completes)."""
+    folder = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
+        if folder.is_dir() else []
+
+
 def load_config(workdir) -> ml_collections.ConfigDict:
     """The config of the run in ``workdir``, laid over the package defaults."""
     saved = read_saved(workdir)

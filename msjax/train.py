@@ -20,6 +20,7 @@ import numpy as np
 from msjax import (build, checkpoints, config_check, data, logs, multiscale, optim, parallel,
                    rundir, steps, warmstart)
 from msjax.errors import NonFiniteError, RunDirError
+from msjax.lock import WorkdirLock
 
 class Preempted(Exception):
     """SIGTERM / SIGINT arrived; a checkpoint was saved. ``signum`` is the signal."""
@@ -68,10 +69,11 @@ class Ledger:
 
 class MetricsBuffer:
     """Per-step metrics stay on the device until a log step; the NaN check then costs nothing,
-    because it runs on what is fetched for logging anyway."""
+    because it runs on what is fetched for logging anyway. With ``runtime.nonfinite=skip`` it
+    also counts the skipped steps among the last ``window``."""
 
-    def __init__(self):
-        self.pending = []
+    def __init__(self, window: int = 50):
+        self.pending, self.recent, self.window = [], [], window
 
     def add(self, step: int, metrics):
         self.pending.append((step, metrics))
@@ -81,22 +83,28 @@ class MetricsBuffer:
         fetched = parallel.fetch(self.pending)
         self.pending = []
         bad = [(s, m) for s, m in fetched if not bool(m["finite"])]
+        self.recent = (self.recent + [not bool(m["finite"]) for _, m in fetched])[-self.window:]
         step, m = fetched[-1]
         return step, {k: float(v) for k, v in m.items()}, bad
 
+    def skipped_share(self) -> float:
+        return sum(self.recent) / len(self.recent) if len(self.recent) >= self.window else 0.0
+
 
 class StepPrograms:
-    """Each stage's compiled step, compiled on first use with what a checkpoint recorded."""
+    """Each stage's compiled step, compiled on first use with the kernels a checkpoint
+    recorded; on the device input path the step cuts its own batches from ``dataset``."""
 
-    def __init__(self, exp, seed_key, ledger, progress, recorded: dict):
+    def __init__(self, exp, seed_key, ledger, progress, recorded: dict, dataset=None):
         self.exp, self.seed_key, self.ledger, self.progress = exp, seed_key, ledger, progress
-        self.recorded, self.programs = dict(recorded), {}
+        self.recorded, self.programs, self.dataset = dict(recorded), {}, dataset
 
     def __call__(self, stage: int, state, batches):
         if stage not in self.programs:
             self.progress.compiling(stage, terms=self.exp.stages[stage].plan.num_terms)
             program = build.compile_train_step(self.exp, stage, state, batches, self.seed_key,
-                                               recorded=self.recorded.get(str(stage), ""))
+                                               recorded=self.recorded.get(str(stage), ""),
+                                               dataset=self.dataset)
             self.ledger.compile_seconds += program.seconds
             if program.kernels:
                 self.recorded[str(stage)] = program.kernels
@@ -133,14 +141,18 @@ def panels(state, batch, key, *, task, count: int):
 
 
 def open_workdir(workdir: Path, exp) -> rundir.Resume:
-    """Creates the workdir (and its parents), checks it holds this experiment, saves its config."""
+    """Creates the workdir (and its parents) and checks it holds this experiment."""
     if workdir.exists() and not workdir.is_dir():
         raise RunDirError(f"--workdir {workdir} is a file, not a directory; choose another path")
     resume = rundir.compare(workdir, exp.config, lambda c: config_check.schedule(c)[-1].end_step)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        rundir.write_config(workdir, exp.config)
     return resume
+
+
+class _FallBack(Exception):
+    """The first steps after a restore were not finite: the restored checkpoint is set aside and
+    the run starts again from the one before it."""
 
 
 def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -> dict:
@@ -154,25 +166,76 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
     """
     logs.quiet_library_logs()
     exp = config if isinstance(config, build.Experiment) else build.experiment(config)
-    c, workdir = exp.config, Path(workdir).expanduser()
+    workdir = Path(workdir).expanduser()
     resume = open_workdir(workdir, exp)
-    progress = logs.Progress(exp.total_steps, 0, workdir, enabled=jax.process_index() == 0,
-                             stages=len(exp.stages))
-    for line in exp.describe():
-        progress.write(line)
+    finished = _finished(workdir, exp.total_steps) if resume.kind == "same" else None
+    if finished is not None:
+        return finished
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        try:
+            return _run(exp, workdir, resume, init_fn, batch_transform, may_fall_back=True)
+        except _FallBack:
+            return _run(exp, workdir, resume, init_fn, batch_transform, may_fall_back=False)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _finished(workdir: Path, total_steps: int) -> dict | None:
+    """The results of a run that already reached ``total_steps``, read from its logs (no model
+    is built), or None."""
+    steps_done = rundir.checkpoint_steps(workdir)
+    if not steps_done or max(steps_done) < total_steps or not (workdir / "valid.csv").exists():
+        return None
+    rows = logs.read_csv(workdir / "valid.csv")
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: r["psnr"] if math.isfinite(r["psnr"]) else -math.inf)
+    result = {k: v for k, v in rows[-1].items()}
+    result.update(step=int(result["step"]), best_psnr=best["psnr"], best_step=int(best["step"]),
+                  workdir=str(workdir), finished=True)
+    if jax.process_index() == 0:
+        print(f"the run in {workdir} is finished ({total_steps} steps); a larger "
+              "--config.train.steps extends it", flush=True)
+    return result
+
+
+def _run(exp, workdir: Path, resume, init_fn, batch_transform, *, may_fall_back: bool) -> dict:
+    c, primary = exp.config, jax.process_index() == 0
     source = data.open_source(c.data, "train", scale=exp.task.scale)
     valid = build.make_validation(c, exp.task, exp.mesh)
     state = build.initial_state(exp, valid.batch["input"].shape)
-    ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep_best=c.log.keep_best)
-    restored = ckpt.restore_latest(state, on_fallback=progress.write)
-    ledger, best_psnr, recorded = Ledger(), -math.inf, {}
+    notes = []  # what opening the checkpoints says, shown once the progress log exists
+    ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep_best=c.log.keep_best,
+                                   on_message=notes.append)
+    try:
+        restored = ckpt.restore_latest(state, on_fallback=notes.append)  # before any log write
+    except BaseException:
+        ckpt.close()
+        raise
+    if primary:
+        rundir.write_config(workdir, c)
+    progress = logs.Progress(exp.total_steps, 0, workdir, enabled=primary,
+                             stages=len(exp.stages))
+    ckpt.on_message = progress.write
+    for line in exp.describe() + notes:
+        progress.write(line)
+    if "batch_stats" in state.model_state and len(
+            {n for s in exp.stages for n in s.plan.batch_sizes}) > 1:
+        progress.write("note: BatchNorm in training mode normalises each MGE evaluation by its own "
+                       "term's batch; with unequal term batches the terms' statistics differ and "
+                       "the estimator is biased (README, Configs); equal mge.batch_sizes avoid it")
+    ledger, best_psnr, meta = Ledger(), -math.inf, {}
     if restored is None:  # a fresh run: warm-started weights, then a method's own start
         state = warmstart.warm_start(state, c.train, write=progress.write)
         state = init_fn(state) if init_fn is not None else state
     else:
         state, meta, _ = restored
         ledger = Ledger(**{k: meta.get(k, 0) for k in Ledger.__dataclass_fields__})
-        best_psnr, recorded = meta.get("best_psnr", best_psnr), meta.get("kernels", {})
+        best_psnr = meta.get("best_psnr", best_psnr)
         progress.write(f"resumed from step {meta['step']} (stage {meta['stage']}) in {workdir}")
         if resume.kind == "extended":
             progress.write(f"extending the run from {resume.previous_steps} to "
@@ -180,30 +243,59 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
                            "are recomputed for the new budget")
     start = int(parallel.fetch(state.step))
     progress.start = start
+    inp = data.TrainingInput(c, source, exp.mesh, task=exp.task, stages=exp.stages, start=start,
+                             stop=exp.total_steps, path=meta.get("input", ""))
+    progress.write(inp.line)
     runlog = logs.RunLog(workdir, resume_step=start if restored is not None else None,
                          image_count=c.log.image_count, image_size=c.log.image_size,
                          crop_border=c.eval.crop_border, y_channel=c.eval.y_channel)
     runlog.config(c, start)
     seed_key = parallel.put_replicated(jax.random.PRNGKey(c.seed), exp.mesh)
-    lr = optim_schedule(exp)
-    evaluate = build.eval_step(exp)
+    lr, evaluate = optim_schedule(exp), build.eval_step(exp)
     draw = exp.backend.jit(functools.partial(panels, task=exp.task, count=c.log.image_count),
                            out_shardings=parallel.replicated(exp.mesh))
-    programs = StepPrograms(exp, seed_key, ledger, progress, recorded)
+    # On the device path the step cuts its own batches (``fused``) unless a method rewrites them
+    # in between; then, and for the image logs, a separate program cuts them, still on device.
+    fused = inp.on_device and batch_transform is None
+    samplers = {}
+
+    def sample(stage, *args):
+        if stage not in samplers:
+            samplers[stage] = exp.backend.jit(functools.partial(build.device_batches, exp, stage))
+        return samplers[stage](*args)
+
+    programs = StepPrograms(exp, seed_key, ledger, progress, meta.get("kernels", {}),
+                            dataset=inp.dataset if fused else None)
     buffer, result = MetricsBuffer(), {}
 
     def flush(stage):
         if not buffer.pending:
             return
+        ckpt.raise_if_save_failed()
         last, m, bad = buffer.fetch()
+        if bad and restored is not None and may_fall_back and bad[0][0] < start + c.log.every:
+            older = ckpt.restore_before(start, state, on_fallback=progress.write)
+            if older is not None:
+                progress.write(f"step {bad[0][0]} right after restoring checkpoint {start} is "
+                               "not finite: that checkpoint is set aside; resuming from "
+                               f"checkpoint {older.step}")
+                raise _FallBack()
+        good = [s for s in ckpt.steps() if s <= bad[0][0]] if bad else []
+        kept = (f"the last good checkpoint (step {max(good)}) is kept in {workdir}. " if good
+                else "no checkpoint before it was saved. ")
         if bad and c.runtime.nonfinite == "stop":
             raise NonFiniteError(
                 f"non-finite loss or gradient at step {bad[0][0]} (loss "
-                f"{float(bad[0][1]['loss'])}, grad norm {float(bad[0][1]['grad_norm'])}); "
-                + (f"the last good checkpoint (step {max(ckpt.steps())}) is kept in {workdir}. "
-                   if ckpt.steps() else "no checkpoint was saved yet. ")
-                + "Lower train.lr, or set --config.runtime.nonfinite=skip to skip such steps")
+                f"{float(bad[0][1]['loss'])}, grad norm {float(bad[0][1]['grad_norm'])}); {kept}"
+                "Lower train.lr, or set --config.runtime.nonfinite=skip to skip such steps")
         ledger.skipped += len(bad)
+        if bad:
+            progress.write(f"warning: {len(bad)} non-finite step(s) skipped up to step "
+                           f"{last + 1} ({ledger.skipped} in all)")
+        if buffer.skipped_share() > c.runtime.max_skipped:
+            raise NonFiniteError(
+                f"{sum(buffer.recent)} of the last {buffer.window} steps were non-finite and "
+                f"skipped (runtime.max_skipped={c.runtime.max_skipped}); {kept}Lower train.lr")
         runlog.scalars("train", {"step": last + 1, "stage": stage, "loss": m["loss"],
                                  "finest_loss": m["finest_loss"], "grad_norm": m["grad_norm"],
                                  "lr": float(lr(last)), **ledger.row()})
@@ -212,29 +304,34 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
 
     def save(step, stage, metrics=None):
         ckpt.save(step, state, {"step": step, "stage": stage, "best_psnr": best_psnr,
-                                "kernels": programs.recorded, **ledger.row()}, metrics)
+                                "kernels": programs.recorded, "input": inp.path,
+                                **ledger.row()}, metrics)
 
-    prefetch = data.Prefetcher(functools.partial(host_batches, exp, source), start,
-                               exp.total_steps) if start < exp.total_steps else None
+    def batches_at(step):
+        if inp.on_device:
+            batches = inp.dataset if fused else sample(exp.stage_at(step), inp.dataset,
+                                                       seed_key, state.step)
+        else:
+            plan = exp.stages[exp.stage_at(step)].plan
+            batches = tuple(parallel.put_batch(b, exp.mesh, n)
+                            for b, n in zip(inp.host_batches(step), plan.batch_sizes))
+        return batch_transform(step, batches) if batch_transform is not None else batches
+
     try:
         with Signals() as signals:
             for step in range(start, exp.total_steps):
                 stage = exp.stage_at(step)
-                plan = exp.stages[stage].plan
                 t0, compiling = time.perf_counter(), ledger.compile_seconds
-                batches = tuple(parallel.put_batch(b, exp.mesh, n)
-                                for b, n in zip(prefetch.get()[1], plan.batch_sizes))
-                if batch_transform is not None:
-                    batches = batch_transform(step, batches)
-                program = programs(stage, state, batches)
-                # The steady state moves nothing between host and device but the explicit batch
-                # transfer above and the metrics fetched for logging.
+                # The steady state moves nothing from host to device but the host path's batch
+                # (an explicit transfer); the device path moves nothing at all.
                 with jax.transfer_guard(c.runtime.transfer_guard):
+                    batches = batches_at(step)
+                    program = programs(stage, state, batches)
                     state, metrics = program(state, batches, seed_key)
                 if exp.backend.sync_each_step:
                     jax.block_until_ready(state.step)
                 buffer.add(step, metrics)
-                done = step + 1
+                done, plan = step + 1, exp.stages[stage].plan
                 boundary = done == exp.stages[stage].end_step
                 logging_step = done % c.log.every == 0 or boundary or done == exp.total_steps
                 if logging_step:
@@ -255,9 +352,11 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
                     progress.write(f"step {done} {progress.stage_label(stage)}: valid PSNR "
                                    f"{row['psnr']:.2f} dB (input {row['input_psnr']:.2f}), SSIM "
                                    f"{row['ssim']:.4f}{' *best' if improved else ''}")
+                    train_batch = batches[0] if not fused else sample(
+                        stage, inp.dataset, seed_key, state.step)[0]
                     runlog.images(done, parallel.fetch(draw(state, valid.batch, seed_key)))
                     # What the model makes of data it is fitted to, beside validation.
-                    runlog.images(done, parallel.fetch(draw(state, batches[0], seed_key)),
+                    runlog.images(done, parallel.fetch(draw(state, train_batch, seed_key)),
                                   stream="train")
                     save(done, stage, {"psnr": row["psnr"]})
                     result = row
@@ -278,14 +377,19 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
                     raise Preempted(stop, f"stopped by signal {stop}{by} at step {done}; "
                                           f"checkpoint saved in {workdir}. Run the same command "
                                           "again to resume.")
+        ckpt.wait()
+        if ledger.skipped:
+            progress.write(f"warning: {ledger.skipped} of {exp.total_steps} steps were non-finite "
+                           "and skipped")
     finally:
+        inp.close()
         ckpt.close()
         runlog.close()
         progress.close()
     if not result and start >= exp.total_steps:
         result = {"step": start, "psnr": best_psnr}
     return result | {"best_psnr": best_psnr, "best_step": ckpt.best_step(),
-                     "workdir": str(workdir)}
+                     "workdir": str(workdir), "skipped": ledger.skipped}
 
 
 def optim_schedule(exp):

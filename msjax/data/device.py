@@ -102,9 +102,11 @@ def sample_batch(dataset: DeviceImages, key: jax.Array, *, batch: int, patch: in
 def step_batches(dataset: DeviceImages, seed_key: jax.Array, step, batch_sizes: Sequence[int],
                  *, patch: int, augment: bool = True, scale: int = 1, sharding=None) -> tuple:
     """Every term's batch of one step (``batch_sizes`` finest first; one entry for a shared
-    batch), as the host path's ``HostBatches.get(step)`` gives them."""
+    batch), as the host path's ``HostBatches.get(step)`` gives them. ``sharding``: one for every
+    term, or a function of the term's batch size."""
     return tuple(sample_batch(dataset, term_key(seed_key, step, k), batch=n, patch=patch,
-                              augment=augment, scale=scale, sharding=sharding)
+                              augment=augment, scale=scale,
+                              sharding=sharding(n) if callable(sharding) else sharding)
                  for k, n in enumerate(batch_sizes))
 
 

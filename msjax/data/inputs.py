@@ -24,7 +24,7 @@ def device_batches(dataset: device.DeviceImages, seed_key, step, plan, *, patch:
     """Inside the compiled step: every term's batch of ``step``, sharded on the batch axis."""
     return device.step_batches(dataset, seed_key, step, term_sizes(plan), patch=patch,
                                augment=augment, scale=scale,
-                               sharding=parallel.batch_sharded(mesh))
+                               sharding=lambda n: parallel.batch_sharded(mesh, n))
 
 
 class TrainingInput:
@@ -33,10 +33,17 @@ class TrainingInput:
     ``on_device``, ``line`` (the start banner), ``path`` ('device' | 'host'); ``dataset`` (device
     path) or ``host_batches(step)`` (host path); ``close()`` stops the host workers."""
 
-    def __init__(self, config, source, mesh, *, task, stages, start: int, stop: int):
+    def __init__(self, config, source, mesh, *, task, stages, start: int, stop: int,
+                 path: str = ""):
+        """``path`` ('device' | 'host') overrides the choice: a resumed run keeps the path it
+        started on, whose batches it must see again."""
         c = config.data
         placement = device.choose(c, source, mesh, host_corrupt=task.host_corrupt is not None)
         self.on_device, self.line = placement.on_device, placement.line
+        if path and (path == "device") != self.on_device:
+            self.on_device = path == "device"
+            self.line = (f"input: {'on device' if self.on_device else 'host workers'}, as when "
+                         "this run started (its batches depend on the path)")
         self.path = "device" if self.on_device else "host"
         self.dataset, self._host = None, None
         resize = pipeline.whole_image_resize(c)
