@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from msjax import evaluate, train
+from msjax import evaluate, parallel, train
 from tests.helpers import tiny_config
 
 
@@ -31,12 +31,22 @@ def test_four_devices_train_the_same_parameters_as_one(tmp_path, task):
         assert rel <= 1e-5, f"{jax.tree_util.keystr(path)}: relative error {rel:.2e}"
 
 
-def test_a_term_batch_that_does_not_divide_is_a_config_error(tmp_path):
-    from msjax import config_check
+def test_a_term_batch_that_does_not_divide_is_split_over_fewer_devices_and_trains_the_same(
+        tmp_path):
+    # Term batches 2, 4 on 4 devices: the first is split over 2 and copied on the other 2.
+    def trained(name, devices):
+        c = tiny_config(**{"runtime.num_devices": devices, "mode": "multiscale",
+                           "mge.levels": 1, "mge.finest_batch": 2, "mge.batch_growth": 2})
+        train.train_and_evaluate(c, tmp_path / name)
+        state, _, _ = evaluate.load_state(evaluate.load_config(tmp_path / name),
+                                          tmp_path / name, "latest")
+        return jax.tree.map(np.asarray, state.params)
 
-    c = tiny_config(**{"runtime.num_devices": 4, "mge.finest_batch": 2})
-    with pytest.raises(config_check.ConfigError, match="does not divide by the 4 devices"):
-        train.train_and_evaluate(c, tmp_path / "run")
+    for a, b in zip(jax.tree.leaves(trained("one", 1)), jax.tree.leaves(trained("four", 4))):
+        assert np.linalg.norm(a - b) <= 1e-5 * max(np.linalg.norm(a), 1e-12)
+    mesh = parallel.make_mesh(4)
+    assert parallel.devices_per_batch(mesh, 2) == 2 and parallel.devices_per_batch(mesh, 8) == 4
+    assert parallel.batch_sharded(mesh, 2).shard_shape((2, 3)) == (1, 3)
 
 
 def test_steady_state_runs_under_disallow_transfer_guard_on_four_devices(tmp_path):
@@ -61,13 +71,6 @@ def test_an_implicit_host_to_device_copy_in_the_loop_fails_the_run(tmp_path):
     with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
         train.train_and_evaluate(tiny_config(**{"runtime.num_devices": 4}), tmp_path / "run",
                                  batch_transform=add_host_noise)
-
-
-def test_cpu_batches_that_do_not_divide_fall_back_to_fewer_devices(tmp_path, caplog):
-    c = tiny_config(**{"runtime.num_devices": 0, "mge.finest_batch": 2})  # term batches 2, 2, 2
-    result = train.train_and_evaluate(c, tmp_path / "run")
-    assert np.isfinite(result["psnr"])
-    assert "do not all divide by the 4 CPU devices; using 2" in caplog.text
 
 
 @pytest.mark.parametrize("env_devices, num_devices, expected", [
