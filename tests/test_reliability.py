@@ -193,7 +193,6 @@ IMPOSSIBLE = [
     ({"data.source": "s3"}, "data.source='s3' is unknown"),
     ({"mge.restriction": "lanczos"}, "mge.restriction='lanczos' is unknown"),
     ({"data.patch": 18}, "does not divide by"),
-    ({"mge.batch_sizes": (4, 4, 6)}, "does not divide by the 4 devices"),
     ({"train.steps": -5}, "train.steps=-5 must be positive"),
     ({"train.lr": 0.0}, "train.lr=0.0 must be positive"),
     ({"train.lr_end": 1.0}, "train.lr_end=1.0 must lie in"),
@@ -241,7 +240,7 @@ def test_model_options_that_do_not_exist_are_a_config_error():
 
 def test_clis_restart_once_on_huge_pages_keeping_pid_and_other_tunables():
     code = ("import os; print('pid', os.getpid(), flush=True); "
-            "from msjax.hugepages import restart_with_huge_pages; restart_with_huge_pages(); "
+            "from msjax.backend.hugepages import restart_with_huge_pages; restart_with_huge_pages(); "
             "print('tunables', os.environ.get('GLIBC_TUNABLES'))")
 
     def run(**env):

@@ -91,7 +91,8 @@ def _undo_dihedral(x, k, flip):
 
 def test_self_ensemble_is_the_mean_of_the_8_transformed_outputs(sr_run):
     config = evaluate.load_config(sr_run)
-    state, task, _ = evaluate.load_state(config, sr_run, "latest")
+    state, exp, _ = evaluate.load_state(config, sr_run, "latest")
+    task = exp.task
     y = np.random.default_rng(0).random((1, 12, 10, 3)).astype(np.float32)  # not square
     predict = jax.jit(lambda v: steps.predict(state, v, None, task=task))
     by_hand = np.mean([_undo_dihedral(np.asarray(predict(np.ascontiguousarray(
@@ -107,8 +108,8 @@ def test_self_ensemble_of_an_equivariant_model_is_its_plain_output():
     c = tiny_config(**{"task.name": "denoise", "task.residual": True})
     task = tasks.make_task(c.task)
     model = models.create_model("residual_cnn", features=8, depth=3)
-    state = train.create_state(model, c, np.zeros((1, 16, 16, 3), np.float32), 1,
-                               parallel.make_mesh(1))
+    state = create_state(model, c, np.zeros((1, 16, 16, 3), np.float32), 1,
+                         parallel.make_mesh(1))
     rng = np.random.default_rng(1)
     random = jax.tree.map(lambda p: rng.normal(0, 0.3, p.shape).astype(np.float32), state.params)
 
