@@ -82,7 +82,9 @@ def experiment(config, *, num_devices: int | None = None) -> Experiment:
     config_check.validate(config)
     mesh = parallel.make_mesh(requested)
     backend = backends.make_backend(config.runtime, mesh)
-    task = tasks.make_task(config.task, operator_per_level=config.mge.operator_per_level)
+    task = tasks.make_task(config.task, operator_per_level=config.mge.operator_per_level,
+                           normalize=((config.data.mean, config.data.std)
+                                      if config.data.normalize else None))
     return Experiment(config, task, config_check.schedule(config), mesh, backend,
                       make_model(config, backend))
 
@@ -148,8 +150,8 @@ class Validation:
     input_scores: dict
 
 
-def make_validation(config, task, mesh) -> Validation:
-    source = data.open_source(config.data, "valid", scale=task.scale)
+def make_validation(config, task, mesh, *, source=None) -> Validation:
+    source = source or data.open_source(config.data, "valid", scale=task.scale)
     crops = data.validation_crops(source, config.data.valid_images,
                                   config.data.valid_patch or config.data.patch, scale=task.scale,
                                   resize=data.pipeline.whole_image_resize(config.data))

@@ -37,23 +37,39 @@ def _error(message: str) -> None:
     sys.exit(2)
 
 
-def _config_fields() -> list[str]:
+def _config_fields(argv) -> set[str]:
+    """The fields of the config file named in ``argv`` (the defaults if it cannot be loaded)."""
     from msjax import defaults, rundir
 
-    return list(rundir.flat(defaults.get_config()))
+    name = next((a[len("--config="):] for a in argv if a.startswith("--config=")), None)
+    if name is None and "--config" in argv[:-1]:
+        name = argv[argv.index("--config") + 1]
+    try:
+        import importlib.util
+
+        path, _, argument = (name or "").partition(":")
+        spec = importlib.util.spec_from_file_location("msjax_cli_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(argument) if argument else module.get_config()
+    except Exception:  # the flag parser has said what is wrong with the file itself
+        config = defaults.get_config()
+    return set(rundir.flat(config))
 
 
 def _unknown_field_message(argv) -> str:
     """The first --config.<field> override that names no field, with the nearest real one."""
-    known = set(_config_fields())
+    known = _config_fields(argv)
     for arg in argv:
         if arg.startswith("--config.") and "=" in arg:
             field = arg[len("--config."):].split("=", 1)[0]
-            if field not in known and not field.startswith("model_kwargs."):
+            if field not in known:
                 near = difflib.get_close_matches(field, known, n=1)
                 hint = f"; did you mean {near[0]}?" if near else ""
-                return (f"--config.{field}: no such config field{hint} (python train.py --help "
-                        "lists the sections; msjax/defaults.py has every field)")
+                extra = (" (an override changes a field the config sets; add new model_kwargs "
+                         "to the config file)" if field.startswith("model_kwargs.") else "")
+                return (f"--config.{field}: no such config field{hint}{extra}; python train.py "
+                        "--help lists the sections, msjax/defaults.py has every field")
     return "a --config override names no config field (msjax/defaults.py has every field)"
 
 
@@ -77,6 +93,16 @@ def set_cpu_devices(config):
     import jax
 
     jax.config.update("jax_num_cpu_devices", config.runtime.num_devices or DEFAULT_CPU_DEVICES)
+
+
+def budget_over_stages(config, overridden: dict) -> None:
+    """An explicit --config.train.steps wins over the config's full-multiscale stage steps: the
+    budget is split in their proportions instead."""
+    if ("train.steps" in overridden and config.mode == "fullmultiscale"
+            and tuple(config.fms.stage_steps)):
+        with config.unlocked():
+            config.fms.stage_weights = tuple(config.fms.stage_steps)
+            config.fms.stage_steps = ()
 
 
 def resolve_config_file(name: str) -> str:
@@ -112,6 +138,7 @@ def train(argv=None) -> None:
     if "--config" in argv[:-1]:
         i = argv.index("--config")
         argv[i + 1] = resolve_config_file(argv[i + 1])
+    sys.argv = argv  # ml_collections reads the --config.* overrides from sys.argv
 
     def main(_):
         logging.set_verbosity(logging.WARNING)
@@ -125,12 +152,7 @@ def _train(FLAGS, config_flags) -> None:
 
     config = FLAGS.config
     overridden = config_flags.get_override_values(FLAGS["config"])
-    if ("train.steps" in overridden and config.mode == "fullmultiscale"
-            and tuple(config.fms.stage_steps)):
-        # An explicit step budget wins over the config's stage steps, split in their proportions.
-        with config.unlocked():
-            config.fms.stage_weights = tuple(config.fms.stage_steps)
-            config.fms.stage_steps = ()
+    budget_over_stages(config, overridden)
     workdir = FLAGS.workdir or str(rundir.default_workdir(
         config_flags.get_config_filename(FLAGS["config"]), config, overridden))
     set_cpu_devices(config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from msjax import damage, multiscale, optim, tasks
 from msjax.data import SOURCES
-from msjax.data.pipeline import RESIZE_MODES
+from msjax.data.pipeline import RESIZE_METHODS, RESIZE_MODES
 from msjax.errors import ConfigError
 from msjax.models import MODEL_NAMES, size_multiple
 from msjax.resize import RESTRICTIONS
@@ -37,6 +37,17 @@ def validate(config) -> None:
     _one_of(c.train.optimizer, optim.OPTIMIZERS, "train.optimizer")
     _one_of(c.data.bad_images, ("skip", "error"), "data.bad_images")
     _one_of(c.data.resize_mode, RESIZE_MODES, "data.resize_mode")
+    _one_of(c.data.resize_method, RESIZE_METHODS, "data.resize_method")
+    _one_of(str(c.data.on_device).lower(), ("auto", "true", "false"), "data.on_device")
+    _check(0 < c.data.device_fraction <= 1,
+           f"data.device_fraction={c.data.device_fraction} must lie in (0, 1]")
+    _check(c.data.host_prefetch >= 1, f"data.host_prefetch={c.data.host_prefetch} must be >= 1")
+    _check(c.data.host_workers >= 0 and c.data.host_cache_gib >= 0,
+           "data.host_workers and data.host_cache_gib must be >= 0 (0 workers: one per core)")
+    if c.data.normalize:
+        _check(len(c.data.mean) == 3 and len(c.data.std) == 3 and min(c.data.std) > 0,
+               f"data.normalize needs three channel means and three positive stds, not "
+               f"mean={tuple(c.data.mean)} std={tuple(c.data.std)}")
     _one_of(c.runtime.nonfinite, ("stop", "skip"), "runtime.nonfinite")
     _one_of(c.train.lr_schedule, optim.LR_SCHEDULES, "train.lr_schedule")
     _one_of(c.train.init_checkpoint, ("best", "latest"), "train.init_checkpoint")

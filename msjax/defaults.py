@@ -29,6 +29,15 @@ RESUMABLE_SECTIONS = ("runtime", "log", "eval")
 RESUMABLE_SUFFIXES = ("_dir", "_workdir", "init_from")
 
 
+def section(name: str, given=None) -> ml_collections.ConfigDict:
+    """Config section ``name`` with ``given``'s fields laid over its defaults, so code reads
+    every field directly even when a library caller passes a partial section."""
+    merged = get_config()[name]
+    if given is not None:
+        merged.update(given.to_dict() if hasattr(given, "to_dict") else dict(given))
+    return merged
+
+
 def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 42

@@ -76,6 +76,8 @@ LIBRARY_NOTICES = (
     "Requested `tracked_metric`; did not provide metrics.",
     "CheckpointManagerOptions.read_only=True, setting",
     "Given directory is read only",
+    # TFDS, looking for a dataset that is not prepared yet (msjax then prepares it or says how).
+    "Variant folder %s has no dataset_info.json",
 )
 
 
@@ -87,9 +89,13 @@ class _DropNotices(logging.Filter):
 def quiet_library_logs() -> None:
     """Drops exactly ``LIBRARY_NOTICES`` from absl's logger (Orbax logs through it); every other
     warning still shows. Idempotent."""
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _DropNotices) for f in logger.filters):
-        logger.addFilter(_DropNotices())
+    from absl import logging as absl_logging
+
+    # On absl's logger (Orbax logs to it) and on absl's handler, which prints the records of
+    # every library's logger (TFDS's too).
+    for target in (logging.getLogger("absl"), absl_logging.get_absl_handler()):
+        if not any(isinstance(f, _DropNotices) for f in target.filters):
+            target.addFilter(_DropNotices())
 
 
 class TextLog:

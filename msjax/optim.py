@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from msjax import defaults
 from msjax.errors import ConfigError
 
 
@@ -105,8 +106,8 @@ def learning_rate(train_config, total_steps: int, stage_ends=()) -> optax.Schedu
     instead of at the tail of the coarse stages' schedule, or ``step``: lr times
     ``lr_step_factor`` after every ``lr_step_period`` steps of the run (EDSR / RCAN / MSRN: halved
     every 200k; lr_end plays no part)."""
-    c = train_config
-    schedule = c.get("lr_schedule", "cosine")
+    c = defaults.section("train", train_config)
+    schedule = c.lr_schedule
     if schedule == "step":
         if c.lr_step_period <= 0 or c.lr_step_factor <= 0:
             raise ConfigError(
@@ -133,29 +134,29 @@ def make_optimizer(train_config, total_steps: int, stage_ends=()) -> optax.Gradi
     Adadelta (the Multiblock seed's warm phase: lr 1, rho 0.9, eps 1e-6) is optax's, with
     ``weight_decay`` coupled as in torch.
     """
-    c = train_config
+    c = defaults.section("train", train_config)
     schedule = learning_rate(c, total_steps, stage_ends)
-    b2 = c.get("beta2", 0.999)
+    b2 = c.beta2
     if c.optimizer == "adam":
         opt = optax.adam(schedule, b2=b2)
-        if c.get("weight_decay", 0.0):  # coupled L2, as torch's Adam(weight_decay=...)
+        if c.weight_decay:  # coupled L2, as torch's Adam(weight_decay=...)
             opt = optax.chain(optax.add_decayed_weights(c.weight_decay), opt)
     elif c.optimizer == "lamb":
-        opt = lamb(schedule, b2=b2, weight_decay=c.get("weight_decay", 0.0),
-                   bias_correction=c.get("lamb_bias_correction", True),
-                   max_weight_norm=c.get("lamb_max_weight_norm", 0.0))
+        opt = lamb(schedule, b2=b2, weight_decay=c.weight_decay,
+                   bias_correction=c.lamb_bias_correction,
+                   max_weight_norm=c.lamb_max_weight_norm)
     elif c.optimizer == "adadelta":
         opt = optax.adadelta(schedule, rho=ADADELTA_RHO, eps=ADADELTA_EPS,
-                             weight_decay=c.get("weight_decay", 0.0))
+                             weight_decay=c.weight_decay)
     else:
         raise ConfigError(f"train.optimizer={c.optimizer!r} is unknown; choose one of "
                           f"{', '.join(OPTIMIZERS)}")
     parts = []
-    if c.get("grad_clip_value", 0.0):
+    if c.grad_clip_value:
         parts.append(optax.clip(c.grad_clip_value))
-    if c.get("grad_clip_norm", 0.0):
+    if c.grad_clip_norm:
         parts.append(optax.clip_by_global_norm(c.grad_clip_norm))
     tx = optax.chain(*parts, opt)
-    if c.get("loss_spike_factor", 0.0):
+    if c.loss_spike_factor:
         tx = skip_loss_spikes(tx, c.loss_spike_factor)
     return tx

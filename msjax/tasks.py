@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax import damage, metrics, operators, resize
+from msjax import damage, defaults, metrics, operators, resize
 
 TASKS = ("denoise", "deblur", "inpaint", "sr", "damage")
 # neg_ssim: the official MGE SR loss, -SSIM with zero padding (metrics.ssim_zero_padded_batch).
@@ -50,6 +50,9 @@ class Task:
     model_range: str = "unit"      # what the model sees: MODEL_RANGES
     host_corrupt: Optional[Callable] = None
     validation_corrupt: Optional[Callable] = None
+    # (mean, std) per channel: the model sees (y - mean) / std and predicts normalised images,
+    # and the loss is taken there (the official loaders' Normalize); data stays in [0, 1].
+    normalize: Optional[tuple] = None
 
     def model_input(self, y: jax.Array) -> jax.Array:
         if not self.upsample_input or self.scale == 1:
@@ -60,13 +63,18 @@ class Task:
     def predict(self, apply_fn, variables, y, t, **kwargs):
         """Applies the model to a corrupted batch; returns (output, apply_fn's extra outputs)."""
         inp = self.model_input(y)
-        signed = self.model_range == "signed"
-        out = apply_fn(variables, 2 * inp - 1 if signed else inp,
-                       t if self.time_conditioned else None, **kwargs)
+        if self.normalize is not None:
+            mean, std = (jnp.asarray(v, jnp.float32) for v in self.normalize)
+            seen = (inp - mean) / std
+        else:
+            seen = 2 * inp - 1 if self.model_range == "signed" else inp
+        out = apply_fn(variables, seen, t if self.time_conditioned else None, **kwargs)
         extra = None
         if isinstance(out, tuple):
             out, extra = out
-        if signed:
+        if self.normalize is not None:
+            out = out * std + mean
+        elif self.model_range == "signed":
             out = (out + 1) / 2
         if self.residual:
             out = out + inp.astype(out.dtype)
@@ -74,6 +82,8 @@ class Task:
 
     def _pixel_loss(self, output: jax.Array, target: jax.Array) -> jax.Array:
         diff = output.astype(jnp.float32) - target.astype(jnp.float32)
+        if self.normalize is not None:  # the difference of the normalised images
+            diff = diff / jnp.asarray(self.normalize[1], jnp.float32)
         if self.loss == "mse":
             return diff**2
         if self.loss == "l1":
@@ -128,39 +138,53 @@ def _damage_task(name: str) -> dict:
                 validation_corrupt=validation)
 
 
-def make_task(task_config, *, operator_per_level: bool = False) -> Task:
-    """Builds a Task from the config's ``task`` section (see configs/base.py)."""
-    c = task_config
+def make_task(task_config, *, operator_per_level: bool = False, normalize=None) -> Task:
+    """Builds a Task from the config's ``task`` section (msjax/defaults.py; a partial section
+    is laid over the defaults). ``normalize``: (mean, std) per channel, the official loaders'
+    Normalize (``data.normalize``), or None."""
+    c = defaults.section("task", task_config)
     name = c.name
     damage_fields = {}
     if name == "denoise":
-        if c.get("noise", "interpolation") == "gaussian":
-            fn = functools.partial(operators.denoise_gaussian, sigma=c.get("sigma", 25.0))
+        if c.noise == "gaussian":
+            fn = functools.partial(operators.denoise_gaussian, sigma=c.sigma)
         else:
             fn = operators.denoise_interpolation
         corrupt = _ignore_level(fn)
     elif name == "deblur":
-        corrupt = functools.partial(
-            _blur_at_level, sigma=tuple(c.get("blur_sigma", (3.0, 3.0))),
-            t_max=c.get("t_max", 0.1), per_level=operator_per_level,
-            level_blur=c.get("level_blur", "scaled"))
+        corrupt = functools.partial(_blur_at_level, sigma=tuple(c.blur_sigma), t_max=c.t_max,
+                                    per_level=operator_per_level, level_blur=c.level_blur)
     elif name == "inpaint":
         corrupt = _ignore_level(functools.partial(
-            operators.inpaint, count=tuple(c.get("box_count", (1, 4))),
-            size=tuple(c.get("box_size", (0.1, 0.3))), t_max=c.get("t_max", 0.1)))
+            operators.inpaint, count=tuple(c.box_count), size=tuple(c.box_size), t_max=c.t_max))
     elif name == "sr":
-        corrupt = _ignore_level(functools.partial(
-            operators.downsample, scale=c.get("scale", 2), kernel=c.get("kernel", "bicubic")))
+        corrupt = _ignore_level(functools.partial(operators.downsample, scale=c.scale,
+                                                  kernel=c.kernel))
     elif name == "damage":
-        damage_fields = _damage_task(c.get("damage", ""))
+        damage_fields = _damage_task(c.damage)
         corrupt = damage_fields.pop("corrupt")
     else:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
-    model_range = c.get("model_range", "unit")
-    if model_range not in MODEL_RANGES:
-        raise ValueError(f"unknown model_range {model_range!r}; choose one of {MODEL_RANGES}")
+    if c.model_range not in MODEL_RANGES:
+        raise ValueError(f"unknown model_range {c.model_range!r}; choose one of {MODEL_RANGES}")
+    if normalize is not None:
+        mean, std = (tuple(float(v) for v in part) for part in normalize)
+        corrupt = _in_normalized_space(corrupt, mean, std)
+        normalize = (mean, std)
     return Task(
-        name=name, corrupt=corrupt, scale=c.get("scale", 1) if name == "sr" else 1,
-        upsample_input=c.get("upsample_input", False), residual=c.get("residual", False),
-        loss=c.get("loss", "mse"), time_conditioned=name not in ("sr", "damage"),
-        model_range=model_range, **damage_fields)
+        name=name, corrupt=corrupt, scale=c.scale if name == "sr" else 1,
+        upsample_input=c.upsample_input, residual=c.residual, loss=c.loss,
+        time_conditioned=name not in ("sr", "damage"), model_range=c.model_range,
+        normalize=normalize, **damage_fields)
+
+
+def _in_normalized_space(corrupt, mean, std):
+    """The corruption applied to (x - mean) / std and mapped back, as the official code corrupts
+    normalised images (its noise has unit variance in normalised units)."""
+    m, s = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+
+    def corrupt_normalized(x, key, level):
+        y, t = corrupt((x - m) / s, key, level)
+        return y * s + m, t
+
+    return corrupt_normalized

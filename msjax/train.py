@@ -141,13 +141,10 @@ def panels(state, batch, key, *, task, count: int):
 
 
 def open_workdir(workdir: Path, exp) -> rundir.Resume:
-    """Creates the workdir (and its parents) and checks it holds this experiment."""
+    """Checks that the workdir can hold this experiment (it is created once the data is open)."""
     if workdir.exists() and not workdir.is_dir():
         raise RunDirError(f"--workdir {workdir} is a file, not a directory; choose another path")
-    resume = rundir.compare(workdir, exp.config, lambda c: config_check.schedule(c)[-1].end_step)
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-    return resume
+    return rundir.compare(workdir, exp.config, lambda c: config_check.schedule(c)[-1].end_step)
 
 
 class _FallBack(Exception):
@@ -171,14 +168,22 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
     finished = _finished(workdir, exp.total_steps) if resume.kind == "same" else None
     if finished is not None:
         return finished
+    # The data first: a dataset that is missing or cannot be prepared stops the run before the
+    # workdir is made.
+    sources = (data.open_source(exp.config.data, "train", scale=exp.task.scale),
+               data.open_source(exp.config.data, "valid", scale=exp.task.scale))
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
     if lock is not None:
         lock.acquire()
     try:
         try:
-            return _run(exp, workdir, resume, init_fn, batch_transform, may_fall_back=True)
+            return _run(exp, workdir, resume, sources, init_fn, batch_transform,
+                        may_fall_back=True)
         except _FallBack:
-            return _run(exp, workdir, resume, init_fn, batch_transform, may_fall_back=False)
+            return _run(exp, workdir, resume, sources, init_fn, batch_transform,
+                        may_fall_back=False)
     finally:
         if lock is not None:
             lock.release()
@@ -203,10 +208,11 @@ def _finished(workdir: Path, total_steps: int) -> dict | None:
     return result
 
 
-def _run(exp, workdir: Path, resume, init_fn, batch_transform, *, may_fall_back: bool) -> dict:
+def _run(exp, workdir: Path, resume, sources, init_fn, batch_transform, *,
+         may_fall_back: bool) -> dict:
     c, primary = exp.config, jax.process_index() == 0
-    source = data.open_source(c.data, "train", scale=exp.task.scale)
-    valid = build.make_validation(c, exp.task, exp.mesh)
+    source, valid_source = sources
+    valid = build.make_validation(c, exp.task, exp.mesh, source=valid_source)
     state = build.initial_state(exp, valid.batch["input"].shape)
     notes = []  # what opening the checkpoints says, shown once the progress log exists
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep_best=c.log.keep_best,

@@ -35,12 +35,20 @@ def _augment(patches: list[np.ndarray], rng: np.random.Generator) -> list[np.nda
 RESIZE_MODES = ("square", "short_side")
 
 
-def resize_whole(img: np.ndarray, size: int, mode: str = "square") -> np.ndarray:
-    """The whole image resized (bicubic) before cropping, as the reference loaders' Resize:
-    ``square`` to size x size (the official MGE loaders), ``short_side`` keeping the aspect with
-    the shorter side at ``size`` (torchvision's Resize(int); the pyramidal reference's (87, 71)
-    for CelebA's 218 x 178 faces)."""
+RESIZE_METHODS = ("bicubic", "bilinear", "nearest")
+
+
+def resize_whole(img: np.ndarray, size: int, mode: str = "square",
+                 method: str = "bicubic") -> np.ndarray:
+    """The whole image resized before cropping, as the reference loaders' Resize: ``square`` to
+    size x size (the official MGE loaders), ``short_side`` keeping the aspect with the shorter
+    side at ``size`` (torchvision's Resize(int); the pyramidal reference's (87, 71) for CelebA's
+    218 x 178 faces). ``method``: bicubic, bilinear (torchvision's Resize) or nearest (the
+    official MGE collate's F.interpolate)."""
     from PIL import Image
+
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR,
+                "nearest": Image.NEAREST}[method]
 
     img = _ensure_rgb(img)
     h, w = img.shape[:2]
@@ -51,22 +59,23 @@ def resize_whole(img: np.ndarray, size: int, mode: str = "square") -> np.ndarray
     else:
         raise ValueError(f"resize mode {mode!r}; use one of {RESIZE_MODES}")
     if img.dtype == np.uint8:
-        return np.asarray(Image.fromarray(img).resize((out_w, out_h), Image.BICUBIC))
+        return np.asarray(Image.fromarray(img).resize((out_w, out_h), resample))
     # 16-bit and float images: each channel as a float image, so no precision is lost.
     channels = [np.asarray(Image.fromarray(np.ascontiguousarray(to_float(img[..., c]))).resize(
-        (out_w, out_h), Image.BICUBIC)) for c in range(3)]
+        (out_w, out_h), resample)) for c in range(3)]
     out = np.clip(np.stack(channels, axis=-1), 0, 1)
     return (out * 65535 + 0.5).astype(np.uint16) if img.dtype == np.uint16 else out
 
 
 def whole_image_resize(data_config):
-    """The config's whole-image resize (``data.resize_to``, ``data.resize_mode``) as a function
-    of one image, or None when off."""
-    size = data_config.get("resize_to", 0)
-    if not size:
+    """The config's whole-image resize (``data.resize_to``, ``data.resize_mode``,
+    ``data.resize_method``) as a function of one image, or None when off."""
+    from msjax import defaults
+
+    c = defaults.section("data", data_config)
+    if not c.resize_to:
         return None
-    mode = data_config.get("resize_mode", "square")
-    return lambda img: resize_whole(img, size, mode)
+    return lambda img: resize_whole(img, c.resize_to, c.resize_mode, c.resize_method)
 
 
 def _ensure_rgb(img: np.ndarray) -> np.ndarray:

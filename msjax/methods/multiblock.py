@@ -67,7 +67,7 @@ def plan_phases(config) -> list[Phase]:
             phases.append(Phase(f"phase_{i}_plus", i, clamp=True, clamp_last=True,
                                 steps=mb.plus_steps, lr=mb.plus_lr or lr,
                                 init_from=phases[-1].name))
-            if mb.get("plus_low_steps", 0) > 0:  # the reference's second, 10x lower rate
+            if mb.plus_low_steps > 0:  # the reference's second, 10x lower rate
                 phases.append(Phase(f"phase_{i}_plus_low", i, clamp=True, clamp_last=True,
                                     steps=mb.plus_low_steps, lr=mb.plus_low_lr or lr,
                                     init_from=phases[-1].name))
@@ -75,7 +75,7 @@ def plan_phases(config) -> list[Phase]:
     if mb.joint_steps > 0:
         phases.append(Phase("joint", mb.blocks, clamp=plus, clamp_last=plus, steps=mb.joint_steps,
                             lr=mb.joint_lr or lr, init_from=previous))
-        if mb.get("joint_low_steps", 0) > 0:
+        if mb.joint_low_steps > 0:
             phases.append(Phase("joint_low", mb.blocks, clamp=plus, clamp_last=plus,
                                 steps=mb.joint_low_steps, lr=mb.joint_low_lr or lr,
                                 init_from="joint"))
@@ -94,7 +94,7 @@ def phase_config(config, phase: Phase) -> ml_collections.ConfigDict:
         c.train.init_from = ""
     c.train.lr = phase.lr
     # The reference holds each phase's rate constant (a new Adam at each rate change).
-    c.train.lr_end = phase.lr if config.multiblock.get("constant_lr", False) else min(
+    c.train.lr_end = phase.lr if config.multiblock.constant_lr else min(
         c.train.lr_end, phase.lr)
     return c
 
