@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from clu import parameter_overview
 
 from msjax import (build, checkpoints, config_check, data, logs, multiscale, optim, parallel,
                    rundir, steps, warmstart)
@@ -63,32 +64,72 @@ class Ledger:
     compile_seconds: float = 0.0
     skipped: int = 0
 
+    def add(self, plan, reference_batch: int, flops: float, seconds: float):
+        self.work_units += multiscale.work_units(plan, reference_batch)
+        self.flops += flops
+        self.seconds += seconds
+
     def row(self) -> dict:
         return dataclasses.asdict(self)
 
 
 class MetricsBuffer:
     """Per-step metrics stay on the device until a log step; the NaN check then costs nothing,
-    because it runs on what is fetched for logging anyway. With ``runtime.nonfinite=skip`` it
-    also counts the skipped steps among the last ``window``."""
+    because it runs on what is fetched for logging anyway.
 
-    def __init__(self, window: int = 50):
-        self.pending, self.recent, self.window = [], [], window
+    Non-finite steps (``runtime.nonfinite``): ``stop`` raises NonFiniteError naming the step and
+    a checkpoint that exists; if they come right after a restore, that checkpoint is set aside
+    and the run falls back to the one before it, once (``_FallBack``). ``skip`` counts them,
+    warns at each log step and stops when more than ``runtime.max_skipped`` of the last
+    ``window`` steps were skipped."""
+
+    def __init__(self, runtime, ckpt, workdir, progress, *, restored_at=None, window: int = 50):
+        self.runtime, self.ckpt, self.workdir, self.progress = runtime, ckpt, workdir, progress
+        self.restored_at, self.window = restored_at, window
+        self.pending, self.recent = [], []
 
     def add(self, step: int, metrics):
         self.pending.append((step, metrics))
 
-    def fetch(self) -> tuple[int, dict, list]:
-        """(last step, its metrics as floats, [(step, metrics) of non-finite steps])."""
-        fetched = parallel.fetch(self.pending)
-        self.pending = []
+    def fetch(self, state, ledger, first_interval: int) -> tuple[int, dict] | None:
+        """(last step, its metrics as floats) after the non-finite policy, None if empty."""
+        if not self.pending:
+            return None
+        self.ckpt.raise_if_save_failed()
+        fetched, self.pending = parallel.fetch(self.pending), []
         bad = [(s, m) for s, m in fetched if not bool(m["finite"])]
         self.recent = (self.recent + [not bool(m["finite"]) for _, m in fetched])[-self.window:]
+        if bad:
+            self._non_finite(bad, state, ledger, first_interval, fetched[-1][0])
         step, m = fetched[-1]
-        return step, {k: float(v) for k, v in m.items()}, bad
+        return step, {k: float(v) for k, v in m.items()}
 
-    def skipped_share(self) -> float:
-        return sum(self.recent) / len(self.recent) if len(self.recent) >= self.window else 0.0
+    def _non_finite(self, bad, state, ledger, first_interval, last):
+        first, m = bad[0]
+        if self.restored_at is not None and first < self.restored_at + first_interval:
+            older = self.ckpt.restore_before(self.restored_at, state,
+                                             on_fallback=self.progress.write)
+            if older is not None:
+                self.progress.write(f"step {first} right after restoring checkpoint "
+                                    f"{self.restored_at} is not finite: that checkpoint is set "
+                                    f"aside; resuming from checkpoint {older.step}")
+                raise _FallBack()
+        good = [s for s in self.ckpt.steps() if s <= first]
+        kept = (f"the last good checkpoint (step {max(good)}) is kept in {self.workdir}. "
+                if good else "no checkpoint before it was saved. ")
+        if self.runtime.nonfinite == "stop":
+            raise NonFiniteError(
+                f"non-finite loss or gradient at step {first} (loss {float(m['loss'])}, grad "
+                f"norm {float(m['grad_norm'])}); {kept}Lower train.lr, or set "
+                "--config.runtime.nonfinite=skip to skip such steps")
+        ledger.skipped += len(bad)
+        self.progress.write(f"warning: {len(bad)} non-finite step(s) skipped up to step "
+                            f"{last + 1} ({ledger.skipped} in all)")
+        if len(self.recent) >= self.window and sum(self.recent) / self.window > \
+                self.runtime.max_skipped:
+            raise NonFiniteError(
+                f"{sum(self.recent)} of the last {self.window} steps were non-finite and "
+                f"skipped (runtime.max_skipped={self.runtime.max_skipped}); {kept}Lower train.lr")
 
 
 class StepPrograms:
@@ -208,17 +249,16 @@ def _finished(workdir: Path, total_steps: int) -> dict | None:
     return result
 
 
-def _run(exp, workdir: Path, resume, sources, init_fn, batch_transform, *,
-         may_fall_back: bool) -> dict:
+def _restore_or_start(exp, workdir: Path, resume, valid, init_fn):
+    """(state, meta, restored?, checkpoints, progress): the newest readable checkpoint, read
+    before any log is written, or a fresh state (warm-started, then the method's own start)."""
     c, primary = exp.config, jax.process_index() == 0
-    source, valid_source = sources
-    valid = build.make_validation(c, exp.task, exp.mesh, source=valid_source)
     state = build.initial_state(exp, valid.batch["input"].shape)
     notes = []  # what opening the checkpoints says, shown once the progress log exists
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep_best=c.log.keep_best,
                                    on_message=notes.append)
     try:
-        restored = ckpt.restore_latest(state, on_fallback=notes.append)  # before any log write
+        restored = ckpt.restore_latest(state, on_fallback=notes.append)
     except BaseException:
         ckpt.close()
         raise
@@ -227,145 +267,100 @@ def _run(exp, workdir: Path, resume, sources, init_fn, batch_transform, *,
     progress = logs.Progress(exp.total_steps, 0, workdir, enabled=primary,
                              stages=len(exp.stages))
     ckpt.on_message = progress.write
-    for line in exp.describe() + notes:
+    params = parameter_overview.count_parameters(state.params)
+    for line in exp.describe() + [f"model: {c.model}, {params:,} parameters"] + notes:
         progress.write(line)
+    if primary:
+        (workdir / "parameters.txt").write_text(
+            parameter_overview.get_parameter_overview(state.params) + "\n")
     if "batch_stats" in state.model_state and len(
             {n for s in exp.stages for n in s.plan.batch_sizes}) > 1:
         progress.write("note: BatchNorm in training mode normalises each MGE evaluation by its own "
                        "term's batch; with unequal term batches the terms' statistics differ and "
                        "the estimator is biased (README, Configs); equal mge.batch_sizes avoid it")
-    ledger, best_psnr, meta = Ledger(), -math.inf, {}
-    if restored is None:  # a fresh run: warm-started weights, then a method's own start
+    if restored is None:
         state = warmstart.warm_start(state, c.train, write=progress.write)
-        state = init_fn(state) if init_fn is not None else state
-    else:
-        state, meta, _ = restored
-        ledger = Ledger(**{k: meta.get(k, 0) for k in Ledger.__dataclass_fields__})
-        best_psnr = meta.get("best_psnr", best_psnr)
-        progress.write(f"resumed from step {meta['step']} (stage {meta['stage']}) in {workdir}")
-        if resume.kind == "extended":
-            progress.write(f"extending the run from {resume.previous_steps} to "
-                           f"{exp.total_steps} steps: stages and the learning-rate schedule "
-                           "are recomputed for the new budget")
-    start = int(parallel.fetch(state.step))
+        return (init_fn(state) if init_fn is not None else state), {}, False, ckpt, progress
+    state, meta, _ = restored
+    progress.write(f"resumed from step {meta['step']} (stage {meta['stage']}) in {workdir}")
+    if resume.kind == "extended":
+        progress.write(f"extending the run from {resume.previous_steps} to {exp.total_steps} "
+                       "steps: stages and the learning-rate schedule are recomputed for the new "
+                       "budget")
+    return state, meta, True, ckpt, progress
+
+
+def _run(exp, workdir: Path, resume, sources, init_fn, batch_transform, *,
+         may_fall_back: bool) -> dict:
+    c = exp.config
+    valid = build.make_validation(c, exp.task, exp.mesh, source=sources[1])
+    state, meta, restored, ckpt, progress = _restore_or_start(exp, workdir, resume, valid,
+                                                              init_fn)
+    ledger = Ledger(**{k: meta.get(k, 0) for k in Ledger.__dataclass_fields__})
+    best_psnr, start = meta.get("best_psnr", -math.inf), int(parallel.fetch(state.step))
     progress.start = start
-    inp = data.TrainingInput(c, source, exp.mesh, task=exp.task, stages=exp.stages, start=start,
-                             stop=exp.total_steps, path=meta.get("input", ""))
+    inp = data.TrainingInput(c, sources[0], exp.mesh, task=exp.task, stages=exp.stages,
+                             start=start, stop=exp.total_steps, path=meta.get("input", ""))
     progress.write(inp.line)
-    runlog = logs.RunLog(workdir, resume_step=start if restored is not None else None,
+    runlog = logs.RunLog(workdir, resume_step=start if restored else None,
                          image_count=c.log.image_count, image_size=c.log.image_size,
                          crop_border=c.eval.crop_border, y_channel=c.eval.y_channel)
     runlog.config(c, start)
     seed_key = parallel.put_replicated(jax.random.PRNGKey(c.seed), exp.mesh)
-    lr, evaluate = optim_schedule(exp), build.eval_step(exp)
-    draw = exp.backend.jit(functools.partial(panels, task=exp.task, count=c.log.image_count),
-                           out_shardings=parallel.replicated(exp.mesh))
-    # On the device path the step cuts its own batches (``fused``) unless a method rewrites them
-    # in between; then, and for the image logs, a separate program cuts them, still on device.
-    fused = inp.on_device and batch_transform is None
-    samplers = {}
-
-    def sample(stage, *args):
-        if stage not in samplers:
-            samplers[stage] = exp.backend.jit(functools.partial(build.device_batches, exp, stage))
-        return samplers[stage](*args)
-
+    lr, evaluate, draw = optim_schedule(exp), build.eval_step(exp), Panels(exp, seed_key)
+    batches_at = Batches(exp, inp, seed_key, batch_transform)
     programs = StepPrograms(exp, seed_key, ledger, progress, meta.get("kernels", {}),
-                            dataset=inp.dataset if fused else None)
-    buffer, result = MetricsBuffer(), {}
+                            dataset=inp.dataset if batches_at.fused else None)
+    buffer = MetricsBuffer(c.runtime, ckpt, workdir, progress,
+                           restored_at=start if restored and may_fall_back else None)
+    result = {}
 
     def flush(stage):
-        if not buffer.pending:
-            return
-        ckpt.raise_if_save_failed()
-        last, m, bad = buffer.fetch()
-        if bad and restored is not None and may_fall_back and bad[0][0] < start + c.log.every:
-            older = ckpt.restore_before(start, state, on_fallback=progress.write)
-            if older is not None:
-                progress.write(f"step {bad[0][0]} right after restoring checkpoint {start} is "
-                               "not finite: that checkpoint is set aside; resuming from "
-                               f"checkpoint {older.step}")
-                raise _FallBack()
-        good = [s for s in ckpt.steps() if s <= bad[0][0]] if bad else []
-        kept = (f"the last good checkpoint (step {max(good)}) is kept in {workdir}. " if good
-                else "no checkpoint before it was saved. ")
-        if bad and c.runtime.nonfinite == "stop":
-            raise NonFiniteError(
-                f"non-finite loss or gradient at step {bad[0][0]} (loss "
-                f"{float(bad[0][1]['loss'])}, grad norm {float(bad[0][1]['grad_norm'])}); {kept}"
-                "Lower train.lr, or set --config.runtime.nonfinite=skip to skip such steps")
-        ledger.skipped += len(bad)
-        if bad:
-            progress.write(f"warning: {len(bad)} non-finite step(s) skipped up to step "
-                           f"{last + 1} ({ledger.skipped} in all)")
-        if buffer.skipped_share() > c.runtime.max_skipped:
-            raise NonFiniteError(
-                f"{sum(buffer.recent)} of the last {buffer.window} steps were non-finite and "
-                f"skipped (runtime.max_skipped={c.runtime.max_skipped}); {kept}Lower train.lr")
-        runlog.scalars("train", {"step": last + 1, "stage": stage, "loss": m["loss"],
-                                 "finest_loss": m["finest_loss"], "grad_norm": m["grad_norm"],
-                                 "lr": float(lr(last)), **ledger.row()})
-        progress.update(last + 1, stage=stage, terms=exp.stages[stage].plan.num_terms,
-                        loss=m["loss"], best_psnr=best_psnr)
+        fetched = buffer.fetch(state, ledger, first_interval=c.log.every)
+        if fetched is not None:
+            last, m = fetched
+            runlog.scalars("train", {"step": last + 1, "stage": stage, "lr": float(lr(last)),
+                                     **{k: m[k] for k in ("loss", "finest_loss", "grad_norm")},
+                                     **ledger.row()})
+            progress.update(last + 1, stage=stage, terms=exp.stages[stage].plan.num_terms,
+                            loss=m["loss"], best_psnr=best_psnr)
 
     def save(step, stage, metrics=None):
         ckpt.save(step, state, {"step": step, "stage": stage, "best_psnr": best_psnr,
                                 "kernels": programs.recorded, "input": inp.path,
                                 **ledger.row()}, metrics)
 
-    def batches_at(step):
-        if inp.on_device:
-            batches = inp.dataset if fused else sample(exp.stage_at(step), inp.dataset,
-                                                       seed_key, state.step)
-        else:
-            plan = exp.stages[exp.stage_at(step)].plan
-            batches = tuple(parallel.put_batch(b, exp.mesh, n)
-                            for b, n in zip(inp.host_batches(step), plan.batch_sizes))
-        return batch_transform(step, batches) if batch_transform is not None else batches
-
     try:
         with Signals() as signals:
             for step in range(start, exp.total_steps):
-                stage = exp.stage_at(step)
-                t0, compiling = time.perf_counter(), ledger.compile_seconds
+                stage, t0 = exp.stage_at(step), time.perf_counter()
+                compiling = ledger.compile_seconds
                 # The steady state moves nothing from host to device but the host path's batch
                 # (an explicit transfer); the device path moves nothing at all.
                 with jax.transfer_guard(c.runtime.transfer_guard):
-                    batches = batches_at(step)
+                    batches = batches_at(step, state)
                     program = programs(stage, state, batches)
                     state, metrics = program(state, batches, seed_key)
-                if exp.backend.sync_each_step:
-                    jax.block_until_ready(state.step)
                 buffer.add(step, metrics)
                 done, plan = step + 1, exp.stages[stage].plan
-                boundary = done == exp.stages[stage].end_step
-                logging_step = done % c.log.every == 0 or boundary or done == exp.total_steps
-                if logging_step:
+                boundary = done in (exp.stages[stage].end_step, exp.total_steps)
+                if exp.backend.sync_each_step or done % c.log.every == 0 or boundary:
                     jax.block_until_ready(state.step)
-                ledger.work_units += multiscale.work_units(plan, c.batch_size)
-                ledger.flops += program.flops
-                ledger.seconds += time.perf_counter() - t0 - (ledger.compile_seconds - compiling)
-                if logging_step:
+                ledger.add(plan, c.batch_size, program.flops,
+                           time.perf_counter() - t0 - (ledger.compile_seconds - compiling))
+                if done % c.log.every == 0 or boundary:
                     flush(stage)
                 if done % c.log.eval_every == 0 or done == exp.total_steps:
                     flush(stage)
-                    out = parallel.fetch(evaluate(state, valid.batch))
-                    row = {"step": done, "stage": stage, **valid.input_scores,
-                           **{k: float(np.mean(v[:valid.count])) for k, v in out.items()},
-                           **ledger.row()}
-                    runlog.scalars("valid", row)
-                    improved, best_psnr = row["psnr"] > best_psnr, max(best_psnr, row["psnr"])
+                    result = validate(exp, state, valid, evaluate, done, stage, ledger, runlog)
+                    improved, best_psnr = result["psnr"] > best_psnr, max(best_psnr,
+                                                                          result["psnr"])
                     progress.write(f"step {done} {progress.stage_label(stage)}: valid PSNR "
-                                   f"{row['psnr']:.2f} dB (input {row['input_psnr']:.2f}), SSIM "
-                                   f"{row['ssim']:.4f}{' *best' if improved else ''}")
-                    train_batch = batches[0] if not fused else sample(
-                        stage, inp.dataset, seed_key, state.step)[0]
-                    runlog.images(done, parallel.fetch(draw(state, valid.batch, seed_key)))
-                    # What the model makes of data it is fitted to, beside validation.
-                    runlog.images(done, parallel.fetch(draw(state, train_batch, seed_key)),
-                                  stream="train")
-                    save(done, stage, {"psnr": row["psnr"]})
-                    result = row
+                                   f"{result['psnr']:.2f} dB (input {result['input_psnr']:.2f}), "
+                                   f"SSIM {result['ssim']:.4f}{' *best' if improved else ''}")
+                    draw(state, valid, batches_at.training_batch(batches, stage, state), runlog,
+                         done)
+                    save(done, stage, {"psnr": result["psnr"]})
                 elif done % c.log.checkpoint_every == 0 or boundary:
                     flush(stage)
                     save(done, stage)
@@ -392,10 +387,66 @@ def _run(exp, workdir: Path, resume, sources, init_fn, batch_transform, *,
         ckpt.close()
         runlog.close()
         progress.close()
-    if not result and start >= exp.total_steps:
-        result = {"step": start, "psnr": best_psnr}
+    result = result or {"step": start, "psnr": best_psnr}
     return result | {"best_psnr": best_psnr, "best_step": ckpt.best_step(),
                      "workdir": str(workdir), "skipped": ledger.skipped}
+
+
+class Batches:
+    """What the compiled step takes as its batches at each step. On the device path the step
+    cuts its own (``fused``: it takes the dataset) unless a method rewrites them in between;
+    then, and for the image logs, a separate program cuts them, still on the device."""
+
+    def __init__(self, exp, inp, seed_key, transform=None):
+        self.exp, self.inp, self.seed_key, self.transform = exp, inp, seed_key, transform
+        self.fused = inp.on_device and transform is None
+        self._samplers = {}
+
+    def sample(self, stage: int, state) -> tuple:
+        if stage not in self._samplers:
+            self._samplers[stage] = self.exp.backend.jit(
+                functools.partial(build.device_batches, self.exp, stage))
+        return self._samplers[stage](self.inp.dataset, self.seed_key, state.step)
+
+    def __call__(self, step: int, state):
+        if self.fused:
+            return self.inp.dataset
+        if self.inp.on_device:
+            batches = self.sample(self.exp.stage_at(step), state)
+        else:
+            plan = self.exp.stages[self.exp.stage_at(step)].plan
+            batches = tuple(parallel.put_batch(b, self.exp.mesh, n)
+                            for b, n in zip(self.inp.host_batches(step), plan.batch_sizes))
+        return self.transform(step, batches) if self.transform is not None else batches
+
+    def training_batch(self, batches, stage: int, state) -> dict:
+        """The first term's batch of the step just run, for the image logs."""
+        return self.sample(stage, state)[0] if self.fused else batches[0]
+
+
+def validate(exp, state, valid, evaluate, step: int, stage: int, ledger, runlog) -> dict:
+    """Scores the fixed validation set and logs the row (valid.csv, TensorBoard)."""
+    out = parallel.fetch(evaluate(state, valid.batch))
+    row = {"step": step, "stage": stage, **valid.input_scores,
+           **{k: float(np.mean(v[:valid.count])) for k, v in out.items()}, **ledger.row()}
+    runlog.scalars("valid", row)
+    return row
+
+
+class Panels:
+    """Image grids of the validation set and of a training batch (what the model makes of data
+    it is fitted to, beside validation), one compiled program for both."""
+
+    def __init__(self, exp, seed_key):
+        self.seed_key = seed_key
+        self.draw = exp.backend.jit(
+            functools.partial(panels, task=exp.task, count=exp.config.log.image_count),
+            out_shardings=parallel.replicated(exp.mesh))
+
+    def __call__(self, state, valid, train_batch, runlog, step: int):
+        runlog.images(step, parallel.fetch(self.draw(state, valid.batch, self.seed_key)))
+        runlog.images(step, parallel.fetch(self.draw(state, train_batch, self.seed_key)),
+                      stream="train")
 
 
 def optim_schedule(exp):

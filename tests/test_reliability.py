@@ -36,7 +36,8 @@ def _train_cli(workdir, *overrides):
             "--config.model_kwargs.features=8", "--config.model_kwargs.depth=2",
             "--config.log.eval_every=6", "--config.log.every=1",
             "--config.log.checkpoint_every=1", "--config.batch_size=4",
-            "--config.data.valid_images=2", "--config.fms.stage_weights=(1,1,1)", *overrides]
+            "--config.data.valid_images=2", "--config.fms.stage_weights=(1,1,1)",
+            "--config.runtime.cpu_convolutions=eigen", *overrides]
 
 
 def _wait_for_checkpoint(workdir, step, proc, timeout=240):
@@ -52,17 +53,22 @@ def _wait_for_checkpoint(workdir, step, proc, timeout=240):
     raise AssertionError("no checkpoint appeared")
 
 
-def test_sigkill_mid_stage_then_resume_is_bitwise_exact(tmp_path):
+@pytest.mark.parametrize("on_device", ["true", "false"])
+def test_sigkill_mid_stage_then_resume_is_bitwise_exact(tmp_path, on_device):
+    """On both input paths: batches cut inside the step from the device-resident photos, and
+    host workers."""
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="1")
+    path = f"--config.data.on_device={on_device}"
     straight = tmp_path / "straight"
-    subprocess.run(_train_cli(straight), cwd=REPO, env=env, check=True, capture_output=True)
+    subprocess.run(_train_cli(straight, path), cwd=REPO, env=env, check=True,
+                   capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cli(killed), cwd=REPO, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_train_cli(killed, path), cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     _wait_for_checkpoint(killed, 5, proc)  # stage 1 runs steps 4..7: killed inside it
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed = subprocess.run(_train_cli(killed), cwd=REPO, env=env, capture_output=True,
+    resumed = subprocess.run(_train_cli(killed, path), cwd=REPO, env=env, capture_output=True,
                              text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from step" in resumed.stderr + resumed.stdout
