@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # configs/ is not an installed package
 
 MODES = ("single", "multiscale", "fullmultiscale")
-# Within this of the single-scale run's final PSNR counts as reaching it (the criterion).
+# Within this of the single-scale run's final PSNR counts as reaching it.
 DEFAULT_MARGIN_DB = 0.1
 
 

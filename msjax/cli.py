@@ -8,7 +8,6 @@ restarted itself with huge pages (``backend/hugepages.py``).
 from __future__ import annotations
 
 import difflib
-import os
 import sys
 from pathlib import Path
 
@@ -23,14 +22,6 @@ Override any field with --config.<section>.<field>=value. Sections:
 {sections}
 Every field, its default and a one-line comment: msjax/defaults.py; the experiments: configs/.
 """
-
-# Simulated CPU devices when the user sets none. One device: XLA:CPU's and oneDNN's convolution
-# kernels each spread over every core, and splitting a batch over simulated devices only added
-# collectives (README, benchmarks: one device was the fastest or within a few percent in every
-# case measured). A constant, not the core count, so a run gives the same numbers (and resumes
-# exactly) on any machine.
-DEFAULT_CPU_DEVICES = 1
-
 
 def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
@@ -82,17 +73,6 @@ def _parse(argv):
         _error(str(e).splitlines()[0])
     except (AttributeError, KeyError):  # ml_collections: an override of a field that is not there
         _error(_unknown_field_message(argv))
-
-
-def set_cpu_devices(config):
-    """runtime.num_devices, else DEFAULT_CPU_DEVICES, unless JAX_NUM_CPU_DEVICES or XLA_FLAGS'
-    --xla_force_host_platform_device_count already say (before JAX starts its backends)."""
-    if ("JAX_NUM_CPU_DEVICES" in os.environ
-            or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
-        return
-    import jax
-
-    jax.config.update("jax_num_cpu_devices", config.runtime.num_devices or DEFAULT_CPU_DEVICES)
 
 
 def budget_over_stages(config, overridden: dict) -> None:
@@ -155,7 +135,9 @@ def _train(FLAGS, config_flags) -> None:
     budget_over_stages(config, overridden)
     workdir = FLAGS.workdir or str(rundir.default_workdir(
         config_flags.get_config_filename(FLAGS["config"]), config, overridden))
-    set_cpu_devices(config)
+    from msjax import backend
+
+    backend.set_cpu_devices(config.runtime)
     from msjax import methods, train
 
     print(f"workdir: {workdir}", flush=True)

@@ -194,7 +194,7 @@ def get_config():
         process_id=-1,
         cpu_convolutions="auto",   # CPU: auto (fastest here, measured) | onednn | eigen | ynnpack
         cpu_reductions="ynnpack",  # CPU: ynnpack | xla, XLA's reduction kernels
-        fast_compile=False,        # CPU: cheap XLA settings; ~4x faster compile, slower steps
+        fast_compile=False,        # CPU: cheap XLA settings: faster compiles, slower steps
         transfer_guard="disallow",  # host<->device copies inside the step loop are errors
         nonfinite="stop",          # stop | skip: what a NaN/inf loss or gradient does
         max_skipped=0.2,           # skip: stop when more than this share of the last 50 steps

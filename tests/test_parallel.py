@@ -85,8 +85,9 @@ def test_cli_default_cpu_device_count(env_devices, num_devices, expected):
     env["JAX_PLATFORMS"] = "cpu"
     if env_devices:
         env["JAX_NUM_CPU_DEVICES"] = env_devices
-    code = ("from msjax import cli; from tests.helpers import tiny_config; "
-            f"cli.set_cpu_devices(tiny_config(**{{'runtime.num_devices': {num_devices}}})); "
+    code = ("from msjax import backend; from tests.helpers import tiny_config; "
+            f"backend.set_cpu_devices(tiny_config(**{{'runtime.num_devices': {num_devices}}})"
+            ".runtime); "
             "import jax; print(jax.device_count())")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                          env=env, capture_output=True, text=True, check=True).stdout

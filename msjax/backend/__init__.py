@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from typing import Any, Callable
 
@@ -99,6 +100,23 @@ def make_backend(runtime, mesh) -> Backend:
 
         return cpu.CpuBackend(runtime, mesh)
     return Backend(runtime, mesh)
+
+
+# Simulated CPU devices when the user sets none. One device: XLA:CPU's and oneDNN's convolution
+# kernels each spread over every core, and splitting a batch over simulated devices only adds
+# collectives (docs/benchmarks.md, devices). A constant, not the core count, so a run gives the
+# same numbers (and resumes exactly) on any machine.
+DEFAULT_CPU_DEVICES = 1
+
+
+def set_cpu_devices(runtime) -> None:
+    """runtime.num_devices, else DEFAULT_CPU_DEVICES simulated CPU devices, unless
+    JAX_NUM_CPU_DEVICES or XLA_FLAGS' --xla_force_host_platform_device_count already say. Call
+    before jax starts its backends."""
+    if ("JAX_NUM_CPU_DEVICES" in os.environ
+            or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+        return
+    jax.config.update("jax_num_cpu_devices", runtime.num_devices or DEFAULT_CPU_DEVICES)
 
 
 @functools.cache
