@@ -28,10 +28,11 @@ class Experiment:
 
     config: Any
     task: tasks.Task
-    stages: list
+    stages: list                   # adaptive schedules replace them in place as they decide
     mesh: jax.sharding.Mesh
     backend: backends.Backend
     model: Any
+    adaptive: multiscale.AdaptiveSchedule | None = None
 
     @property
     def total_steps(self) -> int:
@@ -85,8 +86,14 @@ def experiment(config, *, num_devices: int | None = None) -> Experiment:
     task = tasks.make_task(config.task, operator_per_level=config.mge.operator_per_level,
                            normalize=((config.data.mean, config.data.std)
                                       if config.data.normalize else None))
-    return Experiment(config, task, config_check.schedule(config), mesh, backend,
-                      make_model(config, backend))
+    stages, adaptive = config_check.schedule(config), None
+    if config.mode == "fullmultiscale" and config.fms.schedule == "adaptive":
+        f = config.fms
+        adaptive = multiscale.AdaptiveSchedule(
+            stages, config.batch_size, window=f.window, min_improvement=f.min_improvement,
+            min_share=f.min_share, budget_units=f.budget_units)
+        stages = adaptive.stages()
+    return Experiment(config, task, stages, mesh, backend, make_model(config, backend), adaptive)
 
 
 def schedule_table(exp: Experiment) -> list[str]:
@@ -118,7 +125,6 @@ def create_train_state(rng, config, model, sample_input, *, mesh, backend: backe
                        total_steps: int, stage_ends=()) -> steps.TrainState:
     """Fresh parameters and optimizer state, replicated over ``mesh``."""
     t = jnp.zeros((sample_input.shape[0],), jnp.float32)
-    stage_ends = stage_ends if config.train.lr_schedule == "cosine_per_stage" else ()
 
     def init():
         variables = model.init({"params": rng, "dropout": rng}, sample_input, t, train=False)
@@ -126,7 +132,8 @@ def create_train_state(rng, config, model, sample_input, *, mesh, backend: backe
         return steps.TrainState.create(
             apply_fn=model.apply, params=params,
             tx=optim.make_optimizer(config.train, total_steps, stage_ends),
-            model_state=dict(variables))
+            model_state=dict(variables),
+            ema_params=jax.tree.map(jnp.copy, params) if config.train.ema_decay else None)
 
     init_fn = jax.jit(init, out_shardings=parallel.replicated(mesh))
     return init_fn.lower().compile(backend.init_options())()
@@ -199,7 +206,8 @@ def compile_train_step(exp: Experiment, stage_index: int, state, batches, seed_k
     place (``batches`` is then the dataset too)."""
     plan = exp.stages[stage_index].plan
     fn = functools.partial(steps.train_step, plan=plan, task=exp.task,
-                           skip_nonfinite=exp.config.runtime.nonfinite == "skip")
+                           skip_nonfinite=exp.config.runtime.nonfinite == "skip",
+                           ema_decay=exp.config.train.ema_decay)
     if dataset is not None:
         c = exp.config
         fn = functools.partial(_sampling_step, train=fn, plan=plan, patch=c.data.patch,

@@ -303,8 +303,11 @@ def _host_array(x) -> np.ndarray:
 
 def _savable(state):
     """The parts of a TrainState that a checkpoint holds (apply_fn and tx are code, not data)."""
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-            "model_state": state.model_state}
+    savable = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+               "model_state": state.model_state}
+    if getattr(state, "ema_params", None) is not None:  # only runs that keep an average
+        savable["ema_params"] = state.ema_params
+    return savable
 
 
 _STORAGE_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG", "EIO")

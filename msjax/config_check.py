@@ -51,6 +51,16 @@ def validate(config) -> None:
     _one_of(c.runtime.nonfinite, ("stop", "skip"), "runtime.nonfinite")
     _one_of(c.train.lr_schedule, optim.LR_SCHEDULES, "train.lr_schedule")
     _one_of(c.train.init_checkpoint, ("best", "latest"), "train.init_checkpoint")
+    _one_of(c.fms.schedule, ("fixed", "adaptive"), "fms.schedule")
+    if c.fms.schedule == "adaptive":
+        _check(c.mode == "fullmultiscale", "fms.schedule=adaptive schedules full-multiscale stages; "
+               "set --config.mode=fullmultiscale or fms.schedule=fixed")
+        _check(c.fms.window > 0 and c.fms.window % c.log.every == 0,
+               f"fms.window={c.fms.window} must be a positive multiple of log.every="
+               f"{c.log.every} (the loss is read at log steps)")
+        _check(0 < c.fms.min_share <= 1 and c.fms.min_improvement >= 0,
+               "fms.min_share must lie in (0, 1] and fms.min_improvement be >= 0")
+    _check(0 <= c.train.ema_decay < 1, f"train.ema_decay={c.train.ema_decay} must lie in [0, 1)")
     _check(c.train.steps > 0, f"train.steps={c.train.steps} must be positive")
     _check(c.train.lr > 0, f"train.lr={c.train.lr} must be positive")
     _check(0 <= c.train.lr_end <= c.train.lr,

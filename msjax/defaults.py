@@ -111,6 +111,11 @@ def get_config():
         stage_steps=(),
         stage_weights=(),          # without stage_steps: train.steps split by these; () = 2^J:..:2:1
         batch_growth=1,            # per-term batch growth inside a stage (official: constant)
+        schedule="fixed",          # fixed | adaptive: a coarse stage moves on when it stops paying
+        window=200,                # adaptive: steps per mean of the finest-level training loss
+        min_improvement=0.01,      # adaptive: move on below this relative gain window to window
+        min_share=0.2,             # adaptive: a coarse stage runs at least this share of its steps
+        budget_units=0.0,          # adaptive: work units of the run (0: the fixed schedule's)
     ))
 
     c.train = ml_collections.ConfigDict(dict(
@@ -118,7 +123,12 @@ def get_config():
         optimizer="adam",          # adam | lamb | adadelta (Multiblock seed's warm phase, lr 1)
         lr=5e-4,
         lr_end=1e-6,               # cosine to this over the whole run
-        lr_schedule="cosine",      # cosine (official MGE) | cosine_per_stage (FMS) | step (SR papers)
+        # cosine (one over the run: official MGE) | cosine_per_stage | stage_restarts (FMS: a
+        # cosine per stage, each peak stage_peak_decay x the last) | constant_decay (lr, then a
+        # cosine over the last decay_fraction) | step (lr_step_factor every lr_step_period)
+        lr_schedule="cosine",
+        stage_peak_decay=0.5,
+        decay_fraction=0.2,
         lr_step_period=200_000,    # step: steps between rate changes (the papers: 200k)
         lr_step_factor=0.5,        # step: the rate's factor at each change (the papers: halved)
         weight_decay=0.0,
@@ -128,6 +138,9 @@ def get_config():
         lamb_bias_correction=True,  # ECO's official LAMB has none
         lamb_max_weight_norm=0.0,  # >0: cap on the LAMB trust ratio's weight norm (ECO: 10)
         loss_spike_factor=0.0,     # >0: skip a step whose loss exceeds this x the last accepted
+        ema_decay=0.0,             # >0: validate and keep an exponential average of the weights
+        target_psnr=0.0,           # >0: stop once the validation PSNR (mean of the last 3)
+                                   # reaches it, and report what it cost
         init_from="",              # a run directory: start a fresh run from its matching weights
         init_checkpoint="best",    # init_from's checkpoint: best | latest
     ))

@@ -235,3 +235,70 @@ def telescoping_loss(params, batches: Sequence[Mapping[str, jax.Array]], rng: ja
 def mge_gradient(params, batches, rng, **kwargs):
     """(loss, aux), grads of ``telescoping_loss``: the MGE gradient estimate."""
     return jax.value_and_grad(telescoping_loss, has_aux=True)(params, batches, rng, **kwargs)
+
+
+# --- an adaptive full-multiscale schedule ---------------------------------------------------------
+
+class AdaptiveSchedule:
+    """``fms.schedule=adaptive``: every coarse stage moves on as soon as it stops paying, and
+    what it leaves of its work goes to the finest stage.
+
+    The fixed schedule sets the plans, each coarse stage's largest share and the budget (its
+    total work units, or ``budget_units``). A coarse stage ends early when the mean finest-level
+    training loss of its last ``window`` steps improved on the window before by less than
+    ``min_improvement`` (relative), but not before ``min_share`` of its fixed steps; the finest
+    stage runs until the budget is spent. Decisions depend only on the training losses, so they
+    are deterministic, and ``state()`` (for the checkpoint) lets a resumed run repeat them.
+    """
+
+    def __init__(self, fixed: Sequence[Stage], reference_batch: int, *, window: int,
+                 min_improvement: float, min_share: float, budget_units: float = 0.0):
+        self.fixed, self.reference = list(fixed), reference_batch
+        self.window, self.min_improvement, self.min_share = window, min_improvement, min_share
+        self.budget = budget_units or schedule_work_units(self.fixed, reference_batch)
+        self.ends: list[int] = []            # end steps of the coarse stages that moved on
+        self.sum, self.count, self.previous = 0.0, 0, None
+
+    def stages(self) -> list[Stage]:
+        """The stages as planned now: the ended ones as they ran, the current and later coarse
+        ones at their fixed length, the finest with what is left of the budget."""
+        out, first, used = [], 0, 0.0
+        for j, stage in enumerate(self.fixed[:-1]):
+            steps = self.ends[j] - first if j < len(self.ends) else stage.steps
+            out.append(Stage(stage.plan, steps, first))
+            first += steps
+            used += steps * work_units(stage.plan, self.reference)
+        finest = self.fixed[-1].plan
+        steps = max(1, int((self.budget - used) / work_units(finest, self.reference)))
+        return out + [Stage(finest, steps, first)]
+
+    def observe(self, stage: int, step: int, loss_sum: float, count: int) -> bool:
+        """Adds the finest-level losses of ``count`` steps up to ``step`` (a log interval) of
+        ``stage``; True when the stage ends at ``step + 1`` (``stages()`` has changed)."""
+        while len(self.ends) < stage:  # a stage that ran its full fixed length
+            self.ends.append(self.stages()[len(self.ends)].end_step)
+            self.sum, self.count, self.previous = 0.0, 0, None
+        if stage >= len(self.fixed) - 1:
+            return False  # the finest stage runs to the budget
+        self.sum, self.count = self.sum + loss_sum, self.count + count
+        if self.count < self.window:
+            return False
+        mean, previous = self.sum / self.count, self.previous
+        self.sum, self.count, self.previous = 0.0, 0, mean
+        first = self.stages()[stage].first_step
+        long_enough = step + 1 - first >= self.min_share * self.fixed[stage].steps
+        if previous is None or not long_enough or (previous - mean) > self.min_improvement * abs(
+                previous):
+            return False
+        self.ends.append(step + 1)
+        self.previous = None
+        return True
+
+    def state(self) -> dict:
+        return {"ends": list(self.ends), "sum": self.sum, "count": self.count,
+                "previous": self.previous}
+
+    def load(self, state: dict) -> None:
+        self.ends = [int(e) for e in state.get("ends", [])]
+        self.sum, self.count = float(state.get("sum", 0.0)), int(state.get("count", 0))
+        self.previous = state.get("previous")

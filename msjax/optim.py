@@ -94,7 +94,7 @@ def skip_loss_spikes(inner: optax.GradientTransformation,
 # --- the run's optimizer and schedules -----------------------------------------------------
 
 OPTIMIZERS = ("adam", "lamb", "adadelta")
-LR_SCHEDULES = ("cosine", "cosine_per_stage", "step")
+LR_SCHEDULES = ("cosine", "cosine_per_stage", "stage_restarts", "constant_decay", "step")
 # Adadelta's constants as the Multiblock seed (and torch's defaults): rho 0.9, eps 1e-6.
 ADADELTA_RHO, ADADELTA_EPS = 0.9, 1e-6
 
@@ -103,9 +103,12 @@ def learning_rate(train_config, total_steps: int, stage_ends=()) -> optax.Schedu
     """``train.lr_schedule``: ``cosine`` from lr to lr_end over the whole run (the official
     recipe, never restarted), ``cosine_per_stage``: the same cosine inside every full-multiscale
     stage (``stage_ends``: each stage's last step + 1), so the fine stage trains at full rate
-    instead of at the tail of the coarse stages' schedule, or ``step``: lr times
-    ``lr_step_factor`` after every ``lr_step_period`` steps of the run (EDSR / RCAN / MSRN: halved
-    every 200k; lr_end plays no part)."""
+    instead of at the tail of the coarse stages' schedule, ``stage_restarts``: that cosine with a
+    peak ``stage_peak_decay`` times the previous stage's (coarse first), ``constant_decay``: lr
+    until the last ``decay_fraction`` of the run, then a cosine to lr_end (in full multiscale
+    the coarse stages train at the full rate and the finest stage ends with the decay), or
+    ``step``: lr times ``lr_step_factor`` after every ``lr_step_period`` steps of the run (EDSR /
+    RCAN / MSRN: halved every 200k; lr_end plays no part)."""
     c = defaults.section("train", train_config)
     schedule = c.lr_schedule
     if schedule == "step":
@@ -116,11 +119,22 @@ def learning_rate(train_config, total_steps: int, stage_ends=()) -> optax.Schedu
         return optax.exponential_decay(c.lr, transition_steps=int(c.lr_step_period),
                                        decay_rate=c.lr_step_factor, staircase=True)
     alpha = c.lr_end / c.lr
-    if schedule == "cosine_per_stage" and len(stage_ends) > 1:
+    if schedule in ("cosine_per_stage", "stage_restarts") and len(stage_ends) > 1:
         starts = (0, *stage_ends[:-1])
+        factor = c.stage_peak_decay if schedule == "stage_restarts" else 1.0
         return optax.join_schedules(
-            [optax.cosine_decay_schedule(c.lr, max(end - start, 1), alpha=alpha)
-             for start, end in zip(starts, stage_ends)], boundaries=list(stage_ends[:-1]))
+            [optax.cosine_decay_schedule(c.lr * factor**j, max(end - start, 1),
+                                         alpha=c.lr_end / (c.lr * factor**j))
+             for j, (start, end) in enumerate(zip(starts, stage_ends))],
+            boundaries=list(stage_ends[:-1]))
+    if schedule == "constant_decay":
+        if not 0 < c.decay_fraction <= 1:
+            raise ConfigError(f"train.decay_fraction={c.decay_fraction} must lie in (0, 1]")
+        decay = max(1, int(round(total_steps * c.decay_fraction)))
+        return optax.join_schedules(
+            [optax.constant_schedule(c.lr),
+             optax.cosine_decay_schedule(c.lr, decay, alpha=alpha)],
+            boundaries=[max(total_steps - decay, 0)])
     return optax.cosine_decay_schedule(c.lr, max(total_steps, 1), alpha=alpha)
 
 

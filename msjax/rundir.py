@@ -98,6 +98,15 @@ def checkpoint_steps(workdir) -> list[int]:
         if folder.is_dir() else []
 
 
+def checkpoint_meta(workdir, step: int) -> dict:
+    """The meta a checkpoint was saved with (step, stage, ledger, ...), {} if unreadable."""
+    try:
+        return json.loads((Path(workdir) / "checkpoints" / str(step) / "meta" / "metadata")
+                          .read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def load_config(workdir) -> ml_collections.ConfigDict:
     """The config of the run in ``workdir``, laid over the package defaults."""
     saved = read_saved(workdir)

@@ -19,12 +19,16 @@ from msjax import metrics, multiscale
 
 
 class TrainState(train_state.TrainState):
-    """Flax TrainState plus the model's non-trainable collections (e.g. BatchNorm batch_stats)."""
+    """Flax TrainState plus the model's non-trainable collections (e.g. BatchNorm batch_stats)
+    and, with ``train.ema_decay``, an exponential moving average of the parameters, which
+    evaluation then uses."""
 
     model_state: Any = flax.struct.field(default_factory=dict)
+    ema_params: Any = None
 
 
-def train_step(state: TrainState, batches, seed_key, *, plan, task, skip_nonfinite: bool = False):
+def train_step(state: TrainState, batches, seed_key, *, plan, task, skip_nonfinite: bool = False,
+               ema_decay: float = 0.0):
     """One optimizer step on the MGE gradient of ``plan``; returns (state, metrics).
 
     A step whose loss or gradient is not finite leaves the state untouched except for the step
@@ -40,8 +44,11 @@ def train_step(state: TrainState, batches, seed_key, *, plan, task, skip_nonfini
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     tx = optax.with_extra_args_support(state.tx)
     updates, opt_state = tx.update(grads, state.opt_state, state.params, value=aux["finest"])
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              opt_state=opt_state, model_state=aux["model_state"])
+    params = optax.apply_updates(state.params, updates)
+    ema = None if state.ema_params is None else optax.incremental_update(
+        params, state.ema_params, step_size=1.0 - ema_decay)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              model_state=aux["model_state"], ema_params=ema)
     if skip_nonfinite:
         kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         new_state = kept.replace(step=new_state.step)
@@ -50,20 +57,12 @@ def train_step(state: TrainState, batches, seed_key, *, plan, task, skip_nonfini
 
 
 def predict(state: TrainState, y, t, *, task):
-    """The restored batch in evaluation mode (BatchNorm running averages, no dropout)."""
-    variables = {"params": state.params, **state.model_state}
+    """The restored batch in evaluation mode (BatchNorm running averages, no dropout, the
+    averaged weights where the run keeps them)."""
+    params = state.params if state.ema_params is None else state.ema_params
+    variables = {"params": params, **state.model_state}
     out, _ = task.predict(state.apply_fn, variables, y, t, train=False)
     return out.astype(jnp.float32)
-
-
-def training_panels(state: TrainState, batch, key, *, task):
-    """Input, output (evaluation mode) and target of a training batch on the data grid, for the
-    image logs: beside the validation panels they show over- or under-fitting at a glance."""
-    if "input" in batch:  # paired or host-corrupted data
-        y, t = batch["input"], None
-    else:
-        y, t = task.corrupt(batch["target"], key, 0)
-    return {"input": y, "output": predict(state, y, t, task=task), "target": batch["target"]}
 
 
 def eval_step(state: TrainState, batch, *, task, crop_border: int = 0, y_channel: bool = False):

@@ -98,6 +98,8 @@ class MetricsBuffer:
         self.ckpt.raise_if_save_failed()
         fetched, self.pending = parallel.fetch(self.pending), []
         bad = [(s, m) for s, m in fetched if not bool(m["finite"])]
+        finite = [float(m["finest_loss"]) for _, m in fetched if bool(m["finite"])]
+        self.interval = (sum(finite), len(finite))  # for an adaptive schedule
         self.recent = (self.recent + [not bool(m["finite"]) for _, m in fetched])[-self.window:]
         if bad:
             self._non_finite(bad, state, ledger, first_interval, fetched[-1][0])
@@ -206,7 +208,7 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
     exp = config if isinstance(config, build.Experiment) else build.experiment(config)
     workdir = Path(workdir).expanduser()
     resume = open_workdir(workdir, exp)
-    finished = _finished(workdir, exp.total_steps) if resume.kind == "same" else None
+    finished = _finished(workdir, exp) if resume.kind == "same" else None
     if finished is not None:
         return finished
     # The data first: a dataset that is missing or cannot be prepared stops the run before the
@@ -230,11 +232,16 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
             lock.release()
 
 
-def _finished(workdir: Path, total_steps: int) -> dict | None:
-    """The results of a run that already reached ``total_steps``, read from its logs (no model
-    is built), or None."""
+def _finished(workdir: Path, exp) -> dict | None:
+    """The results of a run that already ran its steps (or reached its target PSNR), read from
+    its logs (no model is built), or None."""
     steps_done = rundir.checkpoint_steps(workdir)
-    if not steps_done or max(steps_done) < total_steps or not (workdir / "valid.csv").exists():
+    if not steps_done or not (workdir / "valid.csv").exists():
+        return None
+    meta = rundir.checkpoint_meta(workdir, max(steps_done))
+    # An adaptive schedule's end is where its decisions put it, recorded with the checkpoint.
+    total_steps = meta.get("total_steps", exp.total_steps) if exp.adaptive else exp.total_steps
+    if not meta.get("target_reached") and max(steps_done) < total_steps:
         return None
     rows = logs.read_csv(workdir / "valid.csv")
     if not rows:
@@ -244,8 +251,10 @@ def _finished(workdir: Path, total_steps: int) -> dict | None:
     result.update(step=int(result["step"]), best_psnr=best["psnr"], best_step=int(best["step"]),
                   workdir=str(workdir), finished=True)
     if jax.process_index() == 0:
-        print(f"the run in {workdir} is finished ({total_steps} steps); a larger "
-              "--config.train.steps extends it", flush=True)
+        why = "reached its target PSNR" if meta.get("target_reached") else \
+            f"ran its {total_steps} steps"
+        print(f"the run in {workdir} is finished ({why}); a larger --config.train.steps "
+              "extends it", flush=True)
     return result
 
 
@@ -282,6 +291,9 @@ def _restore_or_start(exp, workdir: Path, resume, valid, init_fn):
         state = warmstart.warm_start(state, c.train, write=progress.write)
         return (init_fn(state) if init_fn is not None else state), {}, False, ckpt, progress
     state, meta, _ = restored
+    if exp.adaptive is not None and "adaptive" in meta:  # the decisions the run made so far
+        exp.adaptive.load(meta["adaptive"])
+        state = replan(exp, state)
     progress.write(f"resumed from step {meta['step']} (stage {meta['stage']}) in {workdir}")
     if resume.kind == "extended":
         progress.write(f"extending the run from {resume.previous_steps} to {exp.total_steps} "
@@ -298,7 +310,8 @@ def _run(exp, workdir: Path, resume, sources, init_fn, batch_transform, *,
                                                               init_fn)
     ledger = Ledger(**{k: meta.get(k, 0) for k in Ledger.__dataclass_fields__})
     best_psnr, start = meta.get("best_psnr", -math.inf), int(parallel.fetch(state.step))
-    progress.start = start
+    progress.start, progress.total = start, exp.total_steps
+    recent_psnr = list(meta.get("recent_psnr", []))
     inp = data.TrainingInput(c, sources[0], exp.mesh, task=exp.task, stages=exp.stages,
                              start=start, stop=exp.total_steps, path=meta.get("input", ""))
     progress.write(inp.line)
@@ -325,14 +338,17 @@ def _run(exp, workdir: Path, resume, sources, init_fn, batch_transform, *,
             progress.update(last + 1, stage=stage, terms=exp.stages[stage].plan.num_terms,
                             loss=m["loss"], best_psnr=best_psnr)
 
-    def save(step, stage, metrics=None):
+    def save(step, stage, metrics=None, **extra):
+        adaptive = {"adaptive": exp.adaptive.state()} if exp.adaptive is not None else {}
         ckpt.save(step, state, {"step": step, "stage": stage, "best_psnr": best_psnr,
                                 "kernels": programs.recorded, "input": inp.path,
-                                **ledger.row()}, metrics)
+                                "total_steps": exp.total_steps, "recent_psnr": recent_psnr,
+                                **adaptive, **extra, **ledger.row()}, metrics)
 
     try:
         with Signals() as signals:
-            for step in range(start, exp.total_steps):
+            step = start - 1
+            while (step := step + 1) < exp.total_steps:  # an adaptive schedule moves the end
                 stage, t0 = exp.stage_at(step), time.perf_counter()
                 compiling = ledger.compile_seconds
                 # The steady state moves nothing from host to device but the host path's batch
@@ -350,6 +366,16 @@ def _run(exp, workdir: Path, resume, sources, init_fn, batch_transform, *,
                            time.perf_counter() - t0 - (ledger.compile_seconds - compiling))
                 if done % c.log.every == 0 or boundary:
                     flush(stage)
+                    if exp.adaptive is not None and exp.adaptive.observe(stage, step,
+                                                                         *buffer.interval):
+                        state, lr = replan(exp, state), optim_schedule(exp)
+                        progress.total = exp.total_steps
+                        progress.write(f"{progress.stage_label(stage)} moves on at step {done}: "
+                                       f"its training loss improved by less than "
+                                       f"{c.fms.min_improvement:.1%} over {c.fms.window} steps; "
+                                       f"the run now ends at step {exp.total_steps}")
+                        boundary = True
+                reached = False
                 if done % c.log.eval_every == 0 or done == exp.total_steps:
                     flush(stage)
                     result = validate(exp, state, valid, evaluate, done, stage, ledger, runlog)
@@ -360,7 +386,15 @@ def _run(exp, workdir: Path, resume, sources, init_fn, batch_transform, *,
                                    f"SSIM {result['ssim']:.4f}{' *best' if improved else ''}")
                     draw(state, valid, batches_at.training_batch(batches, stage, state), runlog,
                          done)
-                    save(done, stage, {"psnr": result["psnr"]})
+                    recent_psnr = (recent_psnr + [result["psnr"]])[-3:]
+                    reached = c.train.target_psnr > 0 and len(recent_psnr) == 3 and \
+                        float(np.mean(recent_psnr)) >= c.train.target_psnr
+                    save(done, stage, {"psnr": result["psnr"]},
+                         **({"target_reached": True} if reached else {}))
+                    if reached:
+                        progress.write(target_line(c.train.target_psnr, done, ledger))
+                        result["target_reached"] = True
+                        break
                 elif done % c.log.checkpoint_every == 0 or boundary:
                     flush(stage)
                     save(done, stage)
@@ -449,7 +483,20 @@ class Panels:
                       stream="train")
 
 
+def replan(exp, state):
+    """After an adaptive schedule decided: the new stages, and the optimizer's schedule over the
+    run's new length (its state carries over unchanged)."""
+    exp.stages[:] = exp.adaptive.stages()
+    return state.replace(tx=optim.make_optimizer(exp.config.train, exp.total_steps,
+                                                 exp.stage_ends))
+
+
+def target_line(target: float, step: int, ledger) -> str:
+    return (f"reached the target {target:.2f} dB (mean of the last 3 validations) at step "
+            f"{step}: {ledger.work_units:.0f} work units, {ledger.seconds:.1f} s of training, "
+            f"{ledger.flops / 1e9:.1f} GFLOP; stopping")
+
+
 def optim_schedule(exp):
     """The learning rate at each step, for the logs (the optimizer holds its own copy)."""
-    ends = exp.stage_ends if exp.config.train.lr_schedule == "cosine_per_stage" else ()
-    return optim.learning_rate(exp.config.train, exp.total_steps, ends)
+    return optim.learning_rate(exp.config.train, exp.total_steps, exp.stage_ends)
