@@ -1,94 +1,186 @@
-"""Cost to reach a validation PSNR: single, multiscale and full-multiscale from the same seed.
+"""Cost to reach single-scale quality: single vs full-multiscale settings, over seeds and budgets.
 
-    python bench/cost_to_quality.py --out runs/cost_to_quality            # quickstart, 1800 steps
-    python bench/cost_to_quality.py --steps 200 --eval_every 25 --out /tmp/ctq   # a quick check
+    python bench/cost_to_quality.py --out runs/ctq_deblur --set task.level_blur=fixed
+    python bench/cost_to_quality.py --out runs/ctq_denoise --set task.name=denoise
+    python bench/cost_to_quality.py --budgets 1800,7200 --seeds 42,43,44 ...   # the README's
+    python bench/cost_to_quality.py --budgets 200 --seeds 1 --eval_every 25 --out /tmp/ctq  # quick
 
-Each mode trains the quickstart problem (deblurring the built-in photos with a residual CNN) via
-``msjax.train.train_and_evaluate`` for its step budget, in ``OUT/<mode>``. The cost to reach the
-target (default: the single-scale run's final PSNR minus 0.1 dB) is interpolated from the
-validation rows; wall time counts training steps only (compile time is listed apart). Writes
-OUT/report.png and OUT/report.md (msjax.report) and prints the table with ratios to single, and
-per stage the cost of a work unit: where it exceeds single's, fixed per-step costs that do not
-shrink with the image limit the wall-time gain below the work-unit gain. A rerun with the same
-flags resumes or reuses finished runs.
+Every setting trains the quickstart network (a residual CNN on 64x64 patches of the built-in
+photos) through ``msjax.train.train_and_evaluate`` with the same step budget and seed, into
+``OUT/<budget>/<seed>/<setting>``. The first setting is the reference (single scale). Its target
+is its final validation PSNR minus ``--margin`` dB; the cost of a run to reach it is the first
+point where the trailing mean of ``--smooth`` validation PSNRs does, interpolated between
+evaluations. Wall time counts training steps only (compiling is listed apart).
+
+Per budget and seed, OUT/<budget>/<seed>/report.{md,png} (msjax.report: PSNR against wall time
+and FLOPs, the target marked); over seeds, OUT/summary.md: per budget and setting the median and
+range of the final PSNR against single's, and of the wall-time and FLOP gains to the target. A
+rerun with the same flags reuses finished runs, so budgets and seeds can be added later.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import math
 import os
+import re
+import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # configs/ is not an installed package
+sys.path.insert(0, str(ROOT))
 
-MODES = ("single", "multiscale", "fullmultiscale")
-# Within this of the single-scale run's final PSNR counts as reaching it.
+# name -> overrides. fms_*: the fixed schedule splits the budget 4:2:1 over 16/32/64 px.
+SETTINGS = {
+    "single": {"mode": "single"},
+    "fms": {"mode": "fullmultiscale"},  # one cosine over the run (official)
+    "fms_cd": {"mode": "fullmultiscale", "train.lr_schedule": "constant_decay"},
+    "fms_restarts": {"mode": "fullmultiscale", "train.lr_schedule": "stage_restarts"},
+    "fms_adaptive": {"mode": "fullmultiscale", "train.lr_schedule": "constant_decay",
+                     "fms.schedule": "adaptive", "fms.window": 100, "fms.min_share": 0.25},
+}
+DEFAULT_SETTINGS = "single,fms,fms_cd,fms_adaptive"
 DEFAULT_MARGIN_DB = 0.1
 
 
-def make_config(mode: str, args):
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare string such as fixed
+
+
+def parse_overrides(items) -> dict:
+    out = {}
+    for item in items:
+        field, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: override {item!r} is not FIELD=VALUE")
+        out[field.strip()] = _value(text.strip())
+    return out
+
+
+def make_config(overrides: dict, steps: int, seed: int, eval_every: int):
     from msjax.configs import quickstart
 
     c = quickstart.get_config()
-    c.mode = mode
-    c.seed = args.seed
-    c.train.steps = args.fms_steps if mode == "fullmultiscale" and args.fms_steps else args.steps
-    c.log.eval_every = args.eval_every
-    c.log.every = min(c.log.every, args.eval_every)
-    c.log.checkpoint_every = c.train.steps  # checkpoints are not the point here
-    for item in args.set:
-        field, _, text = item.partition("=")
+    c.seed = seed
+    c.train.steps = steps
+    c.log.eval_every = eval_every
+    c.log.every = min(c.log.every, eval_every)
+    c.log.checkpoint_every = steps  # checkpoints are not the point here
+    c.log.image_count = 0
+    for field, value in overrides.items():
         node, *path = c, *field.split(".")
         for key in path[:-1]:
             node = node[key]
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text  # a bare string such as fixed
         node[path[-1]] = value
     return c
+
+
+def _stats(values) -> str:
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return "-"
+    med = statistics.median(values)
+    return f"{med:.2f}" if len(values) == 1 else f"{med:.2f} ({min(values):.2f} to {max(values):.2f})"
+
+
+def summarize(results: dict, settings: list[str], margin: float) -> str:
+    """results[(budget, seed, setting)] = msjax.report.summary row with the target costs."""
+    budgets = sorted({b for b, _, _ in results})
+    lines = [f"Target: single's final validation PSNR minus {margin} dB. Gains: single's cost to "
+             "the target over the setting's; median (range) over seeds.\n",
+             "| budget | setting | seeds | reached | final PSNR - single's (dB) | "
+             "wall s to target | wall-time gain | FLOP gain |",
+             "|---|---|---|---|---|---|---|---|"]
+    for budget in budgets:
+        seeds = sorted({s for b, s, _ in results if b == budget})
+        for name in settings:
+            have = [s for s in seeds if (budget, s, name) in results]
+            if not have:
+                continue
+            ref = {s: results[(budget, s, settings[0])] for s in have}
+            row = {s: results[(budget, s, name)] for s in have}
+            reached = sum(math.isfinite(row[s]["seconds_to_target"]) for s in have)
+            delta = [row[s]["final_psnr"] - ref[s]["final_psnr"] for s in have]
+            secs = [row[s]["seconds_to_target"] for s in have]
+            gain = {c: [ref[s][f"{c}_to_target"] / row[s][f"{c}_to_target"]
+                        if math.isfinite(row[s][f"{c}_to_target"]) else math.nan for s in have]
+                    for c in ("seconds", "flops")}
+            missed = [f"{d:+.2f}" for s, d in zip(have, delta)
+                      if not math.isfinite(row[s]["seconds_to_target"])]
+            note = f" (missed: {', '.join(missed)} dB)" if missed else ""
+            lines.append(f"| {budget} | {name} | {len(have)} | {reached}/{len(have)}{note} | "
+                         f"{_stats(delta)} | {_stats(secs)} | {_stats(gain['seconds'])} | "
+                         f"{_stats(gain['flops'])} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/cost_to_quality")
-    p.add_argument("--modes", default=",".join(MODES), help="the first is the reference")
-    p.add_argument("--steps", type=int, default=1800, help="step budget of every mode")
-    p.add_argument("--fms_steps", type=int, default=0, help="full multiscale's budget if not --steps")
-    p.add_argument("--eval_every", type=int, default=50)
-    p.add_argument("--target", type=float, default=None,
-                   help=f"validation PSNR (dB); default: the first run's final minus "
-                        f"{DEFAULT_MARGIN_DB}")
+    p.add_argument("--settings", default=DEFAULT_SETTINGS,
+                   help=f"comma-separated, the first is the reference; known: {', '.join(SETTINGS)}")
+    p.add_argument("--setting", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
+                   help="define or redefine a setting, e.g. fms_long:mode=fullmultiscale,"
+                        "train.lr_schedule=constant_decay,fms.stage_weights=(8,2,1)")
+    p.add_argument("--budgets", default="1800", help="step budgets, comma-separated")
+    p.add_argument("--seeds", default="42,43,44")
+    p.add_argument("--eval_every", type=int, default=0,
+                   help="validation interval (default: budget / 36)")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN_DB)
     p.add_argument("--smooth", type=int, default=3,
                    help="judge the target on the trailing mean of this many validation PSNRs "
                         "(training noise moves single evaluations by tenths of a dB)")
-    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="config override for every mode, e.g. task.level_blur=fixed (repeatable)")
+                   help="config override for every setting, e.g. task.level_blur=fixed")
     p.add_argument("--devices", type=int, default=0,
                    help="simulated CPU devices (sets JAX_NUM_CPU_DEVICES); 0: JAX's default")
     args = p.parse_args(argv)
     if args.devices:  # must precede JAX's start
         os.environ["JAX_NUM_CPU_DEVICES"] = str(args.devices)
+    settings = dict(SETTINGS)
+    for item in args.setting:
+        name, _, body = item.partition(":")
+        # Commas inside a value, as in fms.stage_weights=(8,2,1), do not start a new field.
+        settings[name] = parse_overrides(re.split(r",(?=\s*[A-Za-z_][\w.]*=)", body)
+                                         if body else [])
+    names = args.settings.split(",")
+    unknown = [n for n in names if n not in settings]
+    if unknown:
+        raise SystemExit(f"error: unknown setting {unknown[0]!r}; known: {', '.join(settings)} "
+                         "(or define it with --setting NAME:FIELD=VALUE,...)")
+    common = parse_overrides(args.set)
 
     from msjax import report, train
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    run_dirs = []
-    for mode in args.modes.split(","):
-        print(f"--- {mode}", flush=True)
-        train.train_and_evaluate(make_config(mode, args), out / mode)
-        run_dirs.append(out / mode)
-    target = args.target
-    if target is None:
-        target = report.load_run(run_dirs[0]).valid[-1]["psnr"] - DEFAULT_MARGIN_DB
-    print(report.write_report(run_dirs, out, target, args.smooth))
-    print(f"\nplot and table: {out / 'report.png'}, {out / 'report.md'}")
+    results = {}
+    for budget in [int(b) for b in args.budgets.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            run_dirs = []
+            for name in names:
+                print(f"--- budget {budget}, seed {seed}: {name}", flush=True)
+                config = make_config({**common, **settings[name]}, budget, seed,
+                                     args.eval_every or max(budget // 36, 10))
+                train.train_and_evaluate(config, out / str(budget) / str(seed) / name)
+                run_dirs.append(out / str(budget) / str(seed) / name)
+            target = report.load_run(run_dirs[0]).valid[-1]["psnr"] - args.margin
+            print(report.write_report(run_dirs, out / str(budget) / str(seed), target,
+                                      args.smooth))
+            for name, d in zip(names, run_dirs):
+                results[(budget, seed, name)] = report.summary(report.load_run(d), target,
+                                                               args.smooth)
+    table = summarize(results, names, args.margin)
+    common_text = ", ".join(args.set) or "none"
+    (out / "summary.md").write_text(f"# Cost to single-scale quality\n\nOverrides for every "
+                                    f"setting: {common_text}\n\n{table}\n")
+    print(f"\n{table}\n\nsummary: {out / 'summary.md'}; per budget and seed: "
+          f"{out}/<budget>/<seed>/report.md")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Quickstart: deblurring on the built-in photos, a few minutes on a 2-core CPU, offline.
 
-    python train.py --config configs/quickstart.py --workdir runs/quickstart
+    python train.py --config configs/quickstart.py          # workdir: runs/quickstart
 
 A small residual CNN (output = input + f(input)) trained with full-multiscale MGE on 64x64 patches
 of the scikit-image photographs; validation on fixed crops of two held-out photos. The blur is the
@@ -8,10 +8,8 @@ official one (Gaussian PSF sigma 3, t ~ 0.1 U(0,1) noise) applied on every level
 each coarse stage poses the same physical problem with noise of the same strength.
 
 For longer runs, ``--config.task.level_blur=fixed`` (the same sigma in pixels on every grid, so
-each coarse stage poses the fine problem again) transfers better: at 1800 steps full multiscale
-ends at 26.18 dB that way against 25.37 dB with the scaled blur (oneDNN convolutions, seed 42),
-but at this config's 600 steps it ended at 24.31 dB against 24.98 (session 3, Eigen
-convolutions; bench/cost_to_quality.py, README).
+each coarse stage poses the fine problem again) transfers better: bench/cost_to_quality.py and
+the README's cost-to-quality section measure both.
 """
 
 from msjax import defaults
