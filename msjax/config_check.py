@@ -146,5 +146,6 @@ def schedule(config) -> list:
         batch_sizes=tuple(c.mge.batch_sizes), finest_batch=c.mge.finest_batch,
         batch_growth=c.mge.batch_growth, stage_steps=tuple(c.fms.stage_steps),
         stage_weights=tuple(c.fms.stage_weights),
-        stage_batch_growth=c.fms.batch_growth, restriction=c.mge.restriction,
+        stage_batch_growth=c.fms.batch_growth,
+        max_terms=c.fms.max_terms, restriction=c.mge.restriction,
         shared_batch=c.mge.shared_batch, operator_per_level=c.mge.operator_per_level)

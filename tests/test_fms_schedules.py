@@ -140,3 +140,15 @@ def _rows(path):
     from msjax.logs import read_csv
 
     return read_csv(path)
+
+
+def test_max_terms_caps_the_terms_of_every_stage():
+    full = multiscale.make_schedule("fullmultiscale", steps=70, batch_size=8, levels=2)
+    capped = multiscale.make_schedule("fullmultiscale", steps=70, batch_size=8, levels=2,
+                                      max_terms=1)
+    assert [s.plan.batch_sizes for s in full] == [(32,), (16, 16), (8, 8, 8)]
+    assert [s.plan.batch_sizes for s in capped] == [(32,), (16,), (8,)]
+    assert [s.plan.finest_level for s in capped] == [2, 1, 0]
+    # The finest stage is then a plain single-scale step: one work unit instead of 1.625.
+    assert multiscale.work_units(full[-1].plan, 8) == 1.625
+    assert multiscale.work_units(capped[-1].plan, 8) == 1.0
