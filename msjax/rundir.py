@@ -132,6 +132,10 @@ def compare(workdir: Path, config, total_steps_of) -> Resume:
     if saved is None:
         return Resume("new")
     current = flat(config)
+    # A field msjax gained after the run was written reads as its default: new fields default
+    # to what the code did before them, so such a run resumes.
+    known = flat(defaults.get_config())
+    saved = {**{k: v for k, v in known.items() if k not in saved and k in current}, **saved}
     diffs = [k for k in sorted(set(saved) | set(current))
              if not resumable(k) and saved.get(k) != current.get(k)]
     budget = [k for k in diffs if k in BUDGET_FIELDS]

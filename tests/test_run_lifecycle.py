@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msjax import checkpoints, errors, evaluate, train
+from msjax import checkpoints, errors, evaluate, rundir, train
 from msjax.lock import WorkdirLock
 from tests.helpers import tiny_config, write_images
 
@@ -198,3 +198,17 @@ def test_the_device_input_path_moves_nothing_from_the_host_during_training(tmp_p
         train.train_and_evaluate(_config(**{"data.on_device": "false",
                                             "runtime.transfer_guard": "disallow_explicit"}),
                                  tmp_path / "host")
+
+
+def test_a_run_written_before_a_field_existed_resumes_at_that_fields_default(tmp_path):
+    import json
+
+    c = tiny_config()
+    rundir.write_config(tmp_path, c)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["fms.max_terms"]  # as written by an msjax without the field
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert rundir.compare(tmp_path, c, lambda cfg: cfg.train.steps).kind == "same"
+    c.fms.max_terms = 1  # the field away from its default is another experiment
+    with pytest.raises(errors.RunDirError, match="fms.max_terms: 0 -> 1"):
+        rundir.compare(tmp_path, c, lambda cfg: cfg.train.steps)
