@@ -131,7 +131,8 @@ def create_train_state(rng, config, model, sample_input, *, mesh, backend: backe
         params = variables.pop("params")
         return steps.TrainState.create(
             apply_fn=model.apply, params=params,
-            tx=optim.make_optimizer(config.train, total_steps, stage_ends),
+            tx=optim.make_optimizer(optim.run_train_section(config), total_steps,
+                                      stage_ends),
             model_state=dict(variables),
             ema_params=jax.tree.map(jnp.copy, params) if config.train.ema_decay else None)
 

@@ -50,6 +50,8 @@ def validate(config) -> None:
                f"mean={tuple(c.data.mean)} std={tuple(c.data.std)}")
     _one_of(c.runtime.nonfinite, ("stop", "skip"), "runtime.nonfinite")
     _one_of(c.train.lr_schedule, optim.LR_SCHEDULES, "train.lr_schedule")
+    if c.fms.lr_schedule:
+        _one_of(c.fms.lr_schedule, optim.LR_SCHEDULES, "fms.lr_schedule")
     _one_of(c.train.init_checkpoint, ("best", "latest"), "train.init_checkpoint")
     _one_of(c.fms.schedule, ("fixed", "adaptive"), "fms.schedule")
     if c.fms.schedule == "adaptive":
@@ -65,7 +67,7 @@ def validate(config) -> None:
     _check(c.train.lr > 0, f"train.lr={c.train.lr} must be positive")
     _check(0 <= c.train.lr_end <= c.train.lr,
            f"train.lr_end={c.train.lr_end} must lie in [0, train.lr={c.train.lr}]")
-    optim.learning_rate(c.train, c.train.steps)  # a step schedule's period and factor
+    optim.learning_rate(optim.run_train_section(c), c.train.steps)  # period, factor, fraction
     for field in ("every", "eval_every", "checkpoint_every"):
         _check(c.log[field] > 0, f"log.{field}={c.log[field]} must be positive")
     _check(c.batch_size > 0, f"batch_size={c.batch_size} must be positive")

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from msjax import defaults
@@ -136,6 +137,17 @@ def learning_rate(train_config, total_steps: int, stage_ends=()) -> optax.Schedu
              optax.cosine_decay_schedule(c.lr, decay, alpha=alpha)],
             boundaries=[max(total_steps - decay, 0)])
     return optax.cosine_decay_schedule(c.lr, max(total_steps, 1), alpha=alpha)
+
+
+def run_train_section(config) -> ml_collections.ConfigDict:
+    """The run's ``train`` section, with ``fms.lr_schedule`` in place of ``train.lr_schedule``
+    in fullmultiscale mode when it is set (so a config can give full multiscale its own
+    schedule while its single and multiscale runs keep theirs)."""
+    c = defaults.section("train", config.train)
+    fms = defaults.section("fms", config.get("fms"))
+    if config.get("mode") == "fullmultiscale" and fms.lr_schedule:
+        c.lr_schedule = fms.lr_schedule
+    return c
 
 
 def make_optimizer(train_config, total_steps: int, stage_ends=()) -> optax.GradientTransformation:

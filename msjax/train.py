@@ -499,4 +499,5 @@ def target_line(target: float, step: int, ledger) -> str:
 
 def optim_schedule(exp):
     """The learning rate at each step, for the logs (the optimizer holds its own copy)."""
-    return optim.learning_rate(exp.config.train, exp.total_steps, exp.stage_ends)
+    return optim.learning_rate(optim.run_train_section(exp.config), exp.total_steps,
+                              exp.stage_ends)

@@ -90,6 +90,25 @@ def test_the_official_variant_restores_the_official_codes_choices():
         deblur_stl10.get_config("offical")
 
 
+def test_full_multiscale_takes_its_own_schedule_and_the_official_variant_the_one_cosine():
+    from msjax import optim
+
+    c = deblur_stl10.get_config()
+    steps = sum(OFFICIAL_STAGES)
+    for mode, variant, at_stage_2 in (("fullmultiscale", "", c.train.lr),
+                                      ("single", "", None), ("fullmultiscale", "official", None)):
+        c = deblur_stl10.get_config(variant)
+        c.mode = mode
+        rate = optim.learning_rate(optim.run_train_section(c), steps, (2000, 3000, 3500, 3750))
+        cosine = optim.learning_rate(c.train, steps)
+        if at_stage_2 is None:  # the official one cosine over the run
+            assert float(rate(3100)) == float(cosine(3100)) < 0.25 * c.train.lr
+        else:  # full rate until the last fifth (step 3000), then a decay to lr_end
+            assert float(rate(2999)) == pytest.approx(at_stage_2)
+            assert float(rate(3100)) > 0.9 * c.train.lr
+            assert float(rate(steps)) == pytest.approx(c.train.lr_end, rel=1e-3)
+
+
 def test_normalised_training_corrupts_and_predicts_in_normalised_units():
     mean, std = (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)
     plain = tasks.make_task(deblur_stl10.get_config().task)
