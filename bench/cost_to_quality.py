@@ -138,6 +138,8 @@ def main(argv=None):
                         "(training noise moves single evaluations by tenths of a dB)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="config override for every setting, e.g. task.level_blur=fixed")
+    p.add_argument("--no_train", action="store_true",
+                   help="only summarize the finished runs under --out (missing ones are left out)")
     p.add_argument("--devices", type=int, default=0,
                    help="simulated CPU devices (sets JAX_NUM_CPU_DEVICES); 0: JAX's default")
     args = p.parse_args(argv)
@@ -164,16 +166,23 @@ def main(argv=None):
         for seed in [int(s) for s in args.seeds.split(",")]:
             run_dirs = []
             for name in names:
+                run_dir = out / str(budget) / str(seed) / name
+                if args.no_train:
+                    if (run_dir / "valid.csv").exists():
+                        run_dirs.append(run_dir)
+                    continue
                 print(f"--- budget {budget}, seed {seed}: {name}", flush=True)
                 config = make_config({**common, **settings[name]}, budget, seed,
                                      args.eval_every or max(budget // 36, 10))
-                train.train_and_evaluate(config, out / str(budget) / str(seed) / name)
-                run_dirs.append(out / str(budget) / str(seed) / name)
+                train.train_and_evaluate(config, run_dir)
+                run_dirs.append(run_dir)
+            if not run_dirs or run_dirs[0].name != names[0]:
+                continue  # nothing to compare without the reference run
             target = report.load_run(run_dirs[0]).valid[-1]["psnr"] - args.margin
             print(report.write_report(run_dirs, out / str(budget) / str(seed), target,
                                       args.smooth))
-            for name, d in zip(names, run_dirs):
-                results[(budget, seed, name)] = report.summary(report.load_run(d), target,
+            for d in run_dirs:
+                results[(budget, seed, d.name)] = report.summary(report.load_run(d), target,
                                                                args.smooth)
     table = summarize(results, names, args.margin)
     common_text = ", ".join(args.set) or "none"

@@ -187,34 +187,20 @@ def device_sampler_on_paper(sizes) -> float:
 
 def step_flops(mode: str) -> list[tuple[str, tuple[int, ...], float]]:
     """(stage label, term batches, FLOPs of one compiled step) of deblur_stl10 in ``mode``."""
-    import jax
-    import jax.numpy as jnp
-
-    from msjax import config_check, models, parallel, steps, tasks, train
+    from bench import common
+    from msjax import config_check
     from msjax.configs import deblur_stl10
-    from msjax.multiscale import compiled_flops
 
     config = deblur_stl10.get_config()
     config.mode = mode
     config.runtime.cpu_convolutions = "eigen"  # XLA's own convolutions: all FLOPs visible
     config.runtime.num_devices = 1
-    mesh = parallel.make_mesh(1)
-    task = tasks.make_task(config.task)
-    stages = config_check.schedule(config)
-    model = models.create_model(config.model, **config.model_kwargs)
-    sample = jnp.zeros((1, PATCH, PATCH, 3), jnp.float32)
-    state = train.create_state(model, config, task.model_input(sample), stages[-1].end_step, mesh)
-    seed_key = jax.random.PRNGKey(0)
     out = []
-    for j, stage in enumerate(stages):
-        plan = stage.plan
-        batches = tuple({"target": jax.ShapeDtypeStruct((n, PATCH, PATCH, 3), jnp.float32)}
-                        for n in plan.batch_sizes)
-        fn = jax.jit(functools.partial(steps.train_step, plan=plan, task=task))
-        flops = compiled_flops(fn.lower(state, batches, seed_key).compile())
-        grid = PATCH // 2**plan.finest_level
+    for j, stage in enumerate(config_check.schedule(config)):
+        _, flops, _, _, sizes = common.compiled_step(config, j)
+        grid = PATCH // 2**stage.plan.finest_level
         label = "single" if mode == "single" else f"FMS {j} ({grid}px)"
-        out.append((label, tuple(plan.batch_sizes), flops))
+        out.append((label, tuple(sizes), flops))
     return out
 
 
