@@ -52,6 +52,19 @@ class Signals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def agreed(self, done: int, every: int):
+        """The signal to stop on after step ``done``, or None. Checkpoints are written by all
+        processes together, so on several hosts all stop at the same step, whichever got the
+        signal: they agree at every log step (``every``)."""
+        if jax.process_count() == 1:
+            return self.received
+        return parallel.agreed_signal(self.received) if done % every == 0 else None
+
+    def preempted(self, signum: int, done: int, workdir) -> Preempted:
+        by = "" if self.received else " (received by another process)"
+        return Preempted(signum, f"stopped by signal {signum}{by} at step {done}; checkpoint "
+                                 f"saved in {workdir}. Run the same command again to resume.")
+
 
 @dataclasses.dataclass
 class Ledger:
@@ -368,13 +381,8 @@ def _run(exp, workdir: Path, resume, sources, init_fn, batch_transform, *,
                     flush(stage)
                     if exp.adaptive is not None and exp.adaptive.observe(stage, step,
                                                                          *buffer.interval):
-                        state, lr = replan(exp, state), optim_schedule(exp)
-                        progress.total = exp.total_steps
-                        progress.write(f"{progress.stage_label(stage)} moves on at step {done}: "
-                                       f"its training loss improved by less than "
-                                       f"{c.fms.min_improvement:.1%} over {c.fms.window} steps; "
-                                       f"the run now ends at step {exp.total_steps}")
-                        boundary = True
+                        state, boundary = replan(exp, state, stage, done, progress), True
+                        lr = optim_schedule(exp)
                 reached = False
                 if done % c.log.eval_every == 0 or done == exp.total_steps:
                     flush(stage)
@@ -398,20 +406,13 @@ def _run(exp, workdir: Path, resume, sources, init_fn, batch_transform, *,
                 elif done % c.log.checkpoint_every == 0 or boundary:
                     flush(stage)
                     save(done, stage)
-                stop = signals.received
-                if jax.process_count() > 1:
-                    # Checkpoints are written by all processes together, so all stop at the same
-                    # step, whichever got the signal: they agree at every log step.
-                    stop = parallel.agreed_signal(stop) if done % c.log.every == 0 else None
+                stop = signals.agreed(done, c.log.every)
                 if stop is not None:
                     flush(stage)
                     if max(ckpt.steps(), default=None) != done:
                         save(done, stage)
                     ckpt.wait()
-                    by = "" if signals.received else " (received by another process)"
-                    raise Preempted(stop, f"stopped by signal {stop}{by} at step {done}; "
-                                          f"checkpoint saved in {workdir}. Run the same command "
-                                          "again to resume.")
+                    raise signals.preempted(stop, done, workdir)
         ckpt.wait()
         if ledger.skipped:
             progress.write(f"warning: {ledger.skipped} of {exp.total_steps} steps were non-finite "
@@ -483,12 +484,18 @@ class Panels:
                       stream="train")
 
 
-def replan(exp, state):
-    """After an adaptive schedule decided: the new stages, and the optimizer's schedule over the
-    run's new length (its state carries over unchanged)."""
+def replan(exp, state, stage: int, done: int, progress):
+    """After an adaptive schedule decided that ``stage`` ends at ``done``: the new stages, the
+    optimizer's schedule over the run's new length (its state carries over unchanged), and a
+    line saying so."""
     exp.stages[:] = exp.adaptive.stages()
-    return state.replace(tx=optim.make_optimizer(exp.config.train, exp.total_steps,
-                                                 exp.stage_ends))
+    progress.total = exp.total_steps
+    c = exp.config.fms
+    progress.write(f"{progress.stage_label(stage)} moves on at step {done}: its training loss "
+                   f"improved by less than {c.min_improvement:.1%} over {c.window} steps; the run "
+                   f"now ends at step {exp.total_steps}")
+    return state.replace(tx=optim.make_optimizer(optim.run_train_section(exp.config),
+                                                 exp.total_steps, exp.stage_ends))
 
 
 def target_line(target: float, step: int, ledger) -> str:

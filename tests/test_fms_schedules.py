@@ -152,3 +152,19 @@ def test_max_terms_caps_the_terms_of_every_stage():
     # The finest stage is then a plain single-scale step: one work unit instead of 1.625.
     assert multiscale.work_units(full[-1].plan, 8) == 1.625
     assert multiscale.work_units(capped[-1].plan, 8) == 1.0
+
+
+def test_an_adaptive_replan_keeps_full_multiscales_own_schedule(tmp_path):
+    # fms.lr_schedule=constant_decay over a cosine train.lr_schedule trains exactly as
+    # train.lr_schedule=constant_decay itself, through the coarse stages' moves (steps 4, 8).
+    own = _adaptive(**{"fms.lr_schedule": "constant_decay", "train.lr_schedule": "cosine"})
+    plain = _adaptive(**{"train.lr_schedule": "constant_decay"})
+    runs = [train.train_and_evaluate(c, tmp_path / name) for c, name in ((own, "own"),
+                                                                         (plain, "plain"))]
+    assert runs[0]["step"] == runs[1]["step"]
+    a, b = (evaluate.load_state(evaluate.load_config(tmp_path / name), tmp_path / name,
+                                "latest")[0] for name in ("own", "plain"))
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(x, y)
+    rows = _rows(tmp_path / "own" / "train.csv")
+    assert float(rows[len(rows) // 2]["lr"]) == pytest.approx(own.train.lr)

@@ -55,21 +55,24 @@ def _known(name: str, value) -> bool:
         raise
 
 
-def supported(options: dict) -> dict:
-    """``options`` less those this XLA does not know (logged once each)."""
+def supported(options: dict, *, warn: bool = True) -> dict:
+    """``options`` less those this XLA does not know, each logged once: as a warning where the
+    option decides which kernels run (``warn``), else at info level."""
     kept = {}
     for k, v in options.items():
         if _known(k, v):
             kept[k] = v
         elif k not in _warned:
             _warned.add(k)
-            log.warning("XLA option %s=%r is unknown to jax %s; not used", k, v, jax.__version__)
+            (log.warning if warn else log.info)(
+                "XLA option %s=%r is unknown to jax %s; not used", k, v, jax.__version__)
     return kept
 
 
 def cheap_compile() -> dict:
-    """CHEAP_COMPILE as far as this XLA knows it (CPU only)."""
-    return supported(CHEAP_COMPILE)
+    """CHEAP_COMPILE as far as this XLA knows it (CPU only). An option a newer XLA dropped only
+    makes some compiles slower, nothing a user can act on, so it is not a warning."""
+    return supported(CHEAP_COMPILE, warn=False)
 
 
 def ynn_fusion_types(cpu_convolutions: str, cpu_reductions: str) -> dict:
@@ -90,7 +93,5 @@ def options(cpu_convolutions: str = "eigen", cpu_reductions: str = "ynnpack",
     """The compile options of one kernel choice (``onednn`` compiles like ``eigen``: what oneDNN
     does not take stays with XLA's own kernels), None when they are XLA's defaults."""
     kind = "eigen" if cpu_convolutions == "onednn" else cpu_convolutions
-    chosen = ynn_fusion_types(kind, cpu_reductions)
-    if fast_compile:
-        chosen.update(CHEAP_COMPILE)
-    return supported(chosen) or None
+    chosen = supported(ynn_fusion_types(kind, cpu_reductions))
+    return {**chosen, **(cheap_compile() if fast_compile else {})} or None
