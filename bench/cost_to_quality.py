@@ -85,7 +85,9 @@ def _stats(values) -> str:
     if not values:
         return "-"
     med = statistics.median(values)
-    return f"{med:.2f}" if len(values) == 1 else f"{med:.2f} ({min(values):.2f} to {max(values):.2f})"
+    if len(values) == 1:
+        return f"{med:.2f}"
+    return f"{med:.2f} ({min(values):.2f} to {max(values):.2f})"
 
 
 def summarize(results: dict, settings: list[str], margin: float) -> str:
@@ -124,7 +126,8 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/cost_to_quality")
     p.add_argument("--settings", default=DEFAULT_SETTINGS,
-                   help=f"comma-separated, the first is the reference; known: {', '.join(SETTINGS)}")
+                   help="comma-separated, the first is the reference; known: "
+                        + ", ".join(SETTINGS))
     p.add_argument("--setting", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
                    help="define or redefine a setting, e.g. fms_long:mode=fullmultiscale,"
                         "train.lr_schedule=constant_decay,fms.stage_weights=(8,2,1)")

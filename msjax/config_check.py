@@ -55,8 +55,8 @@ def validate(config) -> None:
     _one_of(c.train.init_checkpoint, ("best", "latest"), "train.init_checkpoint")
     _one_of(c.fms.schedule, ("fixed", "adaptive"), "fms.schedule")
     if c.fms.schedule == "adaptive":
-        _check(c.mode == "fullmultiscale", "fms.schedule=adaptive schedules full-multiscale stages; "
-               "set --config.mode=fullmultiscale or fms.schedule=fixed")
+        _check(c.mode == "fullmultiscale", "fms.schedule=adaptive schedules full-multiscale "
+               "stages; set --config.mode=fullmultiscale or fms.schedule=fixed")
         _check(c.fms.window > 0 and c.fms.window % c.log.every == 0,
                f"fms.window={c.fms.window} must be a positive multiple of log.every="
                f"{c.log.every} (the loss is read at log steps)")
