@@ -381,7 +381,7 @@ def _run(exp, workdir: Path, resume, sources, init_fn, batch_transform, *,
                     flush(stage)
                     if exp.adaptive is not None and exp.adaptive.observe(stage, step,
                                                                          *buffer.interval):
-                        state, boundary = replan(exp, state, stage, done, progress), True
+                        state, boundary = move_on(exp, state, stage, done, progress), True
                         lr = optim_schedule(exp)
                 reached = False
                 if done % c.log.eval_every == 0 or done == exp.total_steps:
@@ -484,18 +484,23 @@ class Panels:
                       stream="train")
 
 
-def replan(exp, state, stage: int, done: int, progress):
-    """After an adaptive schedule decided that ``stage`` ends at ``done``: the new stages, the
-    optimizer's schedule over the run's new length (its state carries over unchanged), and a
-    line saying so."""
+def replan(exp, state):
+    """The stages an adaptive schedule has decided so far, and the optimizer's schedule over the
+    run's new length (its state carries over unchanged)."""
     exp.stages[:] = exp.adaptive.stages()
+    return state.replace(tx=optim.make_optimizer(optim.run_train_section(exp.config),
+                                                 exp.total_steps, exp.stage_ends))
+
+
+def move_on(exp, state, stage: int, done: int, progress):
+    """``replan`` after the adaptive schedule decided that ``stage`` ends at ``done``, said."""
+    state = replan(exp, state)
     progress.total = exp.total_steps
     c = exp.config.fms
     progress.write(f"{progress.stage_label(stage)} moves on at step {done}: its training loss "
                    f"improved by less than {c.min_improvement:.1%} over {c.window} steps; the run "
                    f"now ends at step {exp.total_steps}")
-    return state.replace(tx=optim.make_optimizer(optim.run_train_section(exp.config),
-                                                 exp.total_steps, exp.stage_ends))
+    return state
 
 
 def target_line(target: float, step: int, ledger) -> str:

@@ -1,7 +1,8 @@
 """Full-multiscale schedules beyond the paper's: per-stage learning rates, weight averaging, an
 adaptive schedule that moves on when a coarse stage stops paying, and a target-PSNR stop."""
 
-import shutil
+import os
+import signal
 
 import jax
 import numpy as np
@@ -93,7 +94,8 @@ def _adaptive(**overrides):
 def test_an_adaptive_run_records_its_decisions_and_resumes_them_exactly(tmp_path, capsys):
     # min_improvement 10: every coarse stage moves on as soon as min_share allows.
     c = _adaptive()
-    straight = train.train_and_evaluate(c, tmp_path / "straight")
+    # Every run here takes its batches through a transform (the host path), so they compare.
+    straight = train.train_and_evaluate(c, tmp_path / "straight", batch_transform=lambda s, b: b)
     out = capsys.readouterr().out
     assert "stage 1/3 moves on at step 4" in out and "stage 2/3 moves on at step 8" in out
     stages = [int(r["stage"]) for r in _rows(tmp_path / "straight" / "train.csv")]
@@ -101,12 +103,19 @@ def test_an_adaptive_run_records_its_decisions_and_resumes_them_exactly(tmp_path
     total = straight["step"]
     # The finest stage ran its 8 fixed steps plus what the coarse stages left (4 cheap steps each).
     assert stages[8:].count(2) == total - 8 > 8 and total < 24
-    # Resume from the checkpoint after the first decision, the later ones removed.
-    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
-    for step in rundir.checkpoint_steps(tmp_path / "resumed"):
-        if step > 5:
-            shutil.rmtree(tmp_path / "resumed" / "checkpoints" / str(step))
-    resumed = train.train_and_evaluate(c, tmp_path / "resumed")
+    # Stop a second run by SIGTERM after the first decision (step 4) and before the second, then
+    # resume it: the resumed run must repeat the second decision and end where the first did.
+    def stop_at_6(step, batches):
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batches
+
+    with pytest.raises(train.Preempted):
+        train.train_and_evaluate(c, tmp_path / "resumed", batch_transform=stop_at_6)
+    assert max(rundir.checkpoint_steps(tmp_path / "resumed")) == 7
+    assert rundir.checkpoint_meta(tmp_path / "resumed", 7)["adaptive"]["ends"] == [4]
+    resumed = train.train_and_evaluate(c, tmp_path / "resumed", batch_transform=lambda s, b: b)
+    assert "resumed from step 7" in capsys.readouterr().out
     assert resumed["step"] == total
     a = evaluate.load_state(evaluate.load_config(tmp_path / "straight"), tmp_path / "straight",
                             "latest")[0]
