@@ -7,7 +7,8 @@
 
 Every setting trains the quickstart network (a residual CNN on 64x64 patches of the built-in
 photos) through ``msjax.train.train_and_evaluate`` with the same step budget and seed, into
-``OUT/<budget>/<seed>/<setting>``. The first setting is the reference (single scale). Its target
+``OUT/<budget>/<seed>/<setting>``; a setting's ``steps_scale=F`` gives it F times the budget
+instead. The first setting is the reference (single scale). Its target
 is its final validation PSNR minus ``--margin`` dB; the cost of a run to reach it is the first
 point where the trailing mean of ``--smooth`` validation PSNRs does, interpolated between
 evaluations. Wall time counts training steps only (compiling is listed apart).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import math
 import os
 import re
@@ -62,17 +64,37 @@ def parse_overrides(items) -> dict:
     return out
 
 
+def parse_setting(item: str) -> tuple[str, dict]:
+    """NAME:FIELD=VALUE,... -> (NAME, overrides)."""
+    name, _, body = item.partition(":")
+    # Commas inside a value, as in fms.stage_weights=(8,2,1), do not start a new field.
+    return name, parse_overrides(re.split(r",(?=\s*[A-Za-z_][\w.]*=)", body) if body else [])
+
+
 def make_config(overrides: dict, steps: int, seed: int, eval_every: int):
     from msjax.configs import quickstart
 
+    overrides = dict(overrides)
+    # Not a config field: the setting's own step budget as a multiple of single's.
+    scale = float(overrides.pop("steps_scale", 1.0))
+    if scale <= 0:
+        raise SystemExit(f"error: steps_scale={scale} must be positive")
     c = quickstart.get_config()
     c.seed = seed
-    c.train.steps = steps
+    c.train.steps = max(int(round(steps * scale)), 1)
     c.log.eval_every = eval_every
     c.log.every = min(c.log.every, eval_every)
     c.log.checkpoint_every = steps  # checkpoints are not the point here
     c.log.image_count = 0
+    from msjax import rundir
+
+    known = set(rundir.flat(c))
     for field, value in overrides.items():
+        if field not in known and not field.startswith("model_kwargs."):
+            near = difflib.get_close_matches(field, known, n=1)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            raise SystemExit(f"error: {field}: no such config field{hint} (msjax/defaults.py "
+                             "has every field)")
         node, *path = c, *field.split(".")
         for key in path[:-1]:
             node = node[key]
@@ -149,11 +171,7 @@ def main(argv=None):
     if args.devices:  # must precede JAX's start
         os.environ["JAX_NUM_CPU_DEVICES"] = str(args.devices)
     settings = dict(SETTINGS)
-    for item in args.setting:
-        name, _, body = item.partition(":")
-        # Commas inside a value, as in fms.stage_weights=(8,2,1), do not start a new field.
-        settings[name] = parse_overrides(re.split(r",(?=\s*[A-Za-z_][\w.]*=)", body)
-                                         if body else [])
+    settings.update(parse_setting(item) for item in args.setting)
     names = args.settings.split(",")
     unknown = [n for n in names if n not in settings]
     if unknown:

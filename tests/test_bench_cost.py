@@ -1,0 +1,56 @@
+"""bench/cost_to_quality.py without training: settings, per-setting budgets, the summary table."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ctq():
+    spec = importlib.util.spec_from_file_location("ctq", ROOT / "bench" / "cost_to_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_setting_keeps_commas_inside_tuples(ctq):
+    name, over = ctq.parse_setting("w:mode=fullmultiscale,fms.stage_weights=(8, 4,4),"
+                                   "mge.operator_per_level=False,steps_scale=0.5")
+    assert name == "w"
+    assert over == {"mode": "fullmultiscale", "fms.stage_weights": (8, 4, 4),
+                    "mge.operator_per_level": False, "steps_scale": 0.5}
+
+
+def test_steps_scale_sets_the_budget_and_is_not_a_field(ctq):
+    c = ctq.make_config({"mode": "fullmultiscale", "steps_scale": 2,
+                         "fms.stage_weights": (8, 4, 4)}, 1800, 7, 50)
+    assert c.train.steps == 3600 and c.seed == 7 and c.log.eval_every == 50
+    assert tuple(c.fms.stage_weights) == (8, 4, 4)
+    assert "steps_scale" not in c
+    assert ctq.make_config({}, 1800, 7, 50).train.steps == 1800
+    with pytest.raises(SystemExit, match="steps_scale"):
+        ctq.make_config({"steps_scale": 0}, 1800, 7, 50)
+
+
+def test_summary_gains_are_single_over_setting_and_misses_are_named(ctq):
+    def row(final, seconds, flops):
+        return {"final_psnr": final, "seconds_to_target": seconds, "flops_to_target": flops}
+
+    results = {(100, 1, "single"): row(20.0, 40.0, 8.0), (100, 1, "fms"): row(20.5, 10.0, 1.0),
+               (100, 2, "single"): row(21.0, 60.0, 8.0),
+               (100, 2, "fms"): row(20.7, math.inf, math.inf)}
+    table = ctq.summarize(results, ["single", "fms"], 0.1)
+    fms = next(line for line in table.splitlines() if line.startswith("| 100 | fms |"))
+    cells = [c.strip() for c in fms.strip("|").split("|")]
+    assert cells[3] == "1/2 (missed: -0.30 dB)"
+    assert cells[4] == "0.10 (-0.30 to 0.50)"   # final PSNR against single's, per seed
+    assert cells[6] == "4.00" and cells[7] == "8.00"  # 40 s / 10 s; 8 / 1 (the seed that got there)
+
+
+def test_a_misspelt_field_is_refused_with_the_nearest_one(ctq):
+    with pytest.raises(SystemExit, match="did you mean fms.stage_weights"):
+        ctq.make_config({"fms.stage_weight": (8, 4, 4)}, 1800, 7, 50)
