@@ -71,6 +71,9 @@ def validate(config) -> None:
     for field in ("every", "eval_every", "checkpoint_every"):
         _check(c.log[field] > 0, f"log.{field}={c.log[field]} must be positive")
     _check(c.batch_size > 0, f"batch_size={c.batch_size} must be positive")
+    _check(isinstance(c.fms.stage_batch_factor, int) and c.fms.stage_batch_factor >= 1,
+           f"fms.stage_batch_factor={c.fms.stage_batch_factor} must be an integer >= 1 (2: the "
+           "official doubling per coarser stage, 1: the same batch on every grid)")
     _check(c.mge.levels >= 0, f"mge.levels={c.mge.levels} must be >= 0")
     _check(c.data.patch > 0, f"data.patch={c.data.patch} must be positive")
     _check(c.data.valid_images > 0, f"data.valid_images={c.data.valid_images} must be positive")
@@ -148,6 +151,6 @@ def schedule(config) -> list:
         batch_sizes=tuple(c.mge.batch_sizes), finest_batch=c.mge.finest_batch,
         batch_growth=c.mge.batch_growth, stage_steps=tuple(c.fms.stage_steps),
         stage_weights=tuple(c.fms.stage_weights),
-        stage_batch_growth=c.fms.batch_growth,
+        stage_batch_growth=c.fms.batch_growth, stage_batch_factor=c.fms.stage_batch_factor,
         max_terms=c.fms.max_terms, restriction=c.mge.restriction,
         shared_batch=c.mge.shared_batch, operator_per_level=c.mge.operator_per_level)

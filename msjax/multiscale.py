@@ -85,7 +85,7 @@ def split_steps(total: int, weights: Sequence[float]) -> tuple[int, ...]:
 def make_schedule(mode: str, *, steps: int, batch_size: int, levels: int = 3,
                   batch_sizes: Sequence[int] = (), finest_batch: int = 4, batch_growth: int = 4,
                   stage_steps: Sequence[int] = (), stage_weights: Sequence[float] = (),
-                  stage_batch_growth: int = 1, max_terms: int = 0,
+                  stage_batch_growth: int = 1, stage_batch_factor: int = 2, max_terms: int = 0,
                   restriction: str = "area", shared_batch: bool = False,
                   operator_per_level: bool = False) -> list[Stage]:
     """The stages of a run.
@@ -93,7 +93,8 @@ def make_schedule(mode: str, *, steps: int, batch_size: int, levels: int = 3,
     single: one term of ``batch_size``. multiscale: ``levels`` difference terms with
     ``batch_sizes`` (or ``finest_batch * batch_growth**k``). fullmultiscale: stages j = 0..levels,
     stage j on finest level ``levels - j`` with j difference terms, base batch
-    ``batch_size * 2**(levels - j)`` growing by ``stage_batch_growth`` per coarser term, running
+    ``batch_size * stage_batch_factor**(levels - j)`` (official: 2) growing by
+    ``stage_batch_growth`` per coarser term, running
     ``stage_steps`` steps each (official: 2000/1000/500/250), or else ``steps`` split by
     ``stage_weights`` (default: halving per finer stage, 8:4:2:1). ``max_terms`` > 0 caps a
     stage's terms (1: every stage a single-scale step on its own grid, coarse to fine).
@@ -124,7 +125,7 @@ def make_schedule(mode: str, *, steps: int, batch_size: int, levels: int = 3,
             counts = split_steps(steps, stage_weights)
         stages, first = [], 0
         for j, n in enumerate(counts):
-            base = batch_size * 2 ** (levels - j)
+            base = batch_size * stage_batch_factor ** (levels - j)
             terms = min(j + 1, max_terms) if max_terms > 0 else j + 1
             plan = LevelPlan(growing_batches(base, stage_batch_growth, terms),
                              finest_level=levels - j, **common)

@@ -163,6 +163,16 @@ def test_max_terms_caps_the_terms_of_every_stage():
     assert multiscale.work_units(capped[-1].plan, 8) == 1.0
 
 
+def test_the_stage_batch_factor_reaches_the_schedule_and_nonsense_is_refused():
+    c = tiny_config(**{"mode": "fullmultiscale", "fms.stage_steps": (4, 4, 4),
+                       "fms.max_terms": 1, "fms.stage_batch_factor": 1})
+    assert [s.plan.batch_sizes for s in config_check.schedule(c)] == [(c.batch_size,)] * 3
+    for bad in (0, -2):
+        c.fms.stage_batch_factor = bad
+        with pytest.raises(errors.ConfigError, match="fms.stage_batch_factor"):
+            config_check.validate(c)
+
+
 def test_an_adaptive_replan_keeps_full_multiscales_own_schedule(tmp_path):
     # fms.lr_schedule=constant_decay over a cosine train.lr_schedule trains exactly as
     # train.lr_schedule=constant_decay itself, through the coarse stages' moves (steps 4, 8).

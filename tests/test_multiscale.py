@@ -287,6 +287,16 @@ def test_schedule_options_reach_every_plan():
             "nearest", True, True)
 
 
+def test_stage_batch_factor_sets_each_stage_base_batch():
+    def bases(**kw):
+        return [s.plan.batch_sizes for s in multiscale.make_schedule(
+            "fullmultiscale", steps=40, batch_size=4, levels=2, stage_batch_growth=2, **kw)]
+
+    assert bases() == [(16,), (8, 16), (4, 8, 16)]            # official: 2x per coarser stage
+    assert bases(stage_batch_factor=1) == [(4,), (4, 8), (4, 8, 16)]
+    assert bases(stage_batch_factor=4, max_terms=1) == [(64,), (16,), (4,)]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(mode="multiscale", levels=3, batch_sizes=(4, 16, 64)), "batch_sizes has 3 entries"),
     (dict(mode="multiscale", levels=2, batch_sizes=(4, 16, 64, 256)), "needs 3"),
