@@ -34,16 +34,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# name -> overrides. fms_*: the fixed schedule splits the budget 4:2:1 over 16/32/64 px.
+# name -> overrides. fms: the official one cosine over the run, stages 4:2:1 of the budget on
+# 16/32/64 px. The rest hold the full rate with a cosine over the last fifth (constant_decay).
+# c2f: fms.max_terms=1, each stage one single-scale term on its grid. b1: fms.stage_batch_factor=1,
+# the same batch on every grid (official: doubling per coarser stage). xF: F times the budget.
+_CD = {"mode": "fullmultiscale", "train.lr_schedule": "constant_decay"}
+_C2F = {**_CD, "fms.max_terms": 1}
+_B1 = {**_C2F, "fms.stage_batch_factor": 1}
+_ADAPTIVE = {"fms.schedule": "adaptive", "fms.window": 100}
 SETTINGS = {
     "single": {"mode": "single"},
-    "fms": {"mode": "fullmultiscale"},  # one cosine over the run (official)
-    "fms_cd": {"mode": "fullmultiscale", "train.lr_schedule": "constant_decay"},
+    "fms": {"mode": "fullmultiscale"},
+    "fms_cd": _CD,
     "fms_restarts": {"mode": "fullmultiscale", "train.lr_schedule": "stage_restarts"},
-    "fms_adaptive": {"mode": "fullmultiscale", "train.lr_schedule": "constant_decay",
-                     "fms.schedule": "adaptive", "fms.window": 100, "fms.min_share": 0.25},
+    "fms_adaptive": {**_CD, **_ADAPTIVE, "fms.min_share": 0.25},
+    "fms_w16": {**_CD, "fms.stage_weights": (16, 4, 1)},
+    "fms_w16_c2f": {**_C2F, "fms.stage_weights": (16, 4, 1)},
+    "fms_w16_adaptive": {**_CD, **_ADAPTIVE, "fms.stage_weights": (16, 4, 1),
+                         "fms.min_share": 0.25},
+    "c2f_w1621": {**_C2F, "fms.stage_weights": (16, 2, 1)},
+    "c2f_w842": {**_C2F, "fms.stage_weights": (8, 4, 2)},
+    "c2f_w844": {**_C2F, "fms.stage_weights": (8, 4, 4)},
+    "c2f_l1_w41": {**_C2F, "mge.levels": 1, "fms.stage_weights": (4, 1)},
+    "c2f_adaptive": {**_C2F, **_ADAPTIVE, "fms.stage_weights": (16, 2, 1), "fms.min_share": 0.5,
+                     "fms.min_improvement": 0.005},
+    "b1_w1621": {**_B1, "fms.stage_weights": (16, 2, 1)},
+    "b1_w1621_x1.5": {**_B1, "fms.stage_weights": (16, 2, 1), "steps_scale": 1.5},
+    "b1_w1621_x2": {**_B1, "fms.stage_weights": (16, 2, 1), "steps_scale": 2},
+    "b1_w842_x2": {**_B1, "fms.stage_weights": (8, 4, 2), "steps_scale": 2},
 }
-DEFAULT_SETTINGS = "single,fms,fms_cd,fms_adaptive"
+DEFAULT_SETTINGS = "single,fms_w16_c2f,b1_w1621_x1.5,c2f_adaptive"
 DEFAULT_MARGIN_DB = 0.1
 
 
