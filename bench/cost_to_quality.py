@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import difflib
 import math
 import os
 import re
@@ -92,6 +91,7 @@ def parse_setting(item: str) -> tuple[str, dict]:
 
 
 def make_config(overrides: dict, steps: int, seed: int, eval_every: int):
+    from msjax import cli, rundir
     from msjax.configs import quickstart
 
     overrides = dict(overrides)
@@ -106,15 +106,12 @@ def make_config(overrides: dict, steps: int, seed: int, eval_every: int):
     c.log.every = min(c.log.every, eval_every)
     c.log.checkpoint_every = steps  # checkpoints are not the point here
     c.log.image_count = 0
-    from msjax import rundir
-
     known = set(rundir.flat(c))
     for field, value in overrides.items():
         if field not in known and not field.startswith("model_kwargs."):
-            near = difflib.get_close_matches(field, known, n=1)
-            hint = f"; did you mean {near[0]}?" if near else ""
-            raise SystemExit(f"error: {field}: no such config field{hint} (msjax/defaults.py "
-                             "has every field)")
+            raise SystemExit(f"error: {field}: no such config field"
+                             f"{cli.nearest_field_hint(field, known)} (msjax/defaults.py has "
+                             "every field)")
         node, *path = c, *field.split(".")
         for key in path[:-1]:
             node = node[key]

@@ -48,6 +48,12 @@ def _config_fields(argv) -> set[str]:
     return set(rundir.flat(config))
 
 
+def nearest_field_hint(field: str, known) -> str:
+    """'; did you mean <the closest real field>?' for a field that is not in ``known``, or ''."""
+    near = difflib.get_close_matches(field, known, n=1)
+    return f"; did you mean {near[0]}?" if near else ""
+
+
 def _unknown_field_message(argv) -> str:
     """The first --config.<field> override that names no field, with the nearest real one."""
     known = _config_fields(argv)
@@ -55,8 +61,7 @@ def _unknown_field_message(argv) -> str:
         if arg.startswith("--config.") and "=" in arg:
             field = arg[len("--config."):].split("=", 1)[0]
             if field not in known:
-                near = difflib.get_close_matches(field, known, n=1)
-                hint = f"; did you mean {near[0]}?" if near else ""
+                hint = nearest_field_hint(field, known)
                 extra = (" (an override changes a field the config sets; add new model_kwargs "
                          "to the config file)" if field.startswith("model_kwargs.") else "")
                 return (f"--config.{field}: no such config field{hint}{extra}; python train.py "

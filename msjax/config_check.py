@@ -71,9 +71,9 @@ def validate(config) -> None:
     for field in ("every", "eval_every", "checkpoint_every"):
         _check(c.log[field] > 0, f"log.{field}={c.log[field]} must be positive")
     _check(c.batch_size > 0, f"batch_size={c.batch_size} must be positive")
-    _check(isinstance(c.fms.stage_batch_factor, int) and c.fms.stage_batch_factor >= 1,
-           f"fms.stage_batch_factor={c.fms.stage_batch_factor} must be an integer >= 1 (2: the "
-           "official doubling per coarser stage, 1: the same batch on every grid)")
+    _check(c.fms.stage_batch_factor >= 1,
+           f"fms.stage_batch_factor={c.fms.stage_batch_factor} must be >= 1 (2: the official "
+           "doubling per coarser stage, 1: the same batch on every grid)")
     _check(c.mge.levels >= 0, f"mge.levels={c.mge.levels} must be >= 0")
     _check(c.data.patch > 0, f"data.patch={c.data.patch} must be positive")
     _check(c.data.valid_images > 0, f"data.valid_images={c.data.valid_images} must be positive")
