@@ -1,0 +1,71 @@
+"""One registry shape for everything msjax picks by name: models, tasks, data sources, methods.
+
+A registry maps a name to an entry and what the entry declares about itself; an entry joins by a
+decorator in the file that defines it, so adding a model, task, source or method is that file
+plus its ``@REGISTRY.register(...)`` line::
+
+    MODELS = Registry("model")
+
+    @MODELS.register("edsr", upsamples=True)
+    class EDSR(nn.Module): ...
+
+    MODELS.get("edsr")          # the class
+    MODELS.info("edsr")         # {'upsamples': True}
+    MODELS.names()              # every name, sorted
+
+An unknown name is one ConfigError naming the choices (the config field is the registry's
+``field``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Iterable
+
+from msjax.errors import ConfigError
+
+
+class Registry:
+    """Names to entries, filled by ``register``; ``modules`` are imported on first lookup, so a
+    registry can name the files that register into it without importing them up front."""
+
+    def __init__(self, kind: str, field: str = "", modules: Iterable[str] = ()):
+        self.kind, self.field = kind, field or kind
+        self._entries: dict[str, Any] = {}
+        self._info: dict[str, dict] = {}
+        self._modules, self._loaded = tuple(modules), False
+
+    def register(self, name: str, **info) -> Callable[[Any], Any]:
+        """A decorator that adds its function or class as ``name``, with ``info`` (what the
+        entry declares: a model that upsamples, a task's evaluation t, ...)."""
+        def add(entry):
+            if name in self._entries and self._entries[name] is not entry:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name], self._info[name] = entry, dict(info)
+            return entry
+        return add
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module in self._modules:
+                importlib.import_module(module)
+
+    def names(self) -> tuple[str, ...]:
+        self._load()
+        return tuple(sorted(self._entries))
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return name in self._entries
+
+    def get(self, name: str):
+        self._load()
+        if name not in self._entries:
+            raise ConfigError(f"{self.field}={name!r} is unknown; choose one of "
+                              f"{', '.join(repr(n) if not n else n for n in self.names())}")
+        return self._entries[name]
+
+    def info(self, name: str) -> dict:
+        self.get(name)
+        return dict(self._info[name])
