@@ -91,10 +91,9 @@ def run_to_end(cmd, env, tries=4) -> list[int]:
 
 
 def final_state(workdir: Path, steps: int) -> list[np.ndarray]:
-    from msjax import evaluate
+    from msjax import runs
 
-    config = evaluate.load_config(workdir)
-    state, _, step = evaluate.load_state(config, workdir, "latest")
+    state, _, step = runs.load_state(workdir, "latest")
     assert step == steps and int(state.step) == steps, (step, int(state.step))
     import jax
 

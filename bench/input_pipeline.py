@@ -188,7 +188,7 @@ def device_sampler_on_paper(sizes) -> float:
 def step_flops(mode: str) -> list[tuple[str, tuple[int, ...], float]]:
     """(stage label, term batches, FLOPs of one compiled step) of deblur_stl10 in ``mode``."""
     from bench import common
-    from msjax import config_check
+    from msjax import build
     from msjax.configs import deblur_stl10
 
     config = deblur_stl10.get_config()
@@ -196,7 +196,7 @@ def step_flops(mode: str) -> list[tuple[str, tuple[int, ...], float]]:
     config.runtime.cpu_convolutions = "eigen"  # XLA's own convolutions: all FLOPs visible
     config.runtime.num_devices = 1
     out = []
-    for j, stage in enumerate(config_check.schedule(config)):
+    for j, stage in enumerate(build.stages(config)):
         _, flops, _, _, sizes = common.compiled_step(config, j)
         grid = PATCH // 2**stage.plan.finest_level
         label = "single" if mode == "single" else f"FMS {j} ({grid}px)"

@@ -13,7 +13,7 @@ __all__ = ["load_run", "train_and_evaluate"]
 
 def __getattr__(name):
     if name == "load_run":
-        from msjax.rundir import load_run
+        from msjax.runs import load_run
         return load_run
     if name == "train_and_evaluate":
         from msjax.train import train_and_evaluate

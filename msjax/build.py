@@ -1,38 +1,65 @@
-"""Config -> the run's built pieces, once: the task, the stages, the device mesh and its backend,
-the model, the train state, the validation set and each stage's compiled step.
+"""The one reader of the config: config -> a frozen, typed ``Experiment``, and the run's built
+pieces (model, train state, validation set, compiled steps) from it.
 
-The training loop, evaluation, the training methods and the benchmarks all build through here,
-so they run the same programs. As in flax's examples every input of ``create_train_state`` is
-explicit; ``experiment(config)`` bundles what does not change during a run.
+Below this module nothing reads a config: the loop, evaluation, the methods and the benchmarks
+take the ``Experiment`` (or the typed settings of ``msjax/settings.py`` it holds). The config is
+validated here (``config_check``) before any data is read or anything compiles, its stages and
+learning-rate schedule are built once, and a saved run's ``config.json`` comes back through here
+too (``msjax.runs``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+import types
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 
-from msjax import (backend as backends, config_check, data, metrics, models, multiscale, optim,
-                   parallel, resize, steps, tasks)
+from msjax import (backend as backends, config_check, data, defaults, metrics, models,
+                   multiscale, optim, parallel, rundir, steps, tasks)
+from msjax.errors import ConfigError, RunDirError
 from msjax.models import layers
-from msjax.errors import ConfigError
+from msjax.settings import (AdaptiveSettings, EvalSettings, InputSpec, LogSettings,
+                            OptimizerSettings, RuntimeSettings, TaskSettings, WarmStart,
+                            from_section)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Experiment:
-    """What a config builds before any data is read: fixed for the whole run."""
+    """Everything a run is, built from its config before any data is read. Frozen: an adaptive
+    schedule's decision makes a new one (``replan``)."""
 
-    config: Any
+    seed: int
+    mode: str
     task: tasks.Task
-    stages: list                   # adaptive schedules replace them in place as they decide
+    model_name: str
+    model: Any                              # the Flax module, on the backend's convolutions
+    stages: tuple                           # multiscale.Stage, coarse first
+    batch_size: int                         # the work-unit reference (one single-scale step)
+    optimizer: OptimizerSettings
+    learning_rate: optax.Schedule           # over ``stages``
+    input: InputSpec
+    log: LogSettings
+    eval: EvalSettings
+    runtime: RuntimeSettings
     mesh: jax.sharding.Mesh
     backend: backends.Backend
-    model: Any
-    adaptive: multiscale.AdaptiveSchedule | None = None
+    ema_decay: float = 0.0
+    target_psnr: float = 0.0                # > 0: stop once validation reaches it
+    warm_start: WarmStart | None = None
+    adaptive: AdaptiveSettings | None = None
+    fixed_stages: tuple = ()                # what an adaptive schedule starts from
+    method: str = ""
+    method_settings: Any = None             # the method's own typed settings
+    phases: tuple = ()                      # (phase, Experiment) of a method that runs phases
+    record: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the flat config
 
     @property
     def total_steps(self) -> int:
@@ -46,9 +73,105 @@ class Experiment:
         """Each stage's end step, for a learning-rate schedule that restarts per stage."""
         return tuple(s.end_step for s in self.stages)
 
+    def make_optimizer(self) -> optax.GradientTransformation:
+        return optim.make_optimizer(self.optimizer, self.learning_rate)
+
+    def replan(self, stages) -> "Experiment":
+        """The experiment with new ``stages`` (an adaptive decision) and its learning-rate
+        schedule over them."""
+        stages = tuple(stages)
+        ends = tuple(s.end_step for s in stages)
+        return dataclasses.replace(self, stages=stages, learning_rate=optim.learning_rate(
+            self.optimizer, stages[-1].end_step, ends))
+
     def describe(self) -> list[str]:
         """The start banner: devices and kernels, then the schedule as a small table."""
         return self.backend.describe() + schedule_table(self)
+
+
+# --- config -> typed pieces ---------------------------------------------------------------------
+
+def task_settings(config) -> TaskSettings:
+    return from_section(TaskSettings, config.task)
+
+
+def make_task(config) -> tasks.Task:
+    """The config's task (corruption, model input, loss), normalised as ``data.normalize`` asks."""
+    d = config.data
+    return tasks.make_task(task_settings(config),
+                           operator_per_level=config.mge.operator_per_level,
+                           normalize=(d.mean, d.std) if d.normalize else None)
+
+
+def task_for(**fields) -> tasks.Task:
+    """A task from ``fields`` of the ``task`` section laid over the defaults (tests, benches)."""
+    config = defaults.get_config()
+    config.task.update(fields)
+    return make_task(config)
+
+
+def input_spec(config) -> InputSpec:
+    d = config.data
+    return from_section(InputSpec, {**d, "valid_patch": d.valid_patch or d.patch})
+
+
+def optimizer_settings(config) -> OptimizerSettings:
+    """The ``train`` section's optimizer fields, with ``fms.lr_schedule`` in place of
+    ``train.lr_schedule`` in fullmultiscale mode where set (so a config gives full multiscale
+    its own schedule while its single and multiscale runs keep theirs)."""
+    t = config.train
+    names = {f.name for f in dataclasses.fields(OptimizerSettings)}
+    values = {k: v for k, v in t.items() if k in names}
+    if config.mode == "fullmultiscale" and config.fms.lr_schedule:
+        values["lr_schedule"] = config.fms.lr_schedule
+    return from_section(OptimizerSettings, values)
+
+
+def optimizer_for(**fields) -> OptimizerSettings:
+    """Optimizer settings from ``fields`` of the ``train`` section laid over the defaults."""
+    config = defaults.get_config()
+    config.train.update(fields)
+    return optimizer_settings(config)
+
+
+def stages(config) -> tuple:
+    """The run's stages (``multiscale.make_schedule``) from the config: the only place that
+    reads the ``mge`` and ``fms`` sections' schedule fields."""
+    c = config
+    try:
+        return tuple(multiscale.make_schedule(
+            c.mode, steps=c.train.steps, batch_size=c.batch_size, levels=c.mge.levels,
+            batch_sizes=tuple(c.mge.batch_sizes), finest_batch=c.mge.finest_batch,
+            batch_growth=c.mge.batch_growth, stage_steps=tuple(c.fms.stage_steps),
+            stage_weights=tuple(c.fms.stage_weights),
+            stage_batch_growth=c.fms.batch_growth, stage_batch_factor=c.fms.stage_batch_factor,
+            max_terms=c.fms.max_terms, restriction=c.mge.restriction,
+            shared_batch=c.mge.shared_batch, operator_per_level=c.mge.operator_per_level))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _adaptive(config, fixed) -> tuple[AdaptiveSettings | None, tuple]:
+    """The adaptive settings and the stages it starts with (its finest stage takes what the
+    fixed schedule's budget leaves), or (None, ``fixed``)."""
+    f = config.fms
+    if config.mode != "fullmultiscale" or f.schedule != "adaptive":
+        return None, fixed
+    settings = AdaptiveSettings(window=f.window, min_improvement=f.min_improvement,
+                                min_share=f.min_share, budget_units=f.budget_units)
+    planner = multiscale.AdaptiveSchedule(fixed, config.batch_size,
+                                          **dataclasses.asdict(settings))
+    return settings, tuple(planner.stages())
+
+
+def method_settings(config):
+    """The method's typed settings from its section (``method`` names it), or None."""
+    from msjax import methods
+
+    if not config.method:
+        return None
+    entry = methods.METHODS.info(config.method)
+    return from_section(entry["settings"], config[config.method])
 
 
 @functools.cache
@@ -58,20 +181,23 @@ def _conv_module(convolution):
     return functools.partial(layers.Conv, convolution=convolution)
 
 
-def make_model(config, backend: backends.Backend):
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-    kwargs = dict(config.model_kwargs)
+def make_model(name: str, model_kwargs: Mapping, dtype: str, backend: backends.Backend):
+    kwargs = dict(model_kwargs)
     if backend.convolution is not None:
         kwargs["conv"] = _conv_module(backend.convolution)
-    return models.create_model(config.model, dtype=dtype, **kwargs)
+    return models.create_model(name, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32,
+                               **kwargs)
 
 
 def experiment(config, *, num_devices: int | None = None) -> Experiment:
-    """Validates ``config`` and builds its task, stages, mesh, backend and model. Raises
-    ``errors.ConfigError`` (one line with the fix) before any data is read or anything
+    """Validates ``config`` and builds its Experiment (an Experiment is returned as it is).
+    Raises ``errors.ConfigError`` (one line with the fix) before any data is read or anything
     compiles."""
-    parallel.initialize_distributed(config.runtime)
-    requested = config.runtime.num_devices if num_devices is None else num_devices
+    if isinstance(config, Experiment):
+        return config
+    runtime = from_section(RuntimeSettings, config.runtime)
+    parallel.initialize_distributed(runtime)
+    requested = runtime.num_devices if num_devices is None else num_devices
     if jax.process_count() > 1 and requested not in (0, jax.device_count()):
         raise ConfigError(
             f"runtime.num_devices={requested} with {jax.process_count()} processes: a "
@@ -81,25 +207,94 @@ def experiment(config, *, num_devices: int | None = None) -> Experiment:
                           f"{jax.default_backend()} devices exist; set runtime.num_devices=0 "
                           "(every device) or fewer")
     config_check.validate(config)
+    task = make_task(config)
+    fixed = stages(config)
+    config_check.validate_stages(config, fixed, task)
+    adaptive, planned = _adaptive(config, fixed)
+    opt = optimizer_settings(config)
+    lr = optim.learning_rate(opt, planned[-1].end_step, tuple(s.end_step for s in planned))
+    settings = method_settings(config)
     mesh = parallel.make_mesh(requested)
-    backend = backends.make_backend(config.runtime, mesh)
-    task = tasks.make_task(config.task, operator_per_level=config.mge.operator_per_level,
-                           normalize=((config.data.mean, config.data.std)
-                                      if config.data.normalize else None))
-    stages, adaptive = config_check.schedule(config), None
-    if config.mode == "fullmultiscale" and config.fms.schedule == "adaptive":
-        f = config.fms
-        adaptive = multiscale.AdaptiveSchedule(
-            stages, config.batch_size, window=f.window, min_improvement=f.min_improvement,
-            min_share=f.min_share, budget_units=f.budget_units)
-        stages = adaptive.stages()
-    return Experiment(config, task, stages, mesh, backend, make_model(config, backend), adaptive)
+    backend = backends.make_backend(runtime, mesh)
+    t = config.train
+    exp = Experiment(
+        seed=config.seed, mode=config.mode, task=task, model_name=config.model,
+        model=make_model(config.model, config.model_kwargs, config.dtype, backend),
+        stages=planned, batch_size=config.batch_size, optimizer=opt, learning_rate=lr,
+        input=input_spec(config), log=from_section(LogSettings, config.log),
+        eval=from_section(EvalSettings, config.eval), runtime=runtime, mesh=mesh,
+        backend=backend, ema_decay=t.ema_decay, target_psnr=t.target_psnr,
+        warm_start=WarmStart(t.init_from, t.init_checkpoint) if t.init_from else None,
+        adaptive=adaptive, fixed_stages=fixed if adaptive else (), method=config.method,
+        method_settings=settings, record=types.MappingProxyType(rundir.flat(config)))
+    if settings is not None:
+        from msjax import methods
 
+        entry = methods.METHODS.info(config.method)
+        if "check" in entry:
+            entry["check"](settings, exp)
+        if "phases" in entry:
+            exp = dataclasses.replace(exp, phases=tuple(
+                (phase, experiment(with_overrides(config, phase.overrides), num_devices=num_devices))
+                for phase in entry["phases"](settings, opt)))
+    return exp
+
+
+def with_overrides(config, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with ``{'section.field': value}`` set (a method's phase)."""
+    copy = ml_collections.ConfigDict(config.to_dict())
+    for key, value in overrides.items():
+        node, (*parents, leaf) = copy, key.split(".")
+        for p in parents:
+            node = node[p]
+        with node.ignore_type():
+            node[leaf] = value
+    return copy
+
+
+# --- a saved run's config ---------------------------------------------------------------------
+
+def saved_config(record: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A saved run's flat config laid over today's defaults: fields msjax gained since keep
+    their defaults (which do what the code did before them), renamed fields their new names."""
+    config = defaults.get_config()
+    for key, value in record.items():
+        key = rundir.LEGACY_NAMES.get(key, key)
+        node, (*parents, leaf) = config, key.split(".")
+        for p in parents:
+            if p not in node:
+                node[p] = ml_collections.ConfigDict()
+            node = node[p]
+        with node.ignore_type():
+            node[leaf] = tuple(value) if isinstance(value, list) else value
+    return config
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+    """The config of the run in ``workdir``, laid over today's defaults."""
+    saved = rundir.read_saved(workdir)
+    if saved is None:
+        raise RunDirError(f"{Path(workdir) / rundir.CONFIG_FILE} not found: --workdir must be a "
+                          "directory written by train.py")
+    return saved_config(saved)
+
+
+def resume(workdir: Path, exp: Experiment) -> rundir.Resume:
+    """How ``exp`` relates to the run already in ``workdir`` (``rundir.compare``); a saved run's
+    step budget is its own config's."""
+    saved = rundir.read_saved(workdir)
+    if saved is None:
+        return rundir.Resume("new")
+    known = rundir.flat(defaults.get_config())
+    return rundir.compare(workdir, saved, dict(exp.record), exp.total_steps, known,
+                          lambda record: stages(saved_config(record))[-1].end_step)
+
+
+# --- the run's pieces -------------------------------------------------------------------------
 
 def schedule_table(exp: Experiment) -> list[str]:
     """stage | grid | terms | batch per term | steps | work units, one line each."""
-    c = exp.config
-    side = c.data.patch // exp.task.scale
+    side = exp.input.patch // exp.task.scale
     rows = [f"{'stage':>5}  {'grid':>9}  {'terms':>5}  {'batch per term':<18} {'steps':>7}  "
             f"{'work units':>10}"]
     for i, s in enumerate(exp.stages):
@@ -108,21 +303,21 @@ def schedule_table(exp: Experiment) -> list[str]:
             f"{n}" + (f"/{parallel.devices_per_batch(exp.mesh, n)}dev"
                       if parallel.devices_per_batch(exp.mesh, n) < exp.mesh.size else "")
             for n in s.plan.batch_sizes)
-        units = s.steps * multiscale.work_units(s.plan, c.batch_size)
+        units = s.steps * multiscale.work_units(s.plan, exp.batch_size)
         rows.append(f"{i:>5}  {f'{grid}x{grid}':>9}  {s.plan.num_terms:>5}  {batches:<18} "
                     f"{s.steps:>7}  {units:>10.0f}")
-    total = multiscale.schedule_work_units(exp.stages, c.batch_size)
+    total = multiscale.schedule_work_units(exp.stages, exp.batch_size)
     rows.append(f"{'total':>5}  {'':>9}  {'':>5}  {'':<18} {exp.total_steps:>7}  {total:>10.0f}"
-                f"  (1 unit = one single-scale step of {c.batch_size} on the {side}x{side} grid)")
+                f"  (1 unit = one single-scale step of {exp.batch_size} on the {side}x{side} grid)")
     if any(parallel.devices_per_batch(exp.mesh, n) < exp.mesh.size
            for s in exp.stages for n in s.plan.batch_sizes):
         rows.append(f"n/Kdev: a term batch of n split over K of the {exp.mesh.size} devices, "
                     "copies on the rest")
-    return ["schedule (mode " + c.mode + "):"] + ["  " + r for r in rows]
+    return ["schedule (mode " + exp.mode + "):"] + ["  " + r for r in rows]
 
 
-def create_train_state(rng, config, model, sample_input, *, mesh, backend: backends.Backend,
-                       total_steps: int, stage_ends=()) -> steps.TrainState:
+def create_train_state(rng, model, sample_input, *, tx, mesh, backend: backends.Backend,
+                       ema: bool = False) -> steps.TrainState:
     """Fresh parameters and optimizer state, replicated over ``mesh``."""
     t = jnp.zeros((sample_input.shape[0],), jnp.float32)
 
@@ -130,11 +325,8 @@ def create_train_state(rng, config, model, sample_input, *, mesh, backend: backe
         variables = model.init({"params": rng, "dropout": rng}, sample_input, t, train=False)
         params = variables.pop("params")
         return steps.TrainState.create(
-            apply_fn=model.apply, params=params,
-            tx=optim.make_optimizer(optim.run_train_section(config), total_steps,
-                                      stage_ends),
-            model_state=dict(variables),
-            ema_params=jax.tree.map(jnp.copy, params) if config.train.ema_decay else None)
+            apply_fn=model.apply, params=params, tx=tx, model_state=dict(variables),
+            ema_params=jax.tree.map(jnp.copy, params) if ema else None)
 
     init_fn = jax.jit(init, out_shardings=parallel.replicated(mesh))
     return init_fn.lower().compile(backend.init_options())()
@@ -143,9 +335,9 @@ def create_train_state(rng, config, model, sample_input, *, mesh, backend: backe
 def initial_state(exp: Experiment, sample_shape) -> steps.TrainState:
     """``create_train_state`` for the experiment, from the seed."""
     sample = exp.task.model_input(jnp.zeros((1,) + tuple(sample_shape[1:]), jnp.float32))
-    return create_train_state(jax.random.PRNGKey(exp.config.seed), exp.config, exp.model,
-                              sample, mesh=exp.mesh, backend=exp.backend,
-                              total_steps=exp.total_steps, stage_ends=exp.stage_ends)
+    return create_train_state(jax.random.PRNGKey(exp.seed), exp.model, sample,
+                              tx=exp.make_optimizer(), mesh=exp.mesh, backend=exp.backend,
+                              ema=bool(exp.ema_decay))
 
 
 @dataclasses.dataclass
@@ -158,45 +350,47 @@ class Validation:
     input_scores: dict
 
 
-def make_validation(config, task, mesh, *, source=None) -> Validation:
-    source = source or data.open_source(config.data, "valid", scale=task.scale)
-    crops = data.validation_crops(source, config.data.valid_images,
-                                  config.data.valid_patch or config.data.patch, scale=task.scale,
-                                  resize=data.pipeline.whole_image_resize(config.data))
+# fold_in constant of the validation corruption's key (apart from the steps' and the sampler's).
+VALIDATION_STREAM = 2**31 - 1
+
+
+def make_validation(exp: Experiment, *, source=None) -> Validation:
+    task, spec = exp.task, exp.input
+    source = source or data.open_source(spec, "valid", scale=task.scale)
+    crops = data.validation_crops(source, spec.valid_images, spec.valid_patch, scale=task.scale,
+                                  resize=data.pipeline.whole_image_resize(spec))
     target = jnp.asarray(crops["target"])
     if "input" in crops:
         y, t = jnp.asarray(crops["input"]), None
     elif task.validation_corrupt is not None:  # the task's own fixed form (damage suite)
         y, t = task.validation_corrupt(target)
     else:
-        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2**31 - 1)
+        key = jax.random.fold_in(jax.random.PRNGKey(exp.seed), VALIDATION_STREAM)
         y, t = task.corrupt(target, key, 0)
-    baseline = jnp.clip(y if task.scale == 1 else resize.imresize(y, float(task.scale)), 0, 1)
-    kw = dict(crop_border=config.eval.crop_border, y_channel=config.eval.y_channel)
+    baseline = task.baseline(y)
+    kw = exp.eval.metric_kw
     scores = {"input_psnr": float(jnp.mean(metrics.psnr_batch(baseline, target, **kw))),
               "input_ssim": float(jnp.mean(metrics.ssim_batch(baseline, target, **kw)))}
     n = target.shape[0]
-    pad = (-n) % mesh.size  # pad with repeats to a multiple of the devices; dropped after
+    pad = (-n) % exp.mesh.size  # pad with repeats to a multiple of the devices; dropped after
     batch = {"input": y, "target": target} | ({"t": t} if t is not None else {})
     batch = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]), batch)
-    return Validation(parallel.put_global_batch(jax.tree.map(np.asarray, batch), mesh), n, scores)
+    return Validation(parallel.put_global_batch(jax.tree.map(np.asarray, batch), exp.mesh), n,
+                      scores)
 
 
 def device_batches(exp: Experiment, stage: int, dataset, seed_key, step) -> tuple:
     """Every term's batch of ``step`` (a stage ``stage`` step; jit-able, the step counter may be
     traced) cut from the device-resident ``dataset``."""
-    c = exp.config
     return data.inputs.device_batches(dataset, seed_key, step, exp.stages[stage].plan,
-                                      patch=c.data.patch, augment=c.data.augment,
+                                      patch=exp.input.patch, augment=exp.input.augment,
                                       scale=exp.task.scale, mesh=exp.mesh)
 
 
-def _sampling_step(state, dataset, seed_key, *, train, plan, patch, augment, scale, mesh):
+def _sampling_step(state, dataset, seed_key, *, train: Callable, sample: Callable):
     """The train step cutting its own batches from the device-resident dataset, with the step
     counter it already holds: nothing crosses from the host."""
-    batches = data.inputs.device_batches(dataset, seed_key, state.step, plan, patch=patch,
-                                         augment=augment, scale=scale, mesh=mesh)
-    return train(state, batches, seed_key)
+    return train(state, sample(dataset, seed_key, state.step), seed_key)
 
 
 def compile_train_step(exp: Experiment, stage_index: int, state, batches, seed_key, *,
@@ -204,15 +398,13 @@ def compile_train_step(exp: Experiment, stage_index: int, state, batches, seed_k
     """Stage ``stage_index``'s MGE step, compiled once ahead of time (which also counts its
     FLOPs); ``recorded``: the CPU kernels a checkpoint says this stage ran on. With a
     device-resident ``dataset`` the step cuts its own batches and takes the dataset in their
-    place (``batches`` is then the dataset too)."""
-    plan = exp.stages[stage_index].plan
-    fn = functools.partial(steps.train_step, plan=plan, task=exp.task,
-                           skip_nonfinite=exp.config.runtime.nonfinite == "skip",
-                           ema_decay=exp.config.train.ema_decay)
+    place."""
+    fn = functools.partial(steps.train_step, plan=exp.stages[stage_index].plan, task=exp.task,
+                           skip_nonfinite=exp.runtime.nonfinite == "skip",
+                           ema_decay=exp.ema_decay)
     if dataset is not None:
-        c = exp.config
-        fn = functools.partial(_sampling_step, train=fn, plan=plan, patch=c.data.patch,
-                               augment=c.data.augment, scale=exp.task.scale, mesh=exp.mesh)
+        fn = functools.partial(_sampling_step, train=fn,
+                               sample=functools.partial(device_batches, exp, stage_index))
         batches = dataset
     return exp.backend.compile(fn, (state, batches, seed_key), donate_argnums=(0,),
                                out_shardings=parallel.replicated(exp.mesh),
@@ -221,6 +413,5 @@ def compile_train_step(exp: Experiment, stage_index: int, state, batches, seed_k
 
 def eval_step(exp: Experiment):
     """The validation step (per-image loss, PSNR, SSIM), replicated so every process reads it."""
-    return exp.backend.jit(functools.partial(
-        steps.eval_step, task=exp.task, crop_border=exp.config.eval.crop_border,
-        y_channel=exp.config.eval.y_channel), out_shardings=parallel.replicated(exp.mesh))
+    return exp.backend.jit(functools.partial(steps.eval_step, task=exp.task, **exp.eval.metric_kw),
+                           out_shardings=parallel.replicated(exp.mesh))

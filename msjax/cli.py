@@ -139,15 +139,16 @@ def _train(FLAGS, config_flags) -> None:
     overridden = config_flags.get_override_values(FLAGS["config"])
     budget_over_stages(config, overridden)
     workdir = FLAGS.workdir or str(rundir.default_workdir(
-        config_flags.get_config_filename(FLAGS["config"]), config, overridden))
+        config_flags.get_config_filename(FLAGS["config"]),
+        config.mode if "mode" in overridden else ""))
     from msjax import backend
 
     backend.set_cpu_devices(config.runtime)
-    from msjax import methods, train
+    from msjax import build, methods, train
 
     print(f"workdir: {workdir}", flush=True)
     try:
-        result = methods.run(config, workdir)
+        result = methods.run(build.experiment(config), workdir)
     except errors.MsjaxError as e:
         _error(str(e))
     except train.Preempted as e:

@@ -1,4 +1,7 @@
-"""Config validation before any data is read or anything compiles: one clear line per problem."""
+"""Config validation before any data is read or anything compiles: one clear line per problem.
+
+``build.experiment`` calls ``validate(config)`` on the fields, then ``validate_stages`` on the
+stages and task it built from them (each built once)."""
 
 from __future__ import annotations
 
@@ -28,10 +31,10 @@ def validate(config) -> None:
     c = config
     _one_of(c.mode, multiscale.MODES, "mode")
     _one_of(c.model, MODEL_NAMES, "model")
-    _one_of(c.task.name, tasks.TASKS, "task.name")
+    _one_of(c.task.name, tasks.TASKS.names(), "task.name")
     _one_of(c.task.loss, tasks.LOSSES, "task.loss")
     _one_of(c.task.model_range, tasks.MODEL_RANGES, "task.model_range")
-    _one_of(c.data.source, SOURCES, "data.source")
+    _one_of(c.data.source, SOURCES.names(), "data.source")
     _one_of(c.mge.restriction, RESTRICTIONS, "mge.restriction")
     _one_of(c.dtype, ("float32", "bfloat16"), "dtype")
     _one_of(c.train.optimizer, optim.OPTIMIZERS, "train.optimizer")
@@ -67,7 +70,6 @@ def validate(config) -> None:
     _check(c.train.lr > 0, f"train.lr={c.train.lr} must be positive")
     _check(0 <= c.train.lr_end <= c.train.lr,
            f"train.lr_end={c.train.lr_end} must lie in [0, train.lr={c.train.lr}]")
-    optim.learning_rate(optim.run_train_section(c), c.train.steps)  # period, factor, fraction
     for field in ("every", "eval_every", "checkpoint_every"):
         _check(c.log[field] > 0, f"log.{field}={c.log[field]} must be positive")
     _check(c.batch_size > 0, f"batch_size={c.batch_size} must be positive")
@@ -82,20 +84,6 @@ def validate(config) -> None:
     if c.data.source == "tfds":
         _check(bool(c.data.name), "data.source=tfds needs data.name, e.g. --config.data.name=stl10")
 
-    scale = c.task.scale if c.task.name == "sr" else 1
-    if c.task.name == "sr":
-        # Scale 1: real LR/HR pairs at the same size (RealSR "LR2", the Multiblock setting).
-        _check(scale in (2, 3, 4) or (scale == 1 and c.data.source == "paired_folders"),
-               f"task.scale={scale} must be 2, 3 or 4 (or 1 with same-size paired_folders)")
-        _check(c.model in UPSAMPLING_MODELS or c.task.upsample_input or scale == 1,
-               f"model={c.model} keeps image sizes; for SR set --config.task.upsample_input=True "
-               "or use an upsampling model (edsr, rcan, msrn)")
-        if c.model in UPSAMPLING_MODELS:
-            _check(not c.task.residual, f"task.residual adds the input to the output, but "
-                   f"{c.model} outputs {scale}x its input; set --config.task.residual=False")
-            model_scale = c.model_kwargs.get("scale", 2)
-            _check(model_scale == scale, f"model_kwargs.scale={model_scale} differs from "
-                   f"task.scale={scale}; set both to the same factor")
     if c.task.name == "deblur":
         _check(min(c.task.blur_sigma) > 0, f"task.blur_sigma={c.task.blur_sigma} must be > 0")
     if c.task.name == "damage":
@@ -114,10 +102,24 @@ def validate(config) -> None:
         _check(0 < c.task.box_size[0] <= c.task.box_size[1] < 1,
                f"task.box_size={tuple(c.task.box_size)} must be fractions 0 < min <= max < 1")
 
-    try:
-        stages = schedule(c)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+
+def validate_stages(config, stages, task) -> None:
+    """Raises ConfigError where the ``stages`` and ``task`` built from ``config`` cannot run:
+    patch sizes against the levels, the SR scale and the model."""
+    c, scale = config, task.scale
+    if c.task.name == "sr":
+        # Scale 1: real LR/HR pairs at the same size (RealSR "LR2", the Multiblock setting).
+        _check(scale in (2, 3, 4) or (scale == 1 and c.data.source == "paired_folders"),
+               f"task.scale={scale} must be 2, 3 or 4 (or 1 with same-size paired_folders)")
+        _check(c.model in UPSAMPLING_MODELS or c.task.upsample_input or scale == 1,
+               f"model={c.model} keeps image sizes; for SR set --config.task.upsample_input=True "
+               "or use an upsampling model (edsr, rcan, msrn)")
+        if c.model in UPSAMPLING_MODELS:
+            _check(not c.task.residual, f"task.residual adds the input to the output, but "
+                   f"{c.model} outputs {scale}x its input; set --config.task.residual=False")
+            model_scale = c.model_kwargs.get("scale", 2)
+            _check(model_scale == scale, f"model_kwargs.scale={model_scale} differs from "
+                   f"task.scale={scale}; set both to the same factor")
     _check(all(s.steps > 0 for s in stages), f"train.steps={c.train.steps} is too few for "
            f"{len(stages)} full-multiscale stages; every stage needs at least one step")
     coarsest = max(s.plan.coarsest_level for s in stages)
@@ -141,16 +143,3 @@ def validate(config) -> None:
             _check(len(set(s.plan.batch_sizes)) == 1,
                    f"mge.shared_batch reuses one batch for every term, but batch_sizes="
                    f"{s.plan.batch_sizes} differ; give every term the same size")
-
-
-def schedule(config) -> list:
-    """The run's stages (see ``multiscale.make_schedule``) from the config."""
-    c = config
-    return multiscale.make_schedule(
-        c.mode, steps=c.train.steps, batch_size=c.batch_size, levels=c.mge.levels,
-        batch_sizes=tuple(c.mge.batch_sizes), finest_batch=c.mge.finest_batch,
-        batch_growth=c.mge.batch_growth, stage_steps=tuple(c.fms.stage_steps),
-        stage_weights=tuple(c.fms.stage_weights),
-        stage_batch_growth=c.fms.batch_growth, stage_batch_factor=c.fms.stage_batch_factor,
-        max_terms=c.fms.max_terms, restriction=c.mge.restriction,
-        shared_batch=c.mge.shared_batch, operator_per_level=c.mge.operator_per_level)

@@ -1,6 +1,8 @@
 """Every config field msjax reads, with its default: experiments (``configs/``) start from
 ``get_config()`` here and change what they need; a saved run's config is read back laid over
-these defaults (``msjax.rundir``), so no code repeats a default.
+these defaults (``msjax.build.saved_config``), so no code repeats a default. ``msjax.build`` is
+the one reader of a config: it turns the sections into the typed settings of
+``msjax/settings.py``.
 
 Override any field on the command line, e.g.
 ``python train.py --config configs/deblur_stl10.py --config.mode=fullmultiscale``.
@@ -22,20 +24,7 @@ SECTIONS = {
     "runtime": "devices, processes, CPU kernels, compile cost, fault policy: may change on resume",
 }
 
-# What may change when a run resumes in its workdir (a rule, not a list): the sections that say
-# how a process runs the job or looks at it, and paths (a dataset or teacher moved to another
-# disk). Anything else is another experiment. ``train.steps`` may grow: that extends the run.
-RESUMABLE_SECTIONS = ("runtime", "log", "eval")
-RESUMABLE_SUFFIXES = ("_dir", "_workdir", "init_from")
-
-
-def section(name: str, given=None) -> ml_collections.ConfigDict:
-    """Config section ``name`` with ``given``'s fields laid over its defaults, so code reads
-    every field directly even when a library caller passes a partial section."""
-    merged = get_config()[name]
-    if given is not None:
-        merged.update(given.to_dict() if hasattr(given, "to_dict") else dict(given))
-    return merged
+# What may change when a run resumes: msjax/rundir.py (RESUMABLE_SECTIONS, RESUMABLE_SUFFIXES).
 
 
 def get_config():

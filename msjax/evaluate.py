@@ -7,7 +7,6 @@ crop, float64. Large images run through fixed-shape tiles, so one compiled progr
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import math
@@ -17,19 +16,10 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from PIL import Image
 
-from msjax import build, data, logs, metrics, parallel, resize, rundir, steps
+from msjax import build, data, logs, metrics, parallel, runs, steps
 from msjax.errors import DataError, RunDirError
-
-load_config = rundir.load_config
-
-
-def load_state(config, workdir: Path, which: str = "best"):
-    """(state, experiment, step) restored from the run's best (or latest) checkpoint."""
-    return rundir.load_state(workdir, which, config=config)
 
 
 def _ensemble_views(x):
@@ -167,20 +157,12 @@ class Results:
 
     def __init__(self, folder: Path, header: dict):
         self.folder, self.header = Path(folder), header
-        self.rows, self.skipped, self._fields = [], {}, []
+        self.rows, self.skipped = [], {}
+        self._csv = logs.CsvLog(self.folder / "per_image.csv")
 
     def add(self, row: dict):
         self.rows.append(row)
-        new = [k for k in row if k not in self._fields]
-        if new:  # rewrite with the wider header (rare: the first row, or a first target match)
-            self._fields += new
-            with open(self.folder / "per_image.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, self._fields, restval="")
-                w.writeheader()
-                w.writerows(self.rows)
-        else:
-            with open(self.folder / "per_image.csv", "a", newline="") as f:
-                csv.DictWriter(f, self._fields, restval="").writerow(row)
+        self._csv.write(row)
 
     def skip(self, path: Path, problem: str):
         self.skipped[str(path)] = problem
@@ -196,17 +178,12 @@ class Results:
         return summary
 
 
-def _save_png(path: Path, img: np.ndarray):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
-
-
 def save_images(folder: Path, name: str, *, input, output, target=None, crop_border: int = 0,
                 y_channel: bool = False):
     """``<name>.png`` (the output), ``input/<name>.png`` and ``compare/<name>.png``: input (for
     SR also bicubic), output and target side by side, headed and with each one's PSNR."""
-    _save_png(folder / f"{name}.png", output)
-    _save_png(folder / "input" / f"{name}.png", input)
+    logs.save_png(folder / f"{name}.png", output)
+    logs.save_png(folder / "input" / f"{name}.png", input)
     panels = {"input": input[None], "output": output[None]}
     if target is not None:
         panels["target"] = target[None]
@@ -214,31 +191,23 @@ def save_images(folder: Path, name: str, *, input, output, target=None, crop_bor
     # Small images (validation crops) enlarged to a viewable size; large ones at their own.
     grid = logs.image_grid(panels, title=name, size=None if side >= 256 else 256,
                            crop_border=crop_border, y_channel=y_channel)
-    (folder / "compare").mkdir(exist_ok=True)
-    Image.fromarray(grid).save(folder / "compare" / f"{name}.png")
+    logs.save_png(folder / "compare" / f"{name}.png", grid)
 
 
-def _write_rows(path: Path, rows: list[dict]):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
-def evaluate_validation(config, state, exp, *, output_dir: Path | None = None,
+def evaluate_validation(state, exp, *, output_dir: Path | None = None,
                         results: Results | None = None) -> list[dict]:
     """Per-image metrics on the run's fixed validation set, computed exactly as at training time,
     beside the input's own (the corrupted crop, or for SR its MATLAB-bicubic upsampling); with
     ``output_dir`` the restored crops are saved there as well (``save_images``)."""
     task = exp.task
-    valid = build.make_validation(config, task, exp.mesh)
+    valid = build.make_validation(exp)
     batch, n = valid.batch, valid.count
-    kw = dict(crop_border=config.eval.crop_border, y_channel=config.eval.y_channel)
+    kw = exp.eval.metric_kw
 
     def scores(s, b):
         out = steps.eval_step(s, b, task=task, **kw)
         y = b["input"]
-        baseline = jnp.clip(y if task.scale == 1 else resize.imresize(y, float(task.scale)), 0, 1)
+        baseline = task.baseline(y)
         out["input_psnr"] = metrics.psnr_batch(baseline, b["target"], **kw)
         out["input_ssim"] = metrics.ssim_batch(baseline, b["target"], **kw)
         return out, jnp.clip(steps.predict(s, y, b.get("t"), task=task), 0, 1)
@@ -274,7 +243,7 @@ def _score(image, target, crop: int, use_y: bool) -> tuple[float, float]:
             metrics.ssim(a, b, crop_border=crop, y_channel=use_y))
 
 
-def evaluate_folder(config, state, exp, *, input_dir: str = "", target_dir: str = "",
+def evaluate_folder(state, exp, *, input_dir: str = "", target_dir: str = "",
                     output_dir: Path, tile: int = 0, overlap: int = 16,
                     self_ensemble: bool = False, t: float | None = None,
                     crop_border: int | None = None, y_channel: bool | None = None,
@@ -287,9 +256,9 @@ def evaluate_folder(config, state, exp, *, input_dir: str = "", target_dir: str 
 
     A file that cannot be read follows ``bad_images`` (default: the run's data.bad_images):
     'skip' records it in ``results`` and goes on, 'error' raises a DataError naming it."""
-    crop = config.eval.crop_border if crop_border is None else crop_border
-    use_y = config.eval.y_channel if y_channel is None else y_channel
-    policy = config.data.bad_images if bad_images is None else bad_images
+    crop = exp.eval.crop_border if crop_border is None else crop_border
+    use_y = exp.eval.y_channel if y_channel is None else y_channel
+    policy = exp.input.bad_images if bad_images is None else bad_images
     task = exp.task
     restore = make_restorer(state, task, self_ensemble=self_ensemble, backend=exp.backend)
     output_dir = Path(output_dir)
@@ -297,7 +266,7 @@ def evaluate_folder(config, state, exp, *, input_dir: str = "", target_dir: str 
     targets = {p.stem: p for p in data.sources.list_images(target_dir)} if target_dir else {}
     inputs = data.sources.list_images(input_dir) if input_dir else list(targets.values())
     stems = [p.stem for p in inputs]
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2**31 - 2)
+    key = jax.random.fold_in(jax.random.PRNGKey(exp.seed), 2**31 - 2)
     rows = []
     for i, path in enumerate(inputs):
         time_value = t
@@ -330,15 +299,14 @@ def evaluate_folder(config, state, exp, *, input_dir: str = "", target_dir: str 
             if t_batch is not None and time_value is None:
                 time_value = float(t_batch[0])
         if task.time_conditioned and time_value is None:
-            time_value = 0.05 if task.name in ("deblur", "inpaint") else 0.5
+            time_value = task.eval_t
         out = restore_image(restore, y, scale=task.scale, tile=tile, overlap=overlap,
                             multiple=8, t=time_value if task.time_conditioned else None)
         # Two inputs with one stem (a.png, a.jpg) keep apart.
         name = path.stem if stems.count(path.stem) == 1 else _safe(path.name)
         row = {**(row_prefix or {}), "image": path.name}
         if x is not None:
-            baseline = y if task.scale == 1 else np.clip(
-                resize.imresize(y.astype(np.float64), float(task.scale)), 0, 1)
+            baseline = np.asarray(task.baseline(y.astype(np.float64)))
             row["psnr"], row["ssim"] = _score(out, x, crop, use_y)
             row["input_psnr"], row["input_ssim"] = _score(baseline, x, crop, use_y)
         h, w = out.shape[:2] if x is None else (min(out.shape[0], x.shape[0]),
@@ -387,7 +355,7 @@ def benchmark_sets(root: str, scale: int) -> list[tuple[str, str, str]]:
     return found
 
 
-def evaluate_benchmarks(config, state, exp, root: str, *, output_dir: Path,
+def evaluate_benchmarks(state, exp, root: str, *, output_dir: Path,
                         results: Results | None = None,
                         **folder_options) -> tuple[list[dict], list[dict]]:
     """Scores every set under ``root`` (see ``benchmark_sets``) into ``output_dir/<set>``;
@@ -395,7 +363,7 @@ def evaluate_benchmarks(config, state, exp, root: str, *, output_dir: Path,
     ``evaluate_folder``."""
     rows = []
     for name, hr, lr in benchmark_sets(root, exp.task.scale):
-        rows += evaluate_folder(config, state, exp, input_dir=lr, target_dir=hr,
+        rows += evaluate_folder(state, exp, input_dir=lr, target_dir=hr,
                                 output_dir=output_dir / name, results=results,
                                 row_prefix={"set": name}, **folder_options)
     return rows, per_set_means(rows)
@@ -438,10 +406,9 @@ def run(workdir: str, *, which: str = "best", input_dir: str = "", target_dir: s
     (also written to per_set.csv)."""
     logs.quiet_library_logs()
     workdir = Path(workdir)
-    config = load_config(workdir)
-    state, exp, step = load_state(config, workdir, which)
+    state, exp, step = runs.load_state(workdir, which)
     task = exp.task
-    ensemble = config.eval.self_ensemble if self_ensemble is None else self_ensemble
+    ensemble = exp.eval.self_ensemble if self_ensemble is None else self_ensemble
     name, identity = evaluation_target(input_dir=input_dir, target_dir=target_dir,
                                        benchmark_root=benchmark_root, self_ensemble=ensemble)
     checkpoint = f"{which}-{step}"
@@ -451,11 +418,11 @@ def run(workdir: str, *, which: str = "best", input_dir: str = "", target_dir: s
     if benchmark_root:
         crop_border = task.scale if crop_border is None else crop_border
         y_channel = True if y_channel is None else y_channel
-    options = {"tile": config.eval.tile if tile is None else tile,
-               "overlap": config.eval.tile_overlap, "self_ensemble": ensemble, "t": t,
-               "crop_border": config.eval.crop_border if crop_border is None else crop_border,
-               "y_channel": config.eval.y_channel if y_channel is None else y_channel,
-               "bad_images": config.data.bad_images if bad_images is None else bad_images}
+    options = {"tile": exp.eval.tile if tile is None else tile,
+               "overlap": exp.eval.tile_overlap, "self_ensemble": ensemble, "t": t,
+               "crop_border": exp.eval.crop_border if crop_border is None else crop_border,
+               "y_channel": exp.eval.y_channel if y_channel is None else y_channel,
+               "bad_images": exp.input.bad_images if bad_images is None else bad_images}
     (out_dir / "target.json").write_text(json.dumps({"identity": identity, "options": options},
                                                     indent=1))
     results = Results(out_dir, {"checkpoint": which, "step": step, "target": name,
@@ -467,19 +434,19 @@ def run(workdir: str, *, which: str = "best", input_dir: str = "", target_dir: s
     error, extra = None, {}
     try:
         if benchmark_root:
-            evaluate_benchmarks(config, state, exp, benchmark_root, output_dir=out_dir,
+            evaluate_benchmarks(state, exp, benchmark_root, output_dir=out_dir,
                                 **folder_options)
         elif input_dir or target_dir:
-            evaluate_folder(config, state, exp, input_dir=input_dir, target_dir=target_dir,
+            evaluate_folder(state, exp, input_dir=input_dir, target_dir=target_dir,
                             output_dir=out_dir, t=t, **folder_options)
         else:
-            evaluate_validation(config, state, exp, output_dir=out_dir, results=results)
+            evaluate_validation(state, exp, output_dir=out_dir, results=results)
     except BaseException as e:
         error = e
         raise
     finally:
         if benchmark_root and results.rows:
             extra["sets"] = per_set_means(results.rows)
-            _write_rows(out_dir / "per_set.csv", extra["sets"])
+            logs.write_csv(out_dir / "per_set.csv", extra["sets"])
         summary = results.close(error, **extra)
     return results.rows, summary, out_dir

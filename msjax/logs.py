@@ -34,11 +34,13 @@ import jax
 
 
 class CsvLog:
-    """Appends rows to ``path``; a resumed run drops rows past its restored step first, so the
-    file never holds two histories."""
+    """Rows appended to ``path``, the one CSV writer of msjax (train.csv, valid.csv, eval's
+    per_image.csv, summaries). A resumed run (``resume_step``) drops rows past its restored step
+    first, so the file never holds two histories; a row with a field the header lacks rewrites
+    the file with the wider header (``fields`` may start empty)."""
 
-    def __init__(self, path: Path, fields: list[str], resume_step: int | None = None):
-        self.path, self.fields = Path(path), fields
+    def __init__(self, path: Path, fields=(), resume_step: int | None = None):
+        self.path, self.fields, self.rows = Path(path), list(fields), None
         if self.path.exists() and resume_step is not None:
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= resume_step]
@@ -48,13 +50,28 @@ class CsvLog:
 
     def _rewrite(self, rows):
         with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, self.fields)
+            w = csv.DictWriter(f, self.fields, restval="")
             w.writeheader()
             w.writerows(rows)
 
     def write(self, row: dict):
+        new = [k for k in row if k not in self.fields]
+        if new:
+            with open(self.path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.fields += new
+            self._rewrite(rows + [row])
+            return
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.fields).writerow({k: row.get(k, "") for k in self.fields})
+            csv.DictWriter(f, self.fields, restval="").writerow(
+                {k: row.get(k, "") for k in self.fields})
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """``rows`` as a new CSV file, every row's fields in the header."""
+    log = CsvLog(path)
+    for row in rows:
+        log.write(row)
 
 
 def read_csv(path) -> list[dict]:
@@ -66,7 +83,7 @@ def read_csv(path) -> list[dict]:
 TRAIN_FIELDS = ["step", "stage", "loss", "finest_loss", "grad_norm", "lr", "work_units",
                 "flops", "seconds", "compile_seconds", "skipped"]
 VALID_FIELDS = ["step", "stage", "loss", "psnr", "ssim", "input_psnr", "input_ssim", "work_units",
-                "flops", "seconds", "compile_seconds"]
+                "flops", "seconds", "compile_seconds", "skipped"]
 
 
 # Notices libraries print through absl that say nothing a user can act on. Orbax: a save without
@@ -295,14 +312,26 @@ def _text_width(text: str, size: int) -> int:
     return box[2] - box[0]
 
 
-def _to_u8(img) -> np.ndarray:
+def to_u8(img) -> np.ndarray:
+    """A float image in [0, 1] as 8-bit, rounded to nearest (values outside are clipped)."""
     return (np.clip(np.asarray(img, np.float64), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def save_png(path: Path, img) -> None:
+    """A float image in [0, 1] (or an 8-bit one) as a PNG, atomically: an interrupted write never
+    leaves a half-written image under ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = img if np.asarray(img).dtype == np.uint8 else to_u8(img)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    Image.fromarray(np.asarray(pixels)).save(tmp)
+    tmp.replace(path)
 
 
 def _fit(img: np.ndarray, height: int, width: int) -> Image.Image:
     """One crop at the cell's size: nearest when enlarging (pixels stay visible), box filter when
     shrinking."""
-    pil = Image.fromarray(_to_u8(img))
+    pil = Image.fromarray(to_u8(img))
     if pil.size == (width, height):
         return pil
     enlarging = width >= pil.size[0]
@@ -381,21 +410,6 @@ def image_grid(panels: dict, *, count: int | None = None, size: int | None = Non
     return np.asarray(canvas)
 
 
-def _flat_config(config) -> dict:
-    if hasattr(config, "to_dict"):
-        config = config.to_dict()
-    out = {}
-
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[f"{prefix}{k}"] = v
-    walk(config)
-    return out
-
-
 class RunLog:
     """The run's CSVs, TensorBoard events and image grids (``workdir/images/<stream>_<step>.png``).
 
@@ -405,6 +419,8 @@ class RunLog:
 
     def __init__(self, workdir: Path, resume_step: int | None, *, image_count: int = 8,
                  image_size: int = 128, crop_border: int = 0, y_channel: bool = False):
+        self._args = dict(image_count=image_count, image_size=image_size,
+                          crop_border=crop_border, y_channel=y_channel)
         self.enabled = jax.process_index() == 0
         self.workdir = Path(workdir)
         self.image_count, self.image_size = image_count, image_size
@@ -437,18 +453,23 @@ class RunLog:
         grid = image_grid(panels, count=self.image_count if count is None else count,
                           size=self.image_size, title=title, **self.metric_kw)
         path = self.workdir / "images" / f"{stream}_{step:08d}.png"
-        Image.fromarray(grid).save(path)
+        save_png(path, grid)
         self.tb.add_image(f"{stream}/grid", grid, step, dataformats="HWC")
         return path
 
-    def config(self, config, step: int = 0):
-        """The run's config as TensorBoard text (a table of every field) and as hparams, whose
-        metrics are the validation scalars already logged (valid/psnr, valid/ssim)."""
+    def reopened(self, resume_step: int) -> "RunLog":
+        """The same logs opened again at ``resume_step`` (rows and events past it dropped)."""
+        return RunLog(self.workdir, resume_step, **self._args)
+
+    def write_config(self, record: dict, step: int = 0):
+        """The run's flat config record as TensorBoard text (a table of every field) and as
+        hparams, whose metrics are the validation scalars already logged (valid/psnr,
+        valid/ssim)."""
         if not self.enabled:
             return
         from tensorboardX.summary import hparams
 
-        flat = _flat_config(config)
+        flat = dict(record)
         rows = "\n".join(f"| {k} | {v!r} |" for k, v in sorted(flat.items()))
         self.tb.add_text("config", f"| field | value |\n|---|---|\n{rows}", step)
         values = {k: v if isinstance(v, (bool, int, float, str)) else str(v)

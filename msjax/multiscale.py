@@ -193,7 +193,7 @@ def _term_pyramid(plan: LevelPlan, task, batch: Mapping[str, jax.Array], key, le
 def telescoping_loss(params, batches: Sequence[Mapping[str, jax.Array]], rng: jax.Array, *,
                      plan: LevelPlan, task, apply_fn: Callable,
                      model_state: Mapping[str, Any] | None = None, train: bool = True):
-    """The MGE loss of section 2 of the design, as a function of ``params``.
+    """The MGE loss (the telescoping sum of this module's docstring) as a function of ``params``.
 
     ``batches[k]`` holds term k's clean ``target`` on the data grid (and ``input`` for paired
     data); with ``plan.shared_batch`` only ``batches[0]`` is used. Returns ``(loss, aux)`` with

@@ -2,8 +2,8 @@
 not have: ECO's LAMB and a step that skips on loss spikes.
 
 Why not ``optax.lamb``: it always applies Adam's bias correction and never caps the weight norm in
-the trust ratio, while ECO's official training (torch-optimizer's Lamb with ``debias=False``, see
-reference/seed_methods.md a.4) uses the raw moments and ``clip(|w|, 0, 10) / |r|``. With bias
+the trust ratio, while ECO's official training (torch-optimizer's Lamb with ``debias=False``)
+uses the raw moments and ``clip(|w|, 0, 10) / |r|``. With bias
 correction on and no cap, ``lamb`` here computes the same update as ``optax.lamb`` (a test pins
 it), so one implementation serves both.
 """
@@ -14,11 +14,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from msjax import defaults
 from msjax.errors import ConfigError
+from msjax.settings import OptimizerSettings
 
 
 class LambState(NamedTuple):
@@ -100,7 +99,7 @@ LR_SCHEDULES = ("cosine", "cosine_per_stage", "stage_restarts", "constant_decay"
 ADADELTA_RHO, ADADELTA_EPS = 0.9, 1e-6
 
 
-def learning_rate(train_config, total_steps: int, stage_ends=()) -> optax.Schedule:
+def learning_rate(c: OptimizerSettings, total_steps: int, stage_ends=()) -> optax.Schedule:
     """``train.lr_schedule``: ``cosine`` from lr to lr_end over the whole run (the official
     recipe, never restarted), ``cosine_per_stage``: the same cosine inside every full-multiscale
     stage (``stage_ends``: each stage's last step + 1), so the fine stage trains at full rate
@@ -110,7 +109,6 @@ def learning_rate(train_config, total_steps: int, stage_ends=()) -> optax.Schedu
     the coarse stages train at the full rate and the finest stage ends with the decay), or
     ``step``: lr times ``lr_step_factor`` after every ``lr_step_period`` steps of the run (EDSR /
     RCAN / MSRN: halved every 200k; lr_end plays no part)."""
-    c = defaults.section("train", train_config)
     schedule = c.lr_schedule
     if schedule == "step":
         if c.lr_step_period <= 0 or c.lr_step_factor <= 0:
@@ -139,20 +137,10 @@ def learning_rate(train_config, total_steps: int, stage_ends=()) -> optax.Schedu
     return optax.cosine_decay_schedule(c.lr, max(total_steps, 1), alpha=alpha)
 
 
-def run_train_section(config) -> ml_collections.ConfigDict:
-    """The run's ``train`` section, with ``fms.lr_schedule`` in place of ``train.lr_schedule``
-    in fullmultiscale mode when it is set (so a config can give full multiscale its own
-    schedule while its single and multiscale runs keep theirs)."""
-    c = defaults.section("train", config.train)
-    fms = defaults.section("fms", config.get("fms"))
-    if config.get("mode") == "fullmultiscale" and fms.lr_schedule:
-        c.lr_schedule = fms.lr_schedule
-    return c
-
-
-def make_optimizer(train_config, total_steps: int, stage_ends=()) -> optax.GradientTransformation:
-    """Adam, LAMB or Adadelta with the schedule of ``learning_rate`` (official MGE: Adam, cosine
-    5e-4 -> 1e-6 over all stages, never restarted).
+def make_optimizer(c: OptimizerSettings,
+                   schedule: optax.Schedule) -> optax.GradientTransformation:
+    """Adam, LAMB or Adadelta following ``schedule`` (``learning_rate``; official MGE: Adam,
+    cosine 5e-4 -> 1e-6 over all stages, never restarted).
 
     ECO's official extras, read with defaults that leave them off: ``beta2`` (ECO: 0.99),
     ``lamb_bias_correction`` (ECO: False), ``lamb_max_weight_norm`` (ECO: 10), and
@@ -160,8 +148,6 @@ def make_optimizer(train_config, total_steps: int, stage_ends=()) -> optax.Gradi
     Adadelta (the Multiblock seed's warm phase: lr 1, rho 0.9, eps 1e-6) is optax's, with
     ``weight_decay`` coupled as in torch.
     """
-    c = defaults.section("train", train_config)
-    schedule = learning_rate(c, total_steps, stage_ends)
     b2 = c.beta2
     if c.optimizer == "adam":
         opt = optax.adam(schedule, b2=b2)

@@ -32,11 +32,11 @@ class Run:
     name: str
     valid: list[dict]
     train: list[dict]
-    config: dict
+    record: dict                   # the run's flat config (config.json)
 
     @property
     def label(self) -> str:
-        mode = self.config.get("mode")
+        mode = self.record.get("mode")
         return f"{self.name} ({mode})" if mode and mode not in self.name else self.name
 
     def total(self, cost: str) -> float:
@@ -62,9 +62,9 @@ def load_run(run_dir) -> Run:
     if not valid:
         raise RunDirError(f"{run_dir} has no validation rows yet; report on it after its first "
                           "evaluation (log.eval_every steps)")
-    config_path = run_dir / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    return Run(run_dir.name, valid, train, config)
+    record_path = run_dir / "config.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    return Run(run_dir.name, valid, train, record)
 
 
 def smoothed(valid: list[dict], window: int) -> list[dict]:
@@ -191,7 +191,7 @@ def title(runs: list[Run]) -> str:
         source = c.get("data.name") or {"builtin": "built-in photos"}.get(
             c.get("data.source", ""), c.get("data.source", ""))
         return f"{task}, {c.get('model', '?')}" + (f" on {source}" if source else "")
-    kinds = list(dict.fromkeys(describe(r.config) for r in runs))
+    kinds = list(dict.fromkeys(describe(r.record) for r in runs))
     names = ", ".join(r.label for r in runs)
     return f"{'; '.join(kinds)}: {names}"
 
@@ -241,7 +241,7 @@ def plot(runs: list[Run], path, target: float | None = None) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     fig.suptitle(title(runs), fontsize=11)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    sr = any(r.config.get("task.name") == "sr" for r in runs)
+    sr = any(r.record.get("task.name") == "sr" for r in runs)
     inputs = sorted({round(r.valid[0]["input_psnr"], 2) for r in runs
                      if math.isfinite(r.valid[0].get("input_psnr", math.nan))})
     for ax, cost, label, scale in (

@@ -1,9 +1,11 @@
-"""The run directory: where a run lives when none is named, its config.json, the rules for
-resuming in it, and loading a run back (``load_run``).
+"""The run directory: where a run lives when none is named, its config.json, its lock, and the
+rules for resuming in it.
 
 A workdir holds one experiment. Running again in it resumes; the config may differ only where
-``defaults.RESUMABLE_SECTIONS`` / ``RESUMABLE_SUFFIXES`` say (how the run executes, not what it
-computes), or by a larger step budget, which extends the run from its last checkpoint.
+``RESUMABLE_SECTIONS`` / ``RESUMABLE_SUFFIXES`` say (how the run executes, not what it computes),
+or by a larger step budget, which extends the run from its last checkpoint. The config is seen
+here only as its flat record ({'section.field': value}, JSON's view); ``msjax.build`` makes and
+reads it, ``msjax.runs`` loads a trained run back.
 """
 
 from __future__ import annotations
@@ -11,15 +13,20 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Callable, Mapping
 
-import ml_collections
+import jax
 
-from msjax import defaults
 from msjax.errors import RunDirError
+from msjax.lock import WorkdirLock
 
 CONFIG_FILE = "config.json"
 RUNS = Path("runs")
+# What may change when a run resumes in its workdir (a rule, not a list): the sections that say
+# how a process runs the job or looks at it, and paths (a dataset or teacher moved to another
+# disk). Anything else is another experiment.
+RESUMABLE_SECTIONS = ("runtime", "log", "eval")
+RESUMABLE_SUFFIXES = ("_dir", "_workdir", "init_from")
 # Fields that set the step budget: a larger total extends a run instead of making another one.
 BUDGET_FIELDS = ("train.steps", "fms.stage_steps", "fms.stage_weights")
 # Names of fields in run directories written before the runtime / log sections existed.
@@ -35,48 +42,29 @@ LEGACY_NAMES = {
 }
 
 
-def default_workdir(config_file: str, config, overridden: dict | None = None) -> Path:
-    """``runs/<config name>``, plus ``_<mode>`` when the mode was overridden on the command line
-    (so the README's ``--config.mode=fullmultiscale`` variant gets its own directory), plus
-    ``_<argument>`` for a config argument (``configs/sr_urban100.py:resnet``)."""
+def default_workdir(config_file: str, mode: str = "") -> Path:
+    """``runs/<config name>``, plus ``_<argument>`` for a config argument
+    (``configs/sr_urban100.py:resnet``), plus ``_<mode>`` when the command line overrode the
+    mode (so the README's ``--config.mode=fullmultiscale`` variant gets its own directory)."""
     path, _, argument = str(config_file).partition(":")
     name = Path(path).stem + (f"_{argument}" if argument else "")
-    if overridden and "mode" in overridden:
-        name += f"_{config.mode}"
-    return RUNS / name
+    return RUNS / (name + (f"_{mode}" if mode else ""))
 
 
-def flat(config) -> dict:
-    """The config as {'section.field': value}, tuples as lists (JSON's view)."""
+def flat(tree) -> dict:
+    """A config (or any nested mapping) as {'section.field': value}, tuples as lists (JSON's
+    view): config.json, TensorBoard's config table and the resume rules all see this."""
     def walk(d, prefix=""):
         for k, v in d.items():
             if hasattr(v, "items"):
                 yield from walk(v, f"{prefix}{k}.")
             else:
                 yield f"{prefix}{k}", list(v) if isinstance(v, tuple) else v
-    return dict(walk(config.to_dict() if hasattr(config, "to_dict") else config))
+    return dict(walk(tree.to_dict() if hasattr(tree, "to_dict") else tree))
 
 
 def resumable(key: str) -> bool:
-    return (key.split(".")[0] in defaults.RESUMABLE_SECTIONS
-            or key.endswith(defaults.RESUMABLE_SUFFIXES))
-
-
-def _nest(flat_values: dict) -> ml_collections.ConfigDict:
-    """Saved values laid over the package defaults (fields a newer msjax added keep their
-    defaults; renamed fields take their new names)."""
-    config = defaults.get_config()
-    for key, value in flat_values.items():
-        key = LEGACY_NAMES.get(key, key)
-        node, (*parents, leaf) = config, key.split(".")
-        for p in parents:
-            if p not in node:
-                node[p] = ml_collections.ConfigDict()
-            node = node[p]
-        value = tuple(value) if isinstance(value, list) else value
-        with node.ignore_type():
-            node[leaf] = value
-    return config
+    return key.split(".")[0] in RESUMABLE_SECTIONS or key.endswith(RESUMABLE_SUFFIXES)
 
 
 def read_saved(workdir) -> dict | None:
@@ -107,15 +95,6 @@ def checkpoint_meta(workdir, step: int) -> dict:
         return {}
 
 
-def load_config(workdir) -> ml_collections.ConfigDict:
-    """The config of the run in ``workdir``, laid over the package defaults."""
-    saved = read_saved(workdir)
-    if saved is None:
-        raise RunDirError(f"{Path(workdir) / CONFIG_FILE} not found: --workdir must be a "
-                          "directory written by train.py")
-    return _nest(saved)
-
-
 @dataclasses.dataclass
 class Resume:
     """How a config relates to the run already in a workdir."""
@@ -125,16 +104,13 @@ class Resume:
     changed: tuple = ()             # resumable fields that differ, for the log
 
 
-def compare(workdir: Path, config, total_steps_of) -> Resume:
-    """Refuses a workdir written by another experiment; ``total_steps_of(config)`` gives a
-    config's step budget (a larger one extends the run)."""
-    saved = read_saved(workdir)
-    if saved is None:
-        return Resume("new")
-    current = flat(config)
-    # A field msjax gained after the run was written reads as its default: new fields default
-    # to what the code did before them, so such a run resumes.
-    known = flat(defaults.get_config())
+def compare(workdir: Path, saved: Mapping, current: Mapping, total_steps: int,
+            known: Mapping, total_steps_of: Callable[[Mapping], int]) -> Resume:
+    """Refuses a workdir written by another experiment. ``saved`` and ``current`` are flat
+    records, ``known`` the record of today's defaults (a field msjax gained after the run was
+    written reads as its default, which does what the code did before it, so such a run
+    resumes), ``total_steps`` the current budget, ``total_steps_of(saved)`` the saved one's (a
+    larger budget extends the run)."""
     saved = {**{k: v for k, v in known.items() if k not in saved and k in current}, **saved}
     diffs = [k for k in sorted(set(saved) | set(current))
              if not resumable(k) and saved.get(k) != current.get(k)]
@@ -149,79 +125,46 @@ def compare(workdir: Path, config, total_steps_of) -> Resume:
             f"{'; ...' if len(rest) > 4 else ''}); use a new --workdir or the same config")
     if not budget:
         return Resume("same", changed=changed)
-    before, after = total_steps_of(_nest(saved)), total_steps_of(config)
-    if after <= before:
+    before = total_steps_of(saved)
+    if total_steps <= before:
         raise RunDirError(
-            f"workdir {workdir} holds a run of {before} steps and this config asks for {after}: "
-            f"a run can be extended, not shortened; use a new --workdir, or more steps")
+            f"workdir {workdir} holds a run of {before} steps and this config asks for "
+            f"{total_steps}: a run can be extended, not shortened; use a new --workdir, or more "
+            "steps")
     return Resume("extended", previous_steps=before, changed=changed)
 
 
-def write_config(workdir: Path, config) -> None:
-    """config.json, atomically (other processes of a multi-host run may be reading it)."""
+def write_config(workdir: Path, record: Mapping) -> None:
+    """config.json from the flat ``record``, atomically (other processes of a multi-host run may
+    be reading it)."""
     path = Path(workdir) / CONFIG_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(flat(config), indent=1, sort_keys=True))
+    tmp.write_text(json.dumps(dict(record), indent=1, sort_keys=True))
     tmp.replace(path)
 
 
-@dataclasses.dataclass
-class Run:
-    """A trained run, loaded: ``restore(y, t=None)`` maps a corrupted NHWC float batch in [0, 1]
-    (LR for SR) to the restored batch, jitted; ``state`` / ``experiment`` for anything else."""
-
-    workdir: Path
-    config: Any
-    experiment: Any
-    state: Any
-    step: int
-    restore: Any
+def open_for(workdir: Path) -> Path:
+    """``workdir`` as a directory path, refused when it is a file."""
+    workdir = Path(workdir).expanduser()
+    if workdir.exists() and not workdir.is_dir():
+        raise RunDirError(f"--workdir {workdir} is a file, not a directory; choose another path")
+    return workdir
 
 
-def load_state(workdir, which: str = "best", *, config=None):
-    """(state, experiment, step) of the run's best (or latest) checkpoint, on one device."""
-    from msjax import build, checkpoints, logs
+class Claim:
+    """The workdir made and locked for this run (process 0 does both; the others wait for
+    nothing): ``with Claim(workdir): ...``."""
 
-    logs.quiet_library_logs()
-    workdir = Path(workdir)
-    config = config or load_config(workdir)
-    exp = build.experiment(config, num_devices=1)
-    side = config.data.patch // exp.task.scale
-    template = build.initial_state(exp, (1, side, side, 3))
-    ckpt = checkpoints.Checkpoints(workdir / "checkpoints", read_only=True)
-    try:
-        step = ckpt.best_step() if which == "best" else None
-        if step is None:
-            step = max(ckpt.steps(), default=None)
-        if step is None:
-            raise RunDirError(f"no checkpoint in {workdir / 'checkpoints'}: the run saved none "
-                              "yet; train it first (python train.py ... --workdir "
-                              f"{workdir})")
-        state, _ = ckpt.restore(step, template)
-    finally:
-        ckpt.close()
-    return state, exp, step
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.lock = WorkdirLock(self.workdir) if jax.process_index() == 0 else None
 
+    def __enter__(self):
+        if self.lock is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+        return self
 
-def load_run(workdir, which: str = "best") -> Run:
-    """The run in ``workdir`` at its best (or latest) checkpoint, ready to restore images::
-
-        run = msjax.load_run("runs/quickstart")
-        restored = run.restore(corrupted)          # NHWC float32 in [0, 1]
-    """
-    from msjax import steps
-
-    import jax.numpy as jnp
-
-    state, exp, step = load_state(workdir, which)
-    task = exp.task
-    # The state is an argument, not a closure: closed-over arrays would be compiled in as
-    # constants.
-    program = exp.backend.jit(lambda s, y, t: jnp.clip(steps.predict(s, y, t, task=task), 0, 1))
-
-    def restore(y, t=None):
-        if task.time_conditioned and t is None:
-            t = jnp.full((y.shape[0],), 0.05 if task.name in ("deblur", "inpaint") else 0.5)
-        return program(state, jnp.asarray(y, jnp.float32), t)
-
-    return Run(Path(workdir), exp.config, exp, state, step, restore)
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.release()

@@ -15,9 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax import damage, defaults, metrics, operators, resize
+from msjax import damage, metrics, operators, resize
+from msjax.registry import Registry
+from msjax.settings import TaskSettings
 
-TASKS = ("denoise", "deblur", "inpaint", "sr", "damage")
+# name -> builder(settings, *, operator_per_level) -> the Task fields that differ by task:
+# ``corrupt`` and, where it applies, ``scale``, ``time_conditioned``, ``eval_t``,
+# ``host_corrupt``, ``validation_corrupt``. A new task is one builder with this decorator.
+TASKS = Registry("task", field="task.name")
 # neg_ssim: the official MGE SR loss, -SSIM with zero padding (metrics.ssim_zero_padded_batch).
 LOSSES = ("mse", "l1", "l1_255", "neg_ssim")
 # The range the model sees: data stays in [0, 1]; "signed" feeds the model 2y - 1 and reads its
@@ -53,6 +58,14 @@ class Task:
     # (mean, std) per channel: the model sees (y - mean) / std and predicts normalised images,
     # and the loss is taken there (the official loaders' Normalize); data stays in [0, 1].
     normalize: Optional[tuple] = None
+    eval_t: Optional[float] = None
+
+    def baseline(self, y: jax.Array) -> jax.Array:
+        """What the input itself scores as a restoration: the corrupted image, or for SR its
+        MATLAB-bicubic upsampling (the literature's baseline), in [0, 1]."""
+        up = y if self.scale == 1 else resize.imresize(y, float(self.scale))
+        # numpy stays numpy: folder evaluation scores in float64
+        return (np.clip if isinstance(up, np.ndarray) else jnp.clip)(up, 0, 1)
 
     def model_input(self, y: jax.Array) -> jax.Array:
         if not self.upsample_input or self.scale == 1:
@@ -106,6 +119,19 @@ class Task:
         return jnp.mean(per_pixel, axis=tuple(range(1, per_pixel.ndim)))
 
 
+def _ignore_level(fn):
+    return lambda x, key, level: fn(x, key)
+
+
+@TASKS.register("denoise")
+def denoise(s: TaskSettings, *, operator_per_level: bool) -> dict:
+    if s.noise == "gaussian":
+        fn = functools.partial(operators.denoise_gaussian, sigma=s.sigma)
+    else:
+        fn = operators.denoise_interpolation
+    return dict(corrupt=_ignore_level(fn), eval_t=0.5)
+
+
 def _blur_at_level(x, key, level, *, sigma, t_max, per_level, level_blur):
     # "scaled": the same physical blur on every grid (sigma 2^-l pixels at level l); "fixed": the
     # same blur in pixels, so every level poses the fine problem again at a coarser sampling.
@@ -113,13 +139,32 @@ def _blur_at_level(x, key, level, *, sigma, t_max, per_level, level_blur):
     return operators.deblur(x, key, sigma=(sigma[0] * scale, sigma[1] * scale), t_max=t_max)
 
 
-def _ignore_level(fn):
-    return lambda x, key, level: fn(x, key)
+@TASKS.register("deblur")
+def deblur(s: TaskSettings, *, operator_per_level: bool) -> dict:
+    return dict(corrupt=functools.partial(
+        _blur_at_level, sigma=tuple(s.blur_sigma), t_max=s.t_max, per_level=operator_per_level,
+        level_blur=s.level_blur), eval_t=0.05)
 
 
-def _damage_task(name: str) -> dict:
-    """The pyramidal damage suite (msjax.damage) as Task fields; no t, damage ignores the level
-    (its layouts scale with the image, so per-level damage stays the same damage)."""
+@TASKS.register("inpaint")
+def inpaint(s: TaskSettings, *, operator_per_level: bool) -> dict:
+    return dict(corrupt=_ignore_level(functools.partial(
+        operators.inpaint, count=tuple(s.box_count), size=tuple(s.box_size), t_max=s.t_max)),
+        eval_t=0.05)
+
+
+@TASKS.register("sr")
+def super_resolution(s: TaskSettings, *, operator_per_level: bool) -> dict:
+    return dict(corrupt=_ignore_level(functools.partial(operators.downsample, scale=s.scale,
+                                                        kernel=s.kernel)),
+                scale=s.scale, time_conditioned=False)
+
+
+@TASKS.register("damage")
+def damage_suite(s: TaskSettings, *, operator_per_level: bool) -> dict:
+    """The pyramidal damage suite (msjax.damage); no t, damage ignores the level (its layouts
+    scale with the image, so per-level damage stays the same damage)."""
+    name = s.damage
     if name not in damage.DAMAGES:
         raise ValueError(f"unknown damage {name!r}; choose one of {', '.join(damage.DAMAGES)}")
 
@@ -133,49 +178,26 @@ def _damage_task(name: str) -> dict:
             return damage.jpeg(np.asarray(x))
 
         return dict(corrupt=lambda x, key, level: (jnp.asarray(host(x)), None),
-                    host_corrupt=host, validation_corrupt=validation)
+                    host_corrupt=host, validation_corrupt=validation, time_conditioned=False)
     return dict(corrupt=lambda x, key, level: (damage.damage(name, x, key), None),
-                validation_corrupt=validation)
+                validation_corrupt=validation, time_conditioned=False)
 
 
-def make_task(task_config, *, operator_per_level: bool = False, normalize=None) -> Task:
-    """Builds a Task from the config's ``task`` section (msjax/defaults.py; a partial section
-    is laid over the defaults). ``normalize``: (mean, std) per channel, the official loaders'
-    Normalize (``data.normalize``), or None."""
-    c = defaults.section("task", task_config)
-    name = c.name
-    damage_fields = {}
-    if name == "denoise":
-        if c.noise == "gaussian":
-            fn = functools.partial(operators.denoise_gaussian, sigma=c.sigma)
-        else:
-            fn = operators.denoise_interpolation
-        corrupt = _ignore_level(fn)
-    elif name == "deblur":
-        corrupt = functools.partial(_blur_at_level, sigma=tuple(c.blur_sigma), t_max=c.t_max,
-                                    per_level=operator_per_level, level_blur=c.level_blur)
-    elif name == "inpaint":
-        corrupt = _ignore_level(functools.partial(
-            operators.inpaint, count=tuple(c.box_count), size=tuple(c.box_size), t_max=c.t_max))
-    elif name == "sr":
-        corrupt = _ignore_level(functools.partial(operators.downsample, scale=c.scale,
-                                                  kernel=c.kernel))
-    elif name == "damage":
-        damage_fields = _damage_task(c.damage)
-        corrupt = damage_fields.pop("corrupt")
-    else:
-        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
-    if c.model_range not in MODEL_RANGES:
-        raise ValueError(f"unknown model_range {c.model_range!r}; choose one of {MODEL_RANGES}")
+def make_task(settings: TaskSettings, *, operator_per_level: bool = False,
+              normalize=None) -> Task:
+    """The Task of ``settings`` (its ``name`` picks the registered builder). ``normalize``:
+    (mean, std) per channel, the official loaders' Normalize (``data.normalize``), or None."""
+    fields = TASKS.get(settings.name)(settings, operator_per_level=operator_per_level)
+    if settings.model_range not in MODEL_RANGES:
+        raise ValueError(f"unknown model_range {settings.model_range!r}; choose one of "
+                         f"{MODEL_RANGES}")
     if normalize is not None:
         mean, std = (tuple(float(v) for v in part) for part in normalize)
-        corrupt = _in_normalized_space(corrupt, mean, std)
+        fields["corrupt"] = _in_normalized_space(fields["corrupt"], mean, std)
         normalize = (mean, std)
-    return Task(
-        name=name, corrupt=corrupt, scale=c.scale if name == "sr" else 1,
-        upsample_input=c.upsample_input, residual=c.residual, loss=c.loss,
-        time_conditioned=name not in ("sr", "damage"), model_range=c.model_range,
-        normalize=normalize, **damage_fields)
+    return Task(name=settings.name, upsample_input=settings.upsample_input,
+                residual=settings.residual, loss=settings.loss,
+                model_range=settings.model_range, normalize=normalize, **fields)
 
 
 def _in_normalized_space(corrupt, mean, std):

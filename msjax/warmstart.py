@@ -78,13 +78,13 @@ def match_tensors(fresh, source, *, source_name: str = "", step: int = 0):
 
 def load_source(workdir, which: str = "best"):
     """(state, step) of the run in ``workdir``: its best (or latest) checkpoint."""
-    from msjax import rundir  # rundir builds through build.py, which the loop imports
+    from msjax import runs  # runs builds through build.py, which the loop imports
 
     if which not in CHECKPOINTS:
         raise ConfigError(f"train.init_checkpoint={which!r} is unknown; choose best or latest")
     workdir = Path(workdir).expanduser()
     try:
-        state, _, step = rundir.load_state(workdir, which)
+        state, _, step = runs.load_state(workdir, which)
     except RunDirError as e:
         raise RunDirError(f"train.init_from={workdir} cannot start this run: {e}; train that run "
                           "first (its config's docstring says how) or set train.init_from=''")
@@ -107,14 +107,12 @@ def load_matching(params, workdir, which: str = "best"):
     return params, report
 
 
-def warm_start(state, train_config, write=print):
-    """The loop's hook for a fresh run: ``state`` with the weights (params and model state) of
-    ``train.init_from``, its report written with ``write``; unchanged when init_from is ''."""
-    if not train_config.init_from:
-        return state
-    source, step = load_source(train_config.init_from, train_config.init_checkpoint)
+def warm_start(state, spec, write=print):
+    """A fresh run's ``state`` with the weights (params and model state) of ``spec.init_from``
+    (``settings.WarmStart``), its report written with ``write``."""
+    source, step = load_source(spec.init_from, spec.init_checkpoint)
     params, report = match_tensors(state.params, source.params,
-                                   source_name=str(train_config.init_from), step=step)
+                                   source_name=str(spec.init_from), step=step)
     _require_overlap(report)
     model_state = state.model_state
     if model_state and source.model_state:  # batch-norm statistics follow their layers

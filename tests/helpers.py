@@ -49,12 +49,20 @@ def write_images(folder: Path, count: int = 4, size=(24, 28), seed: int = 0) -> 
     return folder
 
 
+def optimizer(settings, total_steps: int, stage_ends=()):
+    """The optimizer of ``settings`` (``settings.OptimizerSettings``) over ``total_steps``."""
+    from msjax import optim
+
+    return optim.make_optimizer(settings, optim.learning_rate(settings, total_steps, stage_ends))
+
+
 def create_state(model, config, sample, total_steps: int, mesh):
     """A fresh train state of ``model`` for ``config`` (the loop's ``build.create_train_state``)."""
     import jax
 
-    from msjax import backend, build
+    from msjax import backend, build, optim
 
-    return build.create_train_state(jax.random.PRNGKey(config.seed), config, model, sample,
-                                    mesh=mesh, backend=backend.make_backend(config.runtime, mesh),
-                                    total_steps=total_steps)
+    settings = build.optimizer_settings(config)
+    tx = optim.make_optimizer(settings, optim.learning_rate(settings, total_steps))
+    return build.create_train_state(jax.random.PRNGKey(config.seed), model, sample, tx=tx,
+                                    mesh=mesh, backend=backend.make_backend(config.runtime, mesh))

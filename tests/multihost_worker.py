@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from msjax import checkpoints, config_check, models, parallel, train  # noqa: E402
+from msjax import build, checkpoints, models, parallel, train  # noqa: E402
 from tests.helpers import create_state, tiny_config  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def main(process_id, num_processes, port, workdir, out_dir):
     mesh = parallel.make_mesh()
     model = models.create_model(c.model, **c.model_kwargs)
     sample = np.zeros((1, c.data.patch, c.data.patch, 3), np.float32)
-    template = create_state(model, c, sample, config_check.schedule(c)[-1].end_step, mesh)
+    template = create_state(model, c, sample, build.stages(c)[-1].end_step, mesh)
     ckpt = checkpoints.Checkpoints(Path(workdir) / "checkpoints", read_only=True)
     state, _ = ckpt.restore(max(ckpt.steps()), template)
     ckpt.close()

@@ -97,7 +97,7 @@ def test_a_model_built_for_the_cpu_backend_runs_on_onednn_and_matches_xla():
     c = tiny_config(**{"model": "resnet", "runtime.cpu_convolutions": "onednn"})
     c.model_kwargs = dict(hidden=8, nlayers=1)
     onednn_backend = backend.make_backend(c.runtime, parallel.make_mesh(1))
-    model = build.make_model(c, onednn_backend)
+    model = build.make_model(c.model, c.model_kwargs, c.dtype, onednn_backend)
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.random((2, 16, 16, 3), np.float32))
     t = jnp.zeros((2,), jnp.float32)
@@ -282,10 +282,8 @@ def test_a_run_beside_an_idle_gpu_warns_with_the_install_command(monkeypatch):
 
 
 def test_the_default_workdir_follows_the_config_and_an_overridden_mode(tmp_path):
-    c = tiny_config()
-    assert rundir.default_workdir("configs/deblur_stl10.py", c) == rundir.RUNS / "deblur_stl10"
-    c.mode = "fullmultiscale"
-    assert rundir.default_workdir("configs/deblur_stl10.py", c, {"mode": "fullmultiscale"}) \
+    assert rundir.default_workdir("configs/deblur_stl10.py") == rundir.RUNS / "deblur_stl10"
+    assert rundir.default_workdir("configs/deblur_stl10.py", "fullmultiscale") \
         == rundir.RUNS / "deblur_stl10_fullmultiscale"
-    assert rundir.default_workdir("configs/sr_urban100.py:resnet", c) \
+    assert rundir.default_workdir("configs/sr_urban100.py:resnet") \
         == rundir.RUNS / "sr_urban100_resnet"

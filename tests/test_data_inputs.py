@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 from helpers import tiny_config
-from msjax import config_check, data, parallel, tasks
+from msjax import build, data, parallel
 
 
 def run_input(on_device, task_name="deblur", mode="fullmultiscale", **fields):
@@ -14,11 +14,12 @@ def run_input(on_device, task_name="deblur", mode="fullmultiscale", **fields):
                        **fields})
     if task_name == "damage":
         c.task.damage = "jpeg"
-    task = tasks.make_task(c.task)
-    stages = config_check.schedule(c)
+    task = build.make_task(c)
+    stages = build.stages(c)
     mesh = parallel.make_mesh(2)
-    source = data.open_source(c.data, "train")
-    return c, task, stages, mesh, data.TrainingInput(c, source, mesh, task=task, stages=stages,
+    source = data.open_source(build.input_spec(c), "train")
+    return c, task, stages, mesh, data.TrainingInput(build.input_spec(c), source, mesh,
+                                                     seed=c.seed, task=task, stages=stages,
                                                      start=0, stop=stages[-1].end_step)
 
 
@@ -42,7 +43,7 @@ def test_host_path_gives_term_batch_for_each_stage_and_this_process_rows():
         for stage in stages:
             got = run.host_batches(stage.first_step)
             assert len(got) == len(stage.plan.batch_sizes)
-            expected = data.term_batch(data.open_source(c.data, "train"), seed=c.seed,
+            expected = data.term_batch(data.open_source(build.input_spec(c), "train"), seed=c.seed,
                                        step=stage.first_step, term=0,
                                        batch=stage.plan.batch_sizes[0], patch=c.data.patch)
             np.testing.assert_array_equal(got[0]["target"], expected["target"])

@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from msjax import build, data, methods, optim, steps, tasks, train
+from msjax import build, data, methods, optim, train
 from msjax.methods import eco
-from tests.helpers import tiny_config
+from tests.helpers import optimizer, tiny_config
 
 STEPS = 16
 
@@ -30,7 +30,7 @@ def sr_config(**overrides):
 def teacher(tmp_path_factory):
     """A short vanilla run: the teacher of the ECO runs and their same-seed vanilla twin."""
     workdir = tmp_path_factory.mktemp("teacher") / "run"
-    result = methods.run(sr_config(), workdir)
+    result = methods.run(build.experiment(sr_config()), workdir)
     return workdir, result
 
 
@@ -70,8 +70,8 @@ def test_pixel_mix_interpolates_and_sample_mix_picks_whole_pairs():
 def test_teacher_gets_no_gradient(teacher):
     teacher_dir, _ = teacher
     config = sr_config(**{"method": "eco", "eco.teacher_workdir": str(teacher_dir)})
-    state, teacher_task, _ = eco.load_teacher(config)
-    task = tasks.make_task(config.task)
+    state, teacher_task, _ = eco.load_teacher(build.method_settings(config), 2)
+    task = build.make_task(config)
     hr = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
 
     def student_loss(teacher_params):
@@ -88,9 +88,9 @@ def test_eco_and_vanilla_runs_from_the_same_seed_both_train(teacher, tmp_path):
     teacher_dir, vanilla = teacher
     config = sr_config(**{"method": "eco", "eco.teacher_workdir": str(teacher_dir),
                           "task.loss": "l1_255", "train.grad_clip_value": 0.1})
-    before, _, _ = eco.load_teacher(config)
-    result = methods.run(config, tmp_path / "eco")
-    after, _, _ = eco.load_teacher(config)  # the teacher's checkpoint is never written to
+    before, _, _ = eco.load_teacher(build.method_settings(config), 2)
+    result = methods.run(build.experiment(config), tmp_path / "eco")
+    after, _, _ = eco.load_teacher(build.method_settings(config), 2)  # the teacher's checkpoint is never written to
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, before.params),
                  jax.tree.map(np.asarray, after.params))
     for workdir, final in ((teacher_dir, vanilla), (tmp_path / "eco", result)):
@@ -107,7 +107,7 @@ def test_precomputed_pairs_are_cropped_like_the_loop_batches(teacher, tmp_path):
     """The cache is index- and size-aligned with the source, so the cache's term batches crop
     the same windows; a cache holding the HR images themselves must reproduce the HR batches."""
     config = sr_config(**{"mode": "fullmultiscale"})
-    source = data.open_source(config.data, "train", scale=2)
+    source = data.open_source(build.input_spec(config), "train", scale=2)
     cache = eco.TeacherCache(tmp_path, len(source), paired=False)
     for i in range(len(source)):
         eco._save_png(cache.path(i, "sr_pre"), source[i])
@@ -124,12 +124,13 @@ def test_precomputed_eco_run_writes_and_reuses_the_cache(teacher, tmp_path):
     config = sr_config(**{"method": "eco", "eco.teacher_workdir": str(teacher_dir),
                           "eco.precompute": True, "eco.mix": "sample", "train.steps": 4,
                           "log.eval_every": 4, "eco.cache_dir": str(tmp_path / "cache")})
-    result = methods.run(config, tmp_path / "eco")
+    result = methods.run(build.experiment(config), tmp_path / "eco")
     assert np.isfinite(result["psnr"])
     files = sorted((tmp_path / "cache").glob("*_sr_pre.png"))
-    assert len(files) == len(data.open_source(config.data, "train"))
+    assert len(files) == len(data.open_source(build.input_spec(config), "train"))
     stamp = [f.stat().st_mtime_ns for f in files]
-    eco.precompute(build.experiment(config), *eco.load_teacher(config), tmp_path / "cache")
+    eco.precompute(build.experiment(config),
+                   *eco.load_teacher(build.method_settings(config), 2), tmp_path / "cache")
     assert [f.stat().st_mtime_ns for f in files] == stamp  # reused, not recomputed
 
 
@@ -173,8 +174,8 @@ def test_official_extras_build_from_the_eco_config():
     from msjax.configs import eco_edsr_x2
 
     c = eco_edsr_x2.get_config()
-    tx = optim.make_optimizer(c.train, 10)
+    tx = optimizer(build.optimizer_settings(c), 10)
     state = tx.init({"w": jnp.ones(3)})
     assert isinstance(state, optim.SkipSpikesState) and c.task.loss == "l1_255"
     with pytest.raises(Exception, match="teacher_workdir"):
-        eco.validate(c)
+        build.experiment(c)

@@ -8,12 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from msjax import config_check, errors, evaluate, multiscale, optim, rundir, train
+from msjax import build, config_check, errors, multiscale, optim, rundir, runs, train
 from tests.helpers import tiny_config
 
 
 def _rates(c, total, ends, steps):
-    schedule = optim.learning_rate(c.train, total, ends)
+    schedule = optim.learning_rate(build.optimizer_settings(c), total, ends)
     return [float(schedule(s)) for s in steps]
 
 
@@ -35,8 +35,7 @@ def test_weight_averaging_keeps_an_exponential_average_and_evaluation_uses_it(tm
     train.train_and_evaluate(c, tmp_path / "run")
     ckpt_states = {}
     for step in (2, 3):
-        config = evaluate.load_config(tmp_path / "run")
-        template = evaluate.load_state(config, tmp_path / "run", "latest")[0]
+        template = runs.load_state(tmp_path / "run", "latest")[0]
         from msjax import checkpoints
 
         ckpt = checkpoints.Checkpoints(tmp_path / "run" / "checkpoints", read_only=True)
@@ -52,7 +51,7 @@ def test_weight_averaging_keeps_an_exponential_average_and_evaluation_uses_it(tm
 
 def _fixed(stage_steps=(40, 40, 40)):
     c = tiny_config(**{"mode": "fullmultiscale", "fms.stage_steps": stage_steps})
-    return config_check.schedule(c), c.batch_size
+    return build.stages(c), c.batch_size
 
 
 def test_an_adaptive_schedule_moves_on_when_the_loss_stops_improving_and_spends_the_budget():
@@ -95,7 +94,7 @@ def test_an_adaptive_run_records_its_decisions_and_resumes_them_exactly(tmp_path
     # min_improvement 10: every coarse stage moves on as soon as min_share allows.
     c = _adaptive()
     # Every run here takes its batches through a transform (the host path), so they compare.
-    straight = train.train_and_evaluate(c, tmp_path / "straight", batch_transform=lambda s, b: b)
+    straight = train.train_and_evaluate(c, tmp_path / "straight", transform=lambda s, b: b)
     out = capsys.readouterr().out
     assert "stage 1/3 moves on at step 4" in out and "stage 2/3 moves on at step 8" in out
     stages = [int(r["stage"]) for r in _rows(tmp_path / "straight" / "train.csv")]
@@ -111,16 +110,14 @@ def test_an_adaptive_run_records_its_decisions_and_resumes_them_exactly(tmp_path
         return batches
 
     with pytest.raises(train.Preempted):
-        train.train_and_evaluate(c, tmp_path / "resumed", batch_transform=stop_at_6)
+        train.train_and_evaluate(c, tmp_path / "resumed", transform=stop_at_6)
     assert max(rundir.checkpoint_steps(tmp_path / "resumed")) == 7
     assert rundir.checkpoint_meta(tmp_path / "resumed", 7)["adaptive"]["ends"] == [4]
-    resumed = train.train_and_evaluate(c, tmp_path / "resumed", batch_transform=lambda s, b: b)
+    resumed = train.train_and_evaluate(c, tmp_path / "resumed", transform=lambda s, b: b)
     assert "resumed from step 7" in capsys.readouterr().out
     assert resumed["step"] == total
-    a = evaluate.load_state(evaluate.load_config(tmp_path / "straight"), tmp_path / "straight",
-                            "latest")[0]
-    b = evaluate.load_state(evaluate.load_config(tmp_path / "resumed"), tmp_path / "resumed",
-                            "latest")[0]
+    a = runs.load_state(tmp_path / "straight", "latest")[0]
+    b = runs.load_state(tmp_path / "resumed", "latest")[0]
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_array_equal(x, y)
     again = train.train_and_evaluate(c, tmp_path / "straight")  # finished where it decided
@@ -166,7 +163,7 @@ def test_max_terms_caps_the_terms_of_every_stage():
 def test_the_stage_batch_factor_reaches_the_schedule_and_nonsense_is_refused():
     c = tiny_config(**{"mode": "fullmultiscale", "fms.stage_steps": (4, 4, 4),
                        "fms.max_terms": 1, "fms.stage_batch_factor": 1})
-    assert [s.plan.batch_sizes for s in config_check.schedule(c)] == [(c.batch_size,)] * 3
+    assert [s.plan.batch_sizes for s in build.stages(c)] == [(c.batch_size,)] * 3
     for bad in (0, -2):
         c.fms.stage_batch_factor = bad
         with pytest.raises(errors.ConfigError, match="fms.stage_batch_factor"):
@@ -178,11 +175,10 @@ def test_an_adaptive_replan_keeps_full_multiscales_own_schedule(tmp_path):
     # train.lr_schedule=constant_decay itself, through the coarse stages' moves (steps 4, 8).
     own = _adaptive(**{"fms.lr_schedule": "constant_decay", "train.lr_schedule": "cosine"})
     plain = _adaptive(**{"train.lr_schedule": "constant_decay"})
-    runs = [train.train_and_evaluate(c, tmp_path / name) for c, name in ((own, "own"),
-                                                                         (plain, "plain"))]
-    assert runs[0]["step"] == runs[1]["step"]
-    a, b = (evaluate.load_state(evaluate.load_config(tmp_path / name), tmp_path / name,
-                                "latest")[0] for name in ("own", "plain"))
+    results = [train.train_and_evaluate(c, tmp_path / name) for c, name in ((own, "own"),
+                                                                            (plain, "plain"))]
+    assert results[0]["step"] == results[1]["step"]
+    a, b = (runs.load_state(tmp_path / name, "latest")[0] for name in ("own", "plain"))
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_array_equal(x, y)
     rows = _rows(tmp_path / "own" / "train.csv")

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from msjax import evaluate, rundir as runs, train
+from msjax import evaluate, runs, train
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "legacy_runs"
 

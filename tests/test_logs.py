@@ -153,7 +153,7 @@ def test_grid_has_a_column_per_panel_a_row_per_crop_and_headings():
     # Each target cell is its crop enlarged x4 by nearest neighbour, in its own row.
     for i in range(3):
         y0, x0 = top + gap + i * (cell + gap), gap + 2 * (cell + gap)
-        expected = np.repeat(np.repeat(logs._to_u8(target[i]), 4, 0), 4, 1)
+        expected = np.repeat(np.repeat(logs.to_u8(target[i]), 4, 0), 4, 1)
         np.testing.assert_array_equal(grid[y0:y0 + cell, x0:x0 + cell], expected)
     # Input and output carry their PSNR (yellow text) in the bottom-left corner; target not.
     yellow = lambda a: np.all(a == (255, 255, 120), axis=-1).any()  # noqa: E731
@@ -195,7 +195,9 @@ def test_runlog_writes_one_combined_grid_and_the_config(tmp_path):
     from tests.helpers import tiny_config
 
     runlog = logs.RunLog(tmp_path, None, image_count=2, image_size=32)
-    runlog.config(tiny_config())
+    from msjax import rundir
+
+    runlog.write_config(rundir.flat(tiny_config()))
     target = _crops(4, 16)
     path = runlog.images(3, {"input": target, "output": target, "target": target})
     runlog.close()

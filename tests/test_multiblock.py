@@ -9,8 +9,10 @@ import optax
 import pytest
 from PIL import Image
 
-from msjax import checkpoints, config_check, evaluate, methods, train
+from msjax import build, checkpoints, config_check, methods, runs, train
+from msjax.hooks import Hook
 from msjax.methods import multiblock
+from msjax.settings import from_section
 from tests.helpers import tiny_config, write_images
 
 REAL_LOOP = train.train_and_evaluate
@@ -40,10 +42,15 @@ def multiblock_config(root):
     return c
 
 
+def plan_phases(c):
+    return multiblock.plan_phases(from_section(multiblock.MultiblockSettings, c.multiblock),
+                                  build.optimizer_settings(c))
+
+
 def test_phase_plan_grows_the_chain_and_freezes_trained_blocks():
     c = tiny_config()
     c.multiblock.update(dict(blocks=3, plus_steps=5, joint_steps=7))
-    plan = multiblock.plan_phases(c)
+    plan = plan_phases(c)
     assert [p.name for p in plan] == ["phase_1", "phase_1_plus", "phase_2", "phase_2_plus",
                                       "phase_3", "phase_3_plus", "joint"]
     warm2 = plan[2]  # N_2 warm: after the clamped N_1+, itself unclamped, N_1 frozen
@@ -59,15 +66,15 @@ def _record_calls(monkeypatch, interrupt_at=None):
     """Wraps the loop: records which phases run; optionally stops one after its first step."""
     calls = []
 
-    def wrapped(config, workdir, **hooks):
+    def wrapped(config, workdir, **plug):
         calls.append(workdir.name)
         if workdir.name == interrupt_at:
             def stop_after_first_step(step, batches):
                 if step == 1:
                     raise Interrupted("simulated interruption")
                 return batches
-            hooks["batch_transform"] = stop_after_first_step
-        return REAL_LOOP(config, workdir, **hooks)
+            plug["transform"] = stop_after_first_step
+        return REAL_LOOP(config, workdir, **plug)
 
     monkeypatch.setattr(train, "train_and_evaluate", wrapped)
     return calls
@@ -78,12 +85,12 @@ def test_two_block_run_completes_every_phase_and_resumes(tmp_path, monkeypatch):
     workdir = tmp_path / "run"
     calls = _record_calls(monkeypatch, interrupt_at="phase_2")
     with pytest.raises(Interrupted):
-        methods.run(config, workdir)
+        methods.run(build.experiment(config), workdir)
     assert calls == ["phase_1", "phase_1_plus", "phase_2"]
     assert not (workdir / "phase_2" / "phase.json").exists()
 
     calls = _record_calls(monkeypatch)
-    result = methods.run(config, workdir)
+    result = methods.run(build.experiment(config), workdir)
     assert calls == ["phase_2", "phase_2_plus", "joint"]  # finished phases are skipped
     with open(workdir / "phase_2" / "train.csv", newline="") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2]  # resumed after step 1
@@ -99,7 +106,7 @@ def test_two_block_run_completes_every_phase_and_resumes(tmp_path, monkeypatch):
     assert [r["trained"] for r in rows] == ["block_1", "block_1+", "block_2", "block_2+", "all"]
 
     def best_params(name):
-        state, _, _ = evaluate.load_state(evaluate.load_config(workdir / name), workdir / name)
+        state, _, _ = runs.load_state(workdir / name)
         return jax.tree.map(np.asarray, state.params)
 
     # N_1+ is frozen while N_2 trains: phase_2's block_0 is phase_1_plus's block_0, bit for bit;
@@ -111,7 +118,7 @@ def test_two_block_run_completes_every_phase_and_resumes(tmp_path, monkeypatch):
     np.testing.assert_allclose(trained, inherited, atol=0.02)  # 2 Adam steps of 1e-3 from it
 
     calls = _record_calls(monkeypatch)
-    again = methods.run(config, workdir)  # all finished: nothing runs, same result
+    again = methods.run(build.experiment(config), workdir)  # all finished: nothing runs, same result
     assert calls == [] and again["best_psnr"] == result["best_psnr"]
 
 
@@ -120,11 +127,11 @@ def test_reference_schedule_two_constant_rates_per_clamped_block_and_for_the_cha
     from msjax.configs import multiblock_realsr
 
     c = multiblock_realsr.get_config(recipe)
-    plan = multiblock.plan_phases(c)
+    plan = plan_phases(c)
     assert [p.name for p in plan][:3] == ["phase_1", "phase_1_plus", "phase_1_plus_low"]
     assert [p.name for p in plan][-2:] == ["joint", "joint_low"]
     by_name = {p.name: p for p in plan}
-    configs = {name: multiblock.phase_config(c, p) for name, p in by_name.items()}
+    configs = {name: build.with_overrides(c, p.overrides) for name, p in by_name.items()}
     # The seed report: N_i's 2000 warm steps with Adadelta at 1; the reference scripts: Adam 1e-4.
     warm = ("adadelta", 1.0) if recipe == "seed" else ("adam", 1e-4)
     assert [(configs[n].train.optimizer, configs[n].train.lr, configs[n].train.steps)
@@ -139,15 +146,15 @@ def test_reference_schedule_two_constant_rates_per_clamped_block_and_for_the_cha
     assert low.train.lr == low.train.lr_end == 1e-5               # constant, not a cosine
     assert configs["phase_1"].train.lr_end == warm[1]
     c.train.init_from = "runs/pretrained"  # a warm start seeds N_1 only; later phases inherit
-    assert [multiblock.phase_config(c, p).train.init_from for p in plan[:3]] == [
+    assert [build.with_overrides(c, p.overrides).train.init_from for p in plan[:3]] == [
         "runs/pretrained", "", ""]
 
 
-def test_an_unknown_block_optimizer_is_a_config_error():
-    c = tiny_config()
+def test_an_unknown_block_optimizer_is_a_config_error(tmp_path):
+    c = multiblock_config(tmp_path)
     c.multiblock.block_optimizer = "sgd"
     with pytest.raises(config_check.ConfigError, match="multiblock.block_optimizer"):
-        multiblock.plan_phases(c)
+        build.experiment(c)
 
 
 def test_one_block_runs_its_adadelta_warm_phase_then_adam(tmp_path, monkeypatch):
@@ -156,33 +163,36 @@ def test_one_block_runs_its_adadelta_warm_phase_then_adam(tmp_path, monkeypatch)
     config = multiblock_config(tmp_path / "data")
     config.multiblock.update(dict(blocks=1, block_optimizer="adadelta", block_lr=1.0,
                                   joint_steps=0, inherit=False, constant_lr=True))
-    runs = {}
+    started = {}
 
-    def wrapped(config, workdir, init_fn=None, **hooks):
-        def capture(state):
-            state = init_fn(state) if init_fn is not None else state
-            runs[workdir.name] = (config.train.optimizer, config.train.lr,
-                                  jax.tree.map(np.asarray, state.params))
-            return state
-        return REAL_LOOP(config, workdir, init_fn=capture, **hooks)
+    class Capture(Hook):  # after the phase's own start: the weights it trains from
+        def __init__(self, exp, name):
+            self.exp, self.name = exp, name
+
+        def initialize(self, loop):
+            started[self.name] = (self.exp.optimizer.optimizer, self.exp.optimizer.lr,
+                                  jax.tree.map(np.asarray, loop.state.params))
+
+    def wrapped(exp, workdir, hooks=(), **plug):
+        return REAL_LOOP(exp, workdir, hooks=[*hooks, Capture(exp, workdir.name)], **plug)
 
     monkeypatch.setattr(train, "train_and_evaluate", wrapped)
-    methods.run(config, tmp_path / "run")
-    assert [(name, opt, lr) for name, (opt, lr, _) in runs.items()] == [
+    methods.run(build.experiment(config), tmp_path / "run")
+    assert [(name, opt, lr) for name, (opt, lr, _) in started.items()] == [
         ("phase_1", "adadelta", 1.0), ("phase_1_plus", "adam", 5e-4)]
 
     def best(name):
         workdir = tmp_path / "run" / name
-        state, _, _ = evaluate.load_state(evaluate.load_config(workdir), workdir)
+        state, _, _ = runs.load_state(workdir)
         return state, jax.tree.map(np.asarray, state.params)
 
     warm_state, warm = best("phase_1")
     is_adadelta = lambda x: isinstance(x, optax.ScaleByAdaDeltaState)  # noqa: E731
     assert any(map(is_adadelta, jax.tree.leaves(warm_state.opt_state, is_leaf=is_adadelta)))
-    fresh = runs["phase_1"][2]
+    fresh = started["phase_1"][2]
     moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(warm), jax.tree.leaves(fresh))]
     assert 0 < max(moved) < 0.05  # Adadelta's first steps are ~sqrt(eps / (1 - rho)) = 3e-3 each
-    jax.tree.map(np.testing.assert_array_equal, runs["phase_1_plus"][2], warm)
+    jax.tree.map(np.testing.assert_array_equal, started["phase_1_plus"][2], warm)
     _, plus = best("phase_1_plus")
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(plus),
                                                         jax.tree.leaves(warm)))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msjax import evaluate, train
+from msjax import runs, train
 from tests.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_two_processes_agree_and_match_one_process(tmp_path):
     single = tmp_path / "single"
     train.train_and_evaluate(tiny_config(**{"mode": "multiscale", "mge.batch_growth": 2,
                                             "runtime.num_devices": 2}), single)
-    state, _, _ = evaluate.load_state(evaluate.load_config(single), single, "latest")
+    state, _, _ = runs.load_state(single, "latest")
     import jax
 
     for path, a in jax.tree_util.tree_leaves_with_path(jax.tree.map(np.asarray, state.params)):

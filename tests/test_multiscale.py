@@ -9,11 +9,10 @@ from collections import Counter
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from msjax import multiscale, operators, optim, resize, steps, tasks
+from msjax import build, multiscale, operators, optim, resize, steps, tasks
 from msjax import backend
 from msjax.backend import xla_cpu
 from msjax.models import create_model
@@ -44,12 +43,12 @@ def flat(tree):
 
 
 def make_task(name, **kw):
-    return tasks.make_task(ml_collections.ConfigDict(dict(name=name, **kw)))
+    return build.task_for(name=name, **kw)
 
 
-def train_config(**kw):
-    return ml_collections.ConfigDict(dict(optimizer="adam", lr=1e-3, lr_end=1e-5,
-                                          grad_clip_value=0.0, grad_clip_norm=0.0, **kw))
+def make_optimizer(total_steps, **kw):
+    settings = build.optimizer_for(optimizer="adam", lr=1e-3, lr_end=1e-5, **kw)
+    return optim.make_optimizer(settings, optim.learning_rate(settings, total_steps))
 
 
 # --- telescoping: one shared batch gives exactly the single-scale gradient ----------------------
@@ -326,7 +325,7 @@ def create_state(total_steps, seed=0):
         variables = model.init({"params": rng, "dropout": rng}, sample, t, train=False)
         params = variables.pop("params")
         return steps.TrainState.create(apply_fn=model.apply, params=params,
-                                       tx=optim.make_optimizer(train_config(), total_steps),
+                                       tx=make_optimizer(total_steps),
                                        model_state=dict(variables))
 
     return jax.jit(init).lower().compile(FAST_COMPILE)()

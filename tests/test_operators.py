@@ -3,12 +3,12 @@ the training corruptions, and building tasks from a config."""
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from msjax import operators, resize, tasks
+from msjax import build, defaults, operators, resize, tasks
+from msjax.errors import ConfigError
 from msjax.backend import xla_cpu
 
 SHAPES = [(96, 96), (128, 128), (48, 64)]
@@ -308,12 +308,12 @@ def test_downsample_bilinear_shape_and_unknown_kernel():
 # --- tasks from a config -----------------------------------------------------------------------
 
 def task_config(name, **kw):
-    return ml_collections.ConfigDict(dict(name=name, **kw))
+    return dict(name=name, **kw)
 
 
 @pytest.mark.parametrize("name", ["denoise", "deblur", "inpaint", "sr"])
 def test_make_task_builds_each_task_from_a_config(name):
-    task = tasks.make_task(task_config(name, scale=2, upsample_input=True))
+    task = build.task_for(**task_config(name, scale=2, upsample_input=True))
     assert isinstance(task, tasks.Task) and task.name == name
     x = jax.ShapeDtypeStruct((8, 16, 24, 3), jnp.float32)
     y, t = jax.eval_shape(lambda x: task.corrupt(x, jax.random.key(0), 0), x)
@@ -328,13 +328,13 @@ def test_make_task_builds_each_task_from_a_config(name):
 
 
 def test_make_task_options_reach_the_operators():
-    config = ml_collections.ConfigDict(dict(
+    config = dict(
         denoise=task_config("denoise", noise="gaussian", sigma=50.0),
         deblur=task_config("deblur", blur_sigma=(2.0, 4.0), t_max=0.05),
-        inpaint=task_config("inpaint", box_count=(2, 2), box_size=(0.25, 0.25), t_max=0.02)))
+        inpaint=task_config("inpaint", box_count=(2, 2), box_size=(0.25, 0.25), t_max=0.02))
 
     def all_tasks(x, key):
-        made = {name: tasks.make_task(c).corrupt(x, key, 0) for name, c in config.items()}
+        made = {name: build.task_for(**c).corrupt(x, key, 0) for name, c in config.items()}
         direct = {"denoise": operators.denoise_gaussian(x, key, sigma=50.0),
                   "deblur": operators.deblur(x, key, sigma=(2.0, 4.0), t_max=0.05),
                   "inpaint": operators.inpaint(x, key, count=(2, 2), size=(0.25, 0.25),
@@ -349,9 +349,9 @@ def test_make_task_options_reach_the_operators():
 
 
 def test_deblur_per_level_operator_scales_sigma_by_two_to_minus_level():
-    config = task_config("deblur", blur_sigma=(3.0, 2.0))
-    per_level = tasks.make_task(config, operator_per_level=True)
-    fixed = tasks.make_task(config)
+    fields = task_config("deblur", blur_sigma=(3.0, 2.0))
+    per_level = tasks.make_task(build.task_settings(_with_task(**fields)), operator_per_level=True)
+    fixed = build.task_for(**fields)
 
     def all_levels(x, key):
         return ((per_level.corrupt(x, key, 2), operators.deblur(x, key, sigma=(0.75, 0.5))),
@@ -363,8 +363,14 @@ def test_deblur_per_level_operator_scales_sigma_by_two_to_minus_level():
     assert float(jnp.max(jnp.abs(a[0] - b[0]))) > 1e-2
 
 
+def _with_task(**fields):
+    config = defaults.get_config()
+    config.task.update(fields)
+    return config
+
+
 def test_make_task_unknown_name_raises_naming_the_choices():
-    with pytest.raises(ValueError, match="unknown task 'colorize'") as error:
-        tasks.make_task(task_config("colorize"))
+    with pytest.raises(ConfigError, match="task.name='colorize' is unknown") as error:
+        build.task_for(**task_config("colorize"))
     assert all(name in str(error.value) for name in ("denoise", "deblur", "inpaint", "sr"))
-    assert all(name in str(error.value) for name in tasks.TASKS)
+    assert all(name in str(error.value) for name in tasks.TASKS.names())

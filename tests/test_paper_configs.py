@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msjax import config_check, multiscale, tasks
+from msjax import build, config_check, multiscale
 from msjax.configs import (deblur_celeba, deblur_cifar10, deblur_stl10, denoise_celeba,
                            denoise_cifar10, inpaint_celeba, inpaint_cifar10, sr_urban100)
 
@@ -30,7 +30,7 @@ def test_every_paper_config_runs_the_official_schedule_in_every_mode(name):
         c = PAPER[name].get_config()
         c.mode = mode
         config_check.validate(c)
-        stages = config_check.schedule(c)
+        stages = build.stages(c)
         if mode == "fullmultiscale":
             assert tuple(s.steps for s in stages) == OFFICIAL_STAGES
             # Coarse to fine: finest levels 3, 2, 1, 0 with base batch B * 2^(3 - j).
@@ -46,11 +46,11 @@ def test_an_explicit_step_budget_wins_and_keeps_the_stage_proportions():
     c = deblur_stl10.get_config()
     c.mode, c.train.steps = "fullmultiscale", 150
     budget_over_stages(c, {"train.steps": 150, "mode": "fullmultiscale"})
-    assert tuple(s.steps for s in config_check.schedule(c)) == (80, 40, 20, 10)
+    assert tuple(s.steps for s in build.stages(c)) == (80, 40, 20, 10)
     c = deblur_stl10.get_config()
     budget_over_stages(c, {})  # no override: the config's stages stand
     c.mode = "fullmultiscale"
-    assert tuple(s.steps for s in config_check.schedule(c)) == OFFICIAL_STAGES
+    assert tuple(s.steps for s in build.stages(c)) == OFFICIAL_STAGES
 
 
 def test_the_paper_configs_build_on_1_2_4_and_8_devices():
@@ -85,7 +85,7 @@ def test_the_official_variant_restores_the_official_codes_choices():
     assert inpaint_celeba.get_config("official").mge.shared_batch
     assert denoise_cifar10.get_config("official").data.resize_method == "bilinear"
     c.mode = "multiscale"
-    assert config_check.schedule(c)[0].plan.batch_sizes == (16, 16, 16, 16)
+    assert build.stages(c)[0].plan.batch_sizes == (16, 16, 16, 16)
     with pytest.raises(ValueError, match="unknown config variant"):
         deblur_stl10.get_config("offical")
 
@@ -99,8 +99,8 @@ def test_full_multiscale_takes_its_own_schedule_and_the_official_variant_the_one
                                       ("single", "", None), ("fullmultiscale", "official", None)):
         c = deblur_stl10.get_config(variant)
         c.mode = mode
-        rate = optim.learning_rate(optim.run_train_section(c), steps, (2000, 3000, 3500, 3750))
-        cosine = optim.learning_rate(c.train, steps)
+        rate = optim.learning_rate(build.optimizer_settings(c), steps, (2000, 3000, 3500, 3750))
+        cosine = optim.learning_rate(build.optimizer_settings(c), steps)
         if at_stage_2 is None:  # the official one cosine over the run
             assert float(rate(3100)) == float(cosine(3100)) < 0.25 * c.train.lr
         else:  # full rate until the last fifth (step 3000), then a decay to lr_end
@@ -111,8 +111,10 @@ def test_full_multiscale_takes_its_own_schedule_and_the_official_variant_the_one
 
 def test_normalised_training_corrupts_and_predicts_in_normalised_units():
     mean, std = (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)
-    plain = tasks.make_task(deblur_stl10.get_config().task)
-    normed = tasks.make_task(deblur_stl10.get_config().task, normalize=(mean, std))
+    plain = build.make_task(deblur_stl10.get_config())
+    c = deblur_stl10.get_config()
+    c.data.update(dict(normalize=True, mean=mean, std=std))
+    normed = build.make_task(c)
     x = jnp.asarray(np.random.default_rng(0).random((2, 16, 16, 3), np.float32))
     key = jax.random.PRNGKey(3)
     y_plain, t = plain.corrupt(x, key, 0)

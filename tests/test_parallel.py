@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from msjax import evaluate, parallel, train
+from msjax import parallel, runs, train
 from tests.helpers import tiny_config
 
 
@@ -13,7 +13,7 @@ def _trained_params(workdir, num_devices, task):
     c = tiny_config(**{"task.name": task, "mode": "multiscale", "runtime.num_devices": num_devices,
                        "mge.batch_growth": 2})
     train.train_and_evaluate(c, workdir)
-    state, _, step = evaluate.load_state(evaluate.load_config(workdir), workdir, "latest")
+    state, _, step = runs.load_state(workdir, "latest")
     assert step == 3
     return jax.tree.map(np.asarray, state.params)
 
@@ -38,8 +38,7 @@ def test_a_term_batch_that_does_not_divide_is_split_over_fewer_devices_and_train
         c = tiny_config(**{"runtime.num_devices": devices, "mode": "multiscale",
                            "mge.levels": 1, "mge.finest_batch": 2, "mge.batch_growth": 2})
         train.train_and_evaluate(c, tmp_path / name)
-        state, _, _ = evaluate.load_state(evaluate.load_config(tmp_path / name),
-                                          tmp_path / name, "latest")
+        state, _, _ = runs.load_state(tmp_path / name, "latest")
         return jax.tree.map(np.asarray, state.params)
 
     for a, b in zip(jax.tree.leaves(trained("one", 1)), jax.tree.leaves(trained("four", 4))):
@@ -58,7 +57,7 @@ def test_steady_state_runs_under_disallow_transfer_guard_on_four_devices(tmp_pat
 
     c = tiny_config(**{"runtime.num_devices": 4, "mode": "fullmultiscale", "mge.batch_growth": 2,
                        "batch_size": 8, "runtime.transfer_guard": "disallow"})
-    result = train.train_and_evaluate(c, tmp_path / "run", batch_transform=record_guard)
+    result = train.train_and_evaluate(c, tmp_path / "run", transform=record_guard)
     assert np.isfinite(result["psnr"])
     assert seen == ["disallow"] * 3
 
@@ -70,7 +69,7 @@ def test_an_implicit_host_to_device_copy_in_the_loop_fails_the_run(tmp_path):
 
     with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
         train.train_and_evaluate(tiny_config(**{"runtime.num_devices": 4}), tmp_path / "run",
-                                 batch_transform=add_host_noise)
+                                 transform=add_host_noise)
 
 
 @pytest.mark.parametrize("env_devices, num_devices, expected", [

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from msjax import models, multiscale, parallel, steps, tasks, train
+from msjax import build, models, multiscale, parallel, steps, train
 from tests.helpers import create_state, tiny_config
 
 
@@ -33,7 +33,8 @@ def test_bfloat16_run_trains_with_float32_params_and_optimizer_state(tmp_path):
 def test_bfloat16_step_convolves_in_bf16_and_keeps_the_blur_fft_float32():
     c = tiny_config(**{"dtype": "bfloat16", "mode": "multiscale"})
     plan = multiscale.LevelPlan((4, 4, 4), operator_per_level=True)
-    task = tasks.make_task(c.task, operator_per_level=True)
+    c.mge.operator_per_level = True
+    task = build.make_task(c)
     model = models.create_model(c.model, dtype=jnp.bfloat16, **c.model_kwargs)
     mesh = parallel.make_mesh(1)
     state = create_state(model, c, np.zeros((1, 16, 16, 3), np.float32), 3, mesh)

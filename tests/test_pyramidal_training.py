@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from msjax.configs import pyramidal_builtin
-from msjax import build, damage, data, parallel, steps, tasks, train
+from msjax import build, damage, data, steps, tasks, train
 from msjax.backend import xla_cpu
 from msjax.models.pyramidal import PyramidalAutoencoder
 from msjax.multiscale import LevelPlan, _term_pyramid, restrict_to, telescoping_loss
@@ -46,11 +46,10 @@ def test_every_damage_trains_a_step_end_to_end(tmp_path, name):
 @pytest.mark.parametrize("name", damage.DAMAGES)
 def test_validation_damage_is_the_fixed_form_in_every_run(name):
     """Two runs (different seeds even) validate on the same damaged images: the fixed form."""
-    mesh = parallel.make_mesh(1)
     inputs = []
     for seed in (1, 2):
         c = tiny_config(**{"task.name": "damage", "task.damage": name, "seed": seed})
-        batch = build.make_validation(c, tasks.make_task(c.task), mesh).batch
+        batch = build.make_validation(build.experiment(c)).batch
         inputs.append(np.asarray(batch["input"]))
     np.testing.assert_array_equal(inputs[0], inputs[1])
     expected = damage.validation_damage(name, batch["target"], tasks.VALIDATION_DAMAGE_SEED)
@@ -58,7 +57,7 @@ def test_validation_damage_is_the_fixed_form_in_every_run(name):
 
 
 def test_jpeg_is_made_on_the_host_and_restricted_like_paired_data():
-    task = tasks.make_task(tiny_config(**{"task.name": "damage", "task.damage": "jpeg"}).task)
+    task = build.make_task(tiny_config(**{"task.name": "damage", "task.damage": "jpeg"}))
     x = photos(2, 16, seed=0)
     y = task.host_corrupt(x)
     np.testing.assert_array_equal(y, damage.jpeg(x))
@@ -77,9 +76,9 @@ def test_signed_model_range_feeds_the_model_minus_one_to_one():
         seen["x"] = x
         return x
 
-    task = tasks.make_task(tiny_config(**{"task.name": "damage", "task.damage": "noise",
+    task = build.make_task(tiny_config(**{"task.name": "damage", "task.damage": "noise",
                                           "task.model_range": "signed",
-                                          "task.residual": False}).task)
+                                          "task.residual": False}))
     y = jnp.linspace(0, 1, 12).reshape(1, 2, 2, 3)
     out, _ = task.predict(identity_model, {}, y, None)
     np.testing.assert_allclose(seen["x"], 2 * y - 1)
@@ -90,9 +89,9 @@ def test_signed_model_range_feeds_the_model_minus_one_to_one():
 
 def pyramid(dropout_rate=0.2):
     model = PyramidalAutoencoder("pyramidal44", features=4, growth=4, dropout_rate=dropout_rate)
-    task = tasks.make_task(tiny_config(**{"task.name": "damage", "task.damage": "blur",
+    task = build.make_task(tiny_config(**{"task.name": "damage", "task.damage": "blur",
                                           "task.model_range": "signed",
-                                          "task.residual": False}).task)
+                                          "task.residual": False}))
     x = jnp.zeros((1, 16, 16, 3))
     variables = compile_and_run(lambda: model.init(
         {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x))

@@ -9,16 +9,16 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from msjax import config_check, metrics, multiscale, optim, tasks, train, warmstart
+from msjax import build, config_check, metrics, multiscale, optim, tasks, train, warmstart
 from msjax.backend import xla_cpu as xla_options
 from msjax.errors import ConfigError, RunDirError
 from msjax.models import create_model
 from msjax.multiscale import LevelPlan
-from tests.helpers import tiny_config
+from msjax.settings import WarmStart
+from tests.helpers import optimizer, tiny_config
 
 
 def images(shape, seed, noise=0.0, like=None):
@@ -52,7 +52,7 @@ def official_ssim_map(x, y):
     return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
 
 
-NEG_SSIM = tasks.make_task(ml_collections.ConfigDict(dict(name="sr", scale=2, loss="neg_ssim")))
+NEG_SSIM = build.task_for(name="sr", scale=2, loss="neg_ssim")
 neg_ssim = jax.jit(NEG_SSIM.term_loss)
 
 
@@ -98,7 +98,7 @@ def test_neg_ssim_gradient_is_finite(case):
 @pytest.mark.parametrize("loss", tasks.LOSSES)
 def test_image_losses_average_to_the_term_loss(loss):
     """Validation reports ``image_loss``: one value per image whose mean is the training loss."""
-    task = tasks.make_task(ml_collections.ConfigDict(dict(name="sr", scale=2, loss=loss)))
+    task = build.task_for(name="sr", scale=2, loss=loss)
     x = jnp.asarray(images((3, 16, 16, 3), seed=8), jnp.float32)
     y = jnp.asarray(images(None, seed=9, noise=0.1, like=np.asarray(x)), jnp.float32)
     per_image = task.image_loss(y, x)
@@ -121,8 +121,8 @@ def _random_params(model, x):
 
 def test_shared_batch_mge_with_neg_ssim_telescopes_to_the_single_scale_gradient():
     """One shared batch: the -SSIM differences cancel, leaving the finest -SSIM's gradient."""
-    task = tasks.make_task(ml_collections.ConfigDict(dict(
-        name="sr", scale=2, upsample_input=True, residual=True, loss="neg_ssim")))
+    task = build.task_for(name="sr", scale=2, upsample_input=True, residual=True,
+                          loss="neg_ssim")
     model = create_model("srnet")
     params = _random_params(model, jnp.zeros((4, 32, 32, 3)))
     batches = ({"target": jnp.asarray(images((4, 32, 32, 3), seed=6), jnp.float32)},)
@@ -147,14 +147,14 @@ def test_shared_batch_mge_with_neg_ssim_telescopes_to_the_single_scale_gradient(
 
 
 def train_section(**kw):
-    c = tiny_config().train
-    c.update(kw)
-    return c
+    c = tiny_config()
+    c.train.update(kw)
+    return build.optimizer_settings(c)
 
 
 def test_adadelta_first_step_is_the_seed_formula():
     """lr 1, rho 0.9, eps 1e-6: the first update is -sqrt(eps) / sqrt((1 - rho) g^2 + eps) g."""
-    tx = optim.make_optimizer(train_section(optimizer="adadelta", lr=1.0, lr_end=1.0), 10)
+    tx = optimizer(train_section(optimizer="adadelta", lr=1.0, lr_end=1.0), 10)
     g = jnp.asarray([0.5, -2.0, 1e-4])
     update, _ = tx.update({"w": g}, tx.init({"w": jnp.ones(3)}), {"w": jnp.ones(3)})
     expected = -np.sqrt(1e-6) / np.sqrt(0.1 * np.asarray(g, np.float64)**2 + 1e-6) * g
@@ -173,7 +173,7 @@ def test_step_schedule_drives_the_optimizer():
     """Adam's first update has size lr per element: at count 2 of a period-2 schedule, lr x 0.1."""
     c = train_section(optimizer="adam", lr=1e-2, lr_schedule="step", lr_step_period=2,
                       lr_step_factor=0.1)
-    tx = optim.make_optimizer(c, 10)
+    tx = optimizer(c, 10)
     params = {"w": jnp.ones(2)}
     state = tx.init(params)
     sizes = []
@@ -290,14 +290,12 @@ class StateLike:
     model_state: Any
 
 
-def test_warm_start_hook_leaves_a_run_without_init_from_alone_and_prints_its_report(x2_run):
+def test_warm_start_copies_matching_tensors_and_prints_its_report(x2_run):
     workdir, source, _ = x2_run
     state = StateLike(params=fresh_params(3), model_state={})
-    assert warmstart.warm_start(state, sr_config(3).train) is state
+    assert build.experiment(sr_config(3)).warm_start is None  # no init_from: no warm start
     lines = []
-    c = sr_config(3).train
-    c.init_from = str(workdir)
-    started = warmstart.warm_start(state, c, write=lines.append)
+    started = warmstart.warm_start(state, WarmStart(str(workdir), "best"), write=lines.append)
     assert len(lines) == 1 and "copied 10 of 12 tensors" in lines[0]
     assert "upsampler/Conv_0/kernel (3, 3, 8, 72) (there (3, 3, 8, 32))" in lines[0]
     np.testing.assert_array_equal(started.params["head"]["kernel"], source["head/kernel"])

@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msjax import checkpoints, config_check, data, errors, evaluate, train
-from tests.helpers import tiny_config, write_images
+from msjax import build, checkpoints, config_check, data, errors, runs, train
+from tests.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _final_state(workdir, step):
-    config = evaluate.load_config(workdir)
-    state, _, _ = evaluate.load_state(config, workdir, "latest")
+    state, _, _ = runs.load_state(workdir, "latest")
     assert int(state.step) == step
     return jax.tree.map(np.asarray, {"params": state.params, "opt_state": state.opt_state})
 
@@ -108,9 +107,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path):
                 fh.truncate(f.stat().st_size // 2)
     messages = []
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", read_only=True)
-    config = evaluate.load_config(workdir)
-    task = evaluate.load_state(config, workdir, "best")[1].task
-    template = evaluate.load_state(config, workdir, "best")[0]
+    template = runs.load_state(workdir, "best")[0]
     restored = ckpt.restore_latest(template, on_fallback=messages.append)
     assert restored is not None and restored[2] == 3
     assert messages and "checkpoint 4" in messages[0] and "falling back" in messages[0]
@@ -133,12 +130,11 @@ def test_best_checkpoint_is_never_replaced_by_a_worse_one(tmp_path):
 def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     c = tiny_config(**{"train.steps": 6, "train.lr": 1e30, "train.lr_end": 1e29,
                        "task.name": "denoise"})
-    with pytest.raises(train.NonFiniteError, match=r"non-finite loss or gradient at step \d"):
+    with pytest.raises(errors.NonFiniteError, match=r"non-finite loss or gradient at step \d"):
         train.train_and_evaluate(c, tmp_path / "run")
     kept = checkpoints.Checkpoints(tmp_path / "run" / "checkpoints", read_only=True).steps()
-    config = evaluate.load_config(tmp_path / "run")
     if kept:  # whatever was saved before the failure is finite
-        state, _, _ = evaluate.load_state(config, tmp_path / "run", "latest")
+        state, _, _ = runs.load_state(tmp_path / "run", "latest")
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
 
 
@@ -227,7 +223,7 @@ IMPOSSIBLE = [
 def test_impossible_config_fails_before_compiling_with_one_clear_line(overrides, message):
     c = tiny_config(**overrides)
     with pytest.raises(config_check.ConfigError, match=message.replace("(", r"\(")) as info:
-        config_check.validate(c)
+        build.experiment(c)
     assert "\n" not in str(info.value)
 
 
@@ -241,7 +237,7 @@ def test_missing_workdir_parents_are_created_and_a_file_is_refused(tmp_path):
 
 def test_model_options_that_do_not_exist_are_a_config_error():
     with pytest.raises(config_check.ConfigError, match="do not fit model=residual_cnn"):
-        config_check.validate(tiny_config(model_kwargs={"width": 3}))
+        build.experiment(tiny_config(model_kwargs={"width": 3}))
 
 
 def test_clis_restart_once_on_huge_pages_keeping_pid_and_other_tunables():

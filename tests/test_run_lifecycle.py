@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msjax import checkpoints, errors, evaluate, rundir, train
+from msjax import build, checkpoints, errors, rundir, runs, train
 from msjax.lock import WorkdirLock
 from tests.helpers import tiny_config, write_images
 
@@ -51,7 +51,7 @@ def test_non_finite_steps_right_after_a_restore_fall_back_once(tmp_path, capsys)
     train.train_and_evaluate(_config(), workdir)
     # A checkpoint whose numbers are bad but self-consistent (its digest matches): NaN weights.
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints")
-    template = evaluate.load_state(evaluate.load_config(workdir), workdir, "latest")[0]
+    template = runs.load_state(workdir, "latest")[0]
     state, meta = ckpt.restore(4, template)
     ckpt.manager.delete(4)
     ckpt.save(4, state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params)), meta)
@@ -204,11 +204,11 @@ def test_a_run_written_before_a_field_existed_resumes_at_that_fields_default(tmp
     import json
 
     c = tiny_config()
-    rundir.write_config(tmp_path, c)
+    rundir.write_config(tmp_path, build.experiment(c).record)
     saved = json.loads((tmp_path / "config.json").read_text())
     del saved["fms.max_terms"]  # as written by an msjax without the field
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert rundir.compare(tmp_path, c, lambda cfg: cfg.train.steps).kind == "same"
+    assert build.resume(tmp_path, build.experiment(c)).kind == "same"
     c.fms.max_terms = 1  # the field away from its default is another experiment
     with pytest.raises(errors.RunDirError, match="fms.max_terms: 0 -> 1"):
-        rundir.compare(tmp_path, c, lambda cfg: cfg.train.steps)
+        build.resume(tmp_path, build.experiment(c))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msjax import config_check, evaluate, metrics, models, parallel, resize, steps, tasks, train
+from msjax import build, config_check, evaluate, metrics, models, parallel, resize, runs, steps, train
 from tests.helpers import create_state, tiny_config, write_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,8 +90,7 @@ def _undo_dihedral(x, k, flip):
 
 
 def test_self_ensemble_is_the_mean_of_the_8_transformed_outputs(sr_run):
-    config = evaluate.load_config(sr_run)
-    state, exp, _ = evaluate.load_state(config, sr_run, "latest")
+    state, exp, _ = runs.load_state(sr_run, "latest")
     task = exp.task
     y = np.random.default_rng(0).random((1, 12, 10, 3)).astype(np.float32)  # not square
     predict = jax.jit(lambda v: steps.predict(state, v, None, task=task))
@@ -106,7 +105,7 @@ def test_self_ensemble_of_an_equivariant_model_is_its_plain_output():
     """Convolutions whose kernels are symmetric under the 8 flips / quarter turns, with ReLU
     between, commute with them: averaging the transformed outputs must change nothing."""
     c = tiny_config(**{"task.name": "denoise", "task.residual": True})
-    task = tasks.make_task(c.task)
+    task = build.make_task(c)
     model = models.create_model("residual_cnn", features=8, depth=3)
     state = create_state(model, c, np.zeros((1, 16, 16, 3), np.float32), 1,
                          parallel.make_mesh(1))
@@ -151,8 +150,8 @@ def test_every_mge_mode_steps_every_sr_model(name, mode):
                        "fms.stage_weights": (1, 1)})
     c.model_kwargs = dict(scale=2, **TINY[name])
     config_check.validate(c)
-    task = tasks.make_task(c.task)
-    stage = config_check.schedule(c)[0]
+    task = build.make_task(c)
+    stage = build.stages(c)[0]
     mesh = parallel.make_mesh(1)
     model = models.create_model(name, **c.model_kwargs)
     state = create_state(model, c, np.zeros((1, 16, 16, 3), np.float32), 1, mesh)

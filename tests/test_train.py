@@ -1,7 +1,7 @@
 """End to end: every task x mode trains a step; data paths; resume; evaluation."""
 
 import csv
-import json
+import dataclasses
 import subprocess
 import sys
 import time
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from msjax import config_check, data, errors, evaluate, optim, steps, train
+from msjax import build, config_check, errors, evaluate, optim, runs, train
 from tests.helpers import tiny_config, write_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_fms_stage_logged_and_work_units_match_the_plan(tmp_path):
     train.train_and_evaluate(c, tmp_path / "run")
     rows = _rows(tmp_path / "run" / "train.csv")
     assert [int(r["stage"]) for r in rows] == [0, 1, 2]
-    stages = config_check.schedule(c)
+    stages = build.stages(c)
     from msjax import multiscale
 
     expected = np.cumsum([multiscale.work_units(s.plan, c.batch_size) for s in stages])
@@ -151,7 +151,8 @@ def test_adam_weight_decay_is_torch_style_coupled_l2(decay):
     import jax.numpy as jnp
 
     c = tiny_config(**{"train.weight_decay": decay, "train.lr": 0.01, "train.lr_end": 0.01})
-    tx = optim.make_optimizer(c.train, 10)
+    settings = build.optimizer_settings(c)
+    tx = optim.make_optimizer(settings, optim.learning_rate(settings, 10))
     params = {"w": jnp.full(3, 2.0)}
     update, _ = tx.update({"w": jnp.zeros(3)}, tx.init(params), params)
     # A zero loss gradient: Adam sees g = decay * w = 0.2, and its first step is -lr * g / |g|.
@@ -165,12 +166,11 @@ def test_eval_of_a_damage_run_uses_the_fixed_validation_damage(tmp_path):
     workdir = tmp_path / "run"
     train.train_and_evaluate(c, workdir)
     targets = write_images(tmp_path / "gt", 2, size=(32, 32))
-    config = evaluate.load_config(workdir)
-    state, exp, _ = evaluate.load_state(config, workdir, "latest")
+    state, exp, _ = runs.load_state(workdir, "latest")
     rows = []
     for seed in (0, 1):
-        config.seed = seed
-        rows.append(evaluate.evaluate_folder(config, state, exp, target_dir=str(targets),
+        rows.append(evaluate.evaluate_folder(state, dataclasses.replace(exp, seed=seed),
+                                             target_dir=str(targets),
                                              output_dir=tmp_path / f"out{seed}"))
     assert rows[0] == rows[1] and np.isfinite(rows[0][0]["psnr"])
 
@@ -178,13 +178,13 @@ def test_eval_of_a_damage_run_uses_the_fixed_validation_damage(tmp_path):
 def test_per_stage_cosine_restarts_the_rate_at_every_fms_stage():
     c = tiny_config(mode="fullmultiscale", **{"train.steps": 30,
                                               "train.lr_schedule": "cosine_per_stage"})
-    ends = tuple(s.end_step for s in config_check.schedule(c))
+    ends = tuple(s.end_step for s in build.stages(c))
     assert ends == (10, 20, 30)
-    per_stage = optim.learning_rate(c.train, 30, ends)
+    per_stage = optim.learning_rate(build.optimizer_settings(c), 30, ends)
     np.testing.assert_allclose([float(per_stage(s)) for s in (0, 10, 20)], 1e-3, rtol=1e-6)
     assert float(per_stage(9)) < 0.05 * 1e-3 and float(per_stage(19)) < 0.05 * 1e-3
     c.train.lr_schedule = "cosine"  # the official single cosine: the fine stage starts low
-    assert float(optim.learning_rate(c.train, 30)(20)) < 0.3 * 1e-3
+    assert float(optim.learning_rate(build.optimizer_settings(c), 30)(20)) < 0.3 * 1e-3
     c.train.lr_schedule = "linear"
     with pytest.raises(config_check.ConfigError, match="train.lr_schedule"):
         config_check.validate(c)

@@ -9,34 +9,49 @@ from msjax.data.host import DecodedImages, HostBatches
 from msjax.data.inputs import TrainingInput
 from msjax.data.pipeline import Prefetcher, term_batch, to_float, validation_crops
 from msjax.data.sources import DataError, builtin_photos, tfds_source
+from msjax.registry import Registry
 
-SOURCES = ("builtin", "tfds", "folder", "paired_folders")
+# name -> opener(spec, split, *, scale) of a random-access source of images (arrays, or
+# (HR, LR) pairs); a new source is one opener with this decorator.
+SOURCES = Registry("data source", field="data.source")
 
 
-def open_source(data_config, split: str, *, scale: int = 1):
-    """The images of ``split`` ('train' or 'valid') as a random-access source."""
-    c = data_config
-    min_side = c.patch if split == "train" else (c.valid_patch or c.patch)
-    if c.source == "builtin":
-        return builtin_photos(split)
-    if c.source == "tfds":
-        if not c.name:
-            raise DataError("data.source=tfds needs data.name, e.g. --config.data.name=stl10")
-        return tfds_source(c.name, c.train_split if split == "train" else c.valid_split,
-                           c.data_dir, download=c.download)
-    if c.source == "folder":
-        folder = c.train_dir if split == "train" else (c.valid_dir or c.train_dir)
-        if not folder:
-            raise DataError("data.source=folder needs --config.data.train_dir (and valid_dir)")
-        return scan_folder(folder, min_side=min_side, bad_images=c.bad_images)
-    if c.source == "paired_folders":
-        hr = c.train_dir if split == "train" else c.valid_dir
-        lr = c.train_lr_dir if split == "train" else c.valid_lr_dir
-        if not hr or not lr:
-            raise DataError("data.source=paired_folders needs data.train_dir / train_lr_dir and "
-                            "data.valid_dir / valid_lr_dir (HR and LR folders)")
-        return scan_pairs(hr, lr, scale=scale, min_side=min_side, bad_images=c.bad_images)
-    raise DataError(f"unknown data.source {c.source!r}; choose one of {', '.join(SOURCES)}")
+def open_source(spec, split: str, *, scale: int = 1):
+    """The images of ``split`` ('train' or 'valid') of ``spec`` (``settings.InputSpec``) as a
+    random-access source."""
+    return SOURCES.get(spec.source)(spec, split, scale=scale)
+
+
+@SOURCES.register("builtin")
+def _builtin(spec, split: str, *, scale: int = 1):
+    return builtin_photos(split)
+
+
+@SOURCES.register("tfds")
+def _tfds(spec, split: str, *, scale: int = 1):
+    if not spec.name:
+        raise DataError("data.source=tfds needs data.name, e.g. --config.data.name=stl10")
+    return tfds_source(spec.name, spec.train_split if split == "train" else spec.valid_split,
+                       spec.data_dir, download=spec.download)
+
+
+@SOURCES.register("folder")
+def _folder(spec, split: str, *, scale: int = 1):
+    folder = spec.train_dir if split == "train" else (spec.valid_dir or spec.train_dir)
+    if not folder:
+        raise DataError("data.source=folder needs --config.data.train_dir (and valid_dir)")
+    return scan_folder(folder, min_side=spec.min_side(split), bad_images=spec.bad_images)
+
+
+@SOURCES.register("paired_folders")
+def _paired_folders(spec, split: str, *, scale: int = 1):
+    hr = spec.train_dir if split == "train" else spec.valid_dir
+    lr = spec.train_lr_dir if split == "train" else spec.valid_lr_dir
+    if not hr or not lr:
+        raise DataError("data.source=paired_folders needs data.train_dir / train_lr_dir and "
+                        "data.valid_dir / valid_lr_dir (HR and LR folders)")
+    return scan_pairs(hr, lr, scale=scale, min_side=spec.min_side(split),
+                      bad_images=spec.bad_images)
 
 
 __all__ = ["DataError", "DecodedImages", "FolderSource", "HostBatches", "PairedSource",

@@ -231,10 +231,10 @@ class Placement:
     footprint: Footprint | None = None
 
 
-def choose(data_config, source, mesh, *, host_corrupt: bool = False) -> Placement:
+def choose(spec, source, mesh, *, host_corrupt: bool = False) -> Placement:
     """``data.on_device``: auto puts the decoded dataset on the device when it fits in
     ``data.device_fraction`` of one device's memory (a CPU: ``CPU_DEVICE_BYTES``)."""
-    c = data_config
+    c = spec
     setting = parse_on_device(c.on_device)
     host = (f"input: host workers, {c.host_workers or os.cpu_count()} threads, "
             f"{c.host_cache_gib:g} GiB image cache")

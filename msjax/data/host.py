@@ -158,6 +158,15 @@ class HostBatches:
         self._fill(step + 1)
         return tuple(f.result() for f in futures)
 
+    def restart(self, stop: int) -> None:
+        """Drops the steps built ahead (a new plan may change their batches) and builds up to
+        ``stop`` from the next ``get`` on."""
+        for futures in self._futures.values():
+            for f in futures:
+                f.cancel()
+        self._futures.clear()
+        self._stop = stop
+
     def close(self):
         if not self._closed:
             self._closed = True

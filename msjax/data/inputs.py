@@ -33,11 +33,11 @@ class TrainingInput:
     ``on_device``, ``line`` (the start banner), ``path`` ('device' | 'host'); ``dataset`` (device
     path) or ``host_batches(step)`` (host path); ``close()`` stops the host workers."""
 
-    def __init__(self, config, source, mesh, *, task, stages, start: int, stop: int,
+    def __init__(self, spec, source, mesh, *, seed: int, task, stages, start: int, stop: int,
                  path: str = ""):
         """``path`` ('device' | 'host') overrides the choice: a resumed run keeps the path it
         started on, whose batches it must see again."""
-        c = config.data
+        c = spec
         placement = device.choose(c, source, mesh, host_corrupt=task.host_corrupt is not None)
         self.on_device, self.line = placement.on_device, placement.line
         if path and (path == "device") != self.on_device:
@@ -45,7 +45,7 @@ class TrainingInput:
             self.line = (f"input: {'on device' if self.on_device else 'host workers'}, as when "
                          "this run started (its batches depend on the path)")
         self.path = "device" if self.on_device else "host"
-        self.dataset, self._host = None, None
+        self.dataset, self._host, self.stages = None, None, tuple(stages)
         resize = pipeline.whole_image_resize(c)
         if self.on_device:
             self.dataset = device.load(source, mesh, patch=c.patch, resize=resize,
@@ -53,13 +53,23 @@ class TrainingInput:
             return
         corrupt = task.host_corrupt
         self._host = HostBatches(
-            source, seed=config.seed, patch=c.patch, scale=task.scale, augment=c.augment,
+            source, seed=seed, patch=c.patch, scale=task.scale, augment=c.augment,
             resize=resize, start=start, stop=stop,
-            batch_sizes=lambda step: term_sizes(stages[multiscale.stage_at(stages, step)].plan),
+            batch_sizes=self._term_sizes,
             rows=lambda n: parallel.process_rows(n, mesh),
             transform=(lambda b: {**b, "input": corrupt(b["target"])}) if corrupt else None,
             workers=c.host_workers, prefetch=c.host_prefetch,
             cache_bytes=int(c.host_cache_gib * 2**30))
+
+    def _term_sizes(self, step: int) -> tuple[int, ...]:
+        return term_sizes(self.stages[multiscale.stage_at(self.stages, step)].plan)
+
+    def replan(self, stages) -> None:
+        """New stages (an adaptive decision): the host workers drop the steps they built ahead,
+        whose stage (and so batch shapes) may have changed."""
+        self.stages = tuple(stages)
+        if self._host is not None:
+            self._host.restart(self.stages[-1].end_step)
 
     def host_batches(self, step: int) -> tuple:
         """This process's rows of every term batch of ``step`` (numpy), host path only."""

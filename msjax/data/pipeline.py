@@ -67,12 +67,10 @@ def resize_whole(img: np.ndarray, size: int, mode: str = "square",
     return (out * 65535 + 0.5).astype(np.uint16) if img.dtype == np.uint16 else out
 
 
-def whole_image_resize(data_config):
-    """The config's whole-image resize (``data.resize_to``, ``data.resize_mode``,
-    ``data.resize_method``) as a function of one image, or None when off."""
-    from msjax import defaults
-
-    c = defaults.section("data", data_config)
+def whole_image_resize(spec):
+    """The whole-image resize of ``spec`` (``settings.InputSpec``: ``resize_to``, ``resize_mode``,
+    ``resize_method``) as a function of one image, or None when off."""
+    c = spec
     if not c.resize_to:
         return None
     return lambda img: resize_whole(img, c.resize_to, c.resize_mode, c.resize_method)

@@ -1,4 +1,4 @@
-"""ECO: noise-free optimization in early training steps for SR (reference/seed_methods.md (a)).
+"""ECO: noise-free optimization in early training steps for SR (Kim et al., ECO, CVPR 2024).
 
 A frozen, pretrained SR network f_pre turns each LR image into SR_pre = f_pre(LR), a centroid-like
 estimate of its HR image without the HR's unpredictable detail, and LR_pre = bicubic-down(SR_pre)
@@ -16,6 +16,7 @@ its pairs cached to disk as 8-bit PNGs as the official code did, then cropped li
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -24,10 +25,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
-from msjax import data, evaluate, parallel, resize, rundir, steps, tasks, train
+from msjax import data, evaluate, logs, parallel, resize, runs, steps, train
 from msjax.errors import ConfigError
+from msjax.methods import METHODS
 
 SCHEDULES = ("sigmoid", "linear")
 MIXES = ("pixel", "sample")
@@ -89,11 +90,36 @@ def _mix_terms(teacher_state, batches, cached, alpha, step, seed_key, *, task, t
     return tuple(out)
 
 
+@dataclasses.dataclass(frozen=True)
+class EcoSettings:
+    """The ``eco`` section (msjax/defaults.py has each field's meaning)."""
+
+    teacher_workdir: str
+    teacher_checkpoint: str
+    schedule: str
+    shift: float
+    mix: str
+    precompute: bool
+    cache_dir: str
+    tile: int
+
+
+def _cache_batches(exp, cache, step: int) -> tuple:
+    """This process's rows of every term's batch of cached teacher images at ``step``, cut as
+    the training batches are."""
+    plan, spec = exp.stages[exp.stage_at(step)].plan, exp.input
+    sizes = plan.batch_sizes[:1] if plan.shared_batch else plan.batch_sizes
+    return tuple(data.term_batch(
+        cache, seed=exp.seed, step=step, term=k, batch=n, patch=spec.patch,
+        scale=exp.task.scale, augment=spec.augment, rows=parallel.process_rows(n, exp.mesh),
+        resize=data.pipeline.whole_image_resize(spec)) for k, n in enumerate(sizes))
+
+
 class TeacherMix:
-    """The loop's ``batch_transform``: (step, device batches) -> batches of mixed pairs."""
+    """The loop's input transform: (step, device batches) -> batches of mixed pairs."""
 
     def __init__(self, exp, teacher_state, teacher_task, cache=None):
-        config, mesh, e = exp.config, exp.mesh, exp.config.eco
+        mesh, e = exp.mesh, exp.method_settings
         self.exp, self.mesh, self.cache = exp, mesh, cache
         self.total = exp.total_steps
         self.schedule = functools.partial(teacher_weight, schedule=e.schedule, shift=e.shift)
@@ -102,7 +128,7 @@ class TeacherMix:
         self.teacher = None if cache is not None else parallel.put_replicated(
             teacher_state.replace(opt_state=None), mesh)
         self.seed_key = parallel.put_replicated(
-            jax.random.fold_in(jax.random.PRNGKey(config.seed), _MIX_SALT), mesh)
+            jax.random.fold_in(jax.random.PRNGKey(exp.seed), _MIX_SALT), mesh)
         self._mix = exp.backend.jit(functools.partial(_mix_terms, task=exp.task,
                                                       teacher_task=teacher_task, mix=e.mix))
         self._prefetch, self._next = None, None
@@ -121,7 +147,7 @@ class TeacherMix:
             return None
         if self._next != step:  # first call, or a jump: restart the prefetcher here
             self._prefetch = data.Prefetcher(
-                functools.partial(train.host_batches, self.exp, self.cache), step, self.total)
+                functools.partial(_cache_batches, self.exp, self.cache), step, self.total)
         _, host = self._prefetch.get()
         self._next = step + 1
         sizes = self.exp.stages[self.exp.stage_at(step)].plan.batch_sizes
@@ -148,24 +174,15 @@ class TeacherCache:
         return (sr, data.folders.decode(self.path(i, "lr_pre"))) if self.paired else sr
 
 
-def _to_u8(img):
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def _save_png(path: Path, img_u8):
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(img_u8).save(tmp)
-    tmp.replace(path)  # atomic: an interrupted precompute never leaves a half-written image
-
-
 def precompute(exp, teacher_state, teacher_task, teacher_id: dict, directory: Path,
                *, tile: int = 0) -> TeacherCache:
     """Runs the teacher once on every whole training image and caches its pairs; images already
     cached for the same teacher and data are reused (an interrupted precompute resumes)."""
-    config, scale = exp.config, teacher_task.scale
-    source = data.open_source(config.data, "train", scale=scale)
-    paired = config.data.source == "paired_folders"
-    manifest = json.loads(json.dumps({"teacher": teacher_id, "data": config.data.to_dict(),
+    scale = teacher_task.scale
+    source = data.open_source(exp.input, "train", scale=scale)
+    paired = exp.input.source == "paired_folders"
+    manifest = json.loads(json.dumps({"teacher": teacher_id,
+                                      "data": dataclasses.asdict(exp.input),
                                       "scale": scale, "count": len(source)}))  # JSON's view
     directory.mkdir(parents=True, exist_ok=True)
     manifest_path = directory / "manifest.json"
@@ -175,7 +192,7 @@ def precompute(exp, teacher_state, teacher_task, teacher_id: dict, directory: Pa
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     cache = TeacherCache(directory, len(source), paired)
     restore = evaluate.make_restorer(teacher_state, teacher_task, backend=exp.backend)
-    resize_image = data.pipeline.whole_image_resize(config.data)
+    resize_image = data.pipeline.whole_image_resize(exp.input)
     for i in range(len(source)):
         if cache.path(i, "sr_pre").exists() and (not paired or cache.path(i, "lr_pre").exists()):
             continue
@@ -188,25 +205,25 @@ def precompute(exp, teacher_state, teacher_task, teacher_id: dict, directory: Pa
             hr_shape = hr.shape
             lr = resize.bicubic_downsample(hr[:hr.shape[0] // scale * scale,
                                               :hr.shape[1] // scale * scale], scale)
-        sr = _to_u8(evaluate.restore_image(restore, np.asarray(lr, np.float32), scale=scale,
+        sr = logs.to_u8(evaluate.restore_image(restore, np.asarray(lr, np.float32), scale=scale,
                                            tile=tile, overlap=min(16, tile // 2)))
         if paired:
             lr_pre = resize.bicubic_downsample(sr.astype(np.float64) / 255.0, scale)
-            _save_png(cache.path(i, "lr_pre"), _to_u8(lr_pre))
+            logs.save_png(cache.path(i, "lr_pre"), logs.to_u8(lr_pre))
         else:  # edge-pad rows / columns the modcrop dropped, so sizes (and crops) match the HR
             pad = ((0, hr_shape[0] - sr.shape[0]), (0, hr_shape[1] - sr.shape[1]), (0, 0))
             sr = np.pad(sr, pad, mode="edge")
-        _save_png(cache.path(i, "sr_pre"), sr)
+        logs.save_png(cache.path(i, "sr_pre"), sr)
     return cache
 
 
 # --- the method ----------------------------------------------------------------------------------
 
-def validate(config) -> None:
-    e = config.eco
+def check(e: EcoSettings, exp) -> None:
+    """Refusals before any data is read."""
     for ok, message in (
-            (config.task.name == "sr", f"method=eco trains super-resolution; task.name is "
-             f"{config.task.name!r}"),
+            (exp.task.name == "sr", f"method=eco trains super-resolution; task.name is "
+             f"{exp.task.name!r}"),
             (bool(e.teacher_workdir), "method=eco needs --config.eco.teacher_workdir: the run "
              "directory of a pretrained SR model (train one with method='' first)"),
             (e.schedule in SCHEDULES, f"eco.schedule={e.schedule!r}; choose one of "
@@ -218,11 +235,9 @@ def validate(config) -> None:
             raise ConfigError(message)
 
 
-def load_teacher(config):
+def load_teacher(e: EcoSettings, scale: int):
     """(state, task, identity) of the frozen teacher from its msjax run directory."""
-    e = config.eco
-    state, teacher, step = rundir.load_state(Path(e.teacher_workdir), e.teacher_checkpoint)
-    scale = tasks.make_task(config.task).scale
+    state, teacher, step = runs.load_state(Path(e.teacher_workdir), e.teacher_checkpoint)
     if teacher.task.scale != scale:
         raise ConfigError(f"the teacher in {e.teacher_workdir} is x{teacher.task.scale}, the run "
                           f"x{scale}; use a teacher trained at the same scale")
@@ -230,13 +245,13 @@ def load_teacher(config):
     return state, teacher.task, identity
 
 
+@METHODS.register("eco", settings=EcoSettings, check=check)
 def run(exp, workdir) -> dict:
-    config = exp.config
-    teacher_state, teacher_task, identity = load_teacher(config)
+    e = exp.method_settings
+    teacher_state, teacher_task, identity = load_teacher(e, exp.task.scale)
     cache = None
-    if config.eco.precompute:
-        directory = Path(config.eco.cache_dir or Path(workdir) / "eco_teacher_pairs")
-        cache = precompute(exp, teacher_state, teacher_task, identity, directory,
-                           tile=config.eco.tile)
+    if e.precompute:
+        directory = Path(e.cache_dir or Path(workdir) / "eco_teacher_pairs")
+        cache = precompute(exp, teacher_state, teacher_task, identity, directory, tile=e.tile)
     transform = TeacherMix(exp, teacher_state, teacher_task, cache)
-    return train.train_and_evaluate(exp, workdir, batch_transform=transform)
+    return train.train_and_evaluate(exp, workdir, transform=transform)

@@ -1,0 +1,277 @@
+"""What the loop does periodically or on a condition, one hook each.
+
+A hook acts on the ``loop.Loop`` after every compiled call (``after_steps``; ``loop.step`` is the
+step reached, and ``loop.crossed(every)`` says whether the call reached a multiple of ``every``,
+so a call may run several steps). Hooks run in the order the loop was given them; per-step
+metrics reach every hook's ``on_metrics`` whenever one fetches them (``loop.flush()``), so the
+non-finite check is free: it runs on what the train log fetches anyway. A hook that keeps state
+across steps returns it from ``state()``: it is saved with every checkpoint and given back to
+``load(meta)`` on resume. ``initialize(loop)`` shapes a fresh run's state (a warm start, a
+method's start), ``start(loop)`` runs once before the first step.
+
+Training methods (``msjax/methods``) add their own hooks to the same list.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+
+from msjax import multiscale, parallel, warmstart
+from msjax.errors import NonFiniteError
+from msjax.loop import FallBack, Preempted
+
+
+class Hook:
+    """The interface; every method is optional."""
+
+    def initialize(self, loop) -> None:
+        """A fresh run (not a resumed one): may replace ``loop.state``."""
+
+    def load(self, meta: dict) -> None:
+        """The checkpoint's meta, as ``state()`` saved it (older checkpoints may lack keys)."""
+
+    def start(self, loop) -> None:
+        """Once, after ``initialize`` or ``load``, before the first step."""
+
+    def on_metrics(self, loop, rows: list) -> None:
+        """Per-step metrics ``[(step, {name: float})]`` just fetched from the device."""
+
+    def after_steps(self, loop) -> None:
+        """After each compiled call; ``loop.step`` steps are done."""
+
+    def state(self) -> dict:
+        return {}
+
+
+class WarmStart(Hook):
+    """``train.init_from``: a fresh run starts from another run's matching weights."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def initialize(self, loop) -> None:
+        loop.state = warmstart.warm_start(loop.state, self.spec, write=loop.progress.write)
+
+
+class NonFinite(Hook):
+    """``runtime.nonfinite``: ``stop`` raises NonFiniteError naming the step and a checkpoint
+    that exists; if the non-finite steps come right after a restore, that checkpoint is set aside
+    and the loop falls back to the one before it, once. ``skip`` counts them (the step left the
+    state as it was), warns, and stops when more than ``max_skipped`` of the last ``window``
+    steps were skipped."""
+
+    def __init__(self, policy: str, max_skipped: float, window: int = 50):
+        self.policy, self.max_skipped, self.window = policy, max_skipped, window
+        self.recent: list[bool] = []
+
+    def load(self, meta: dict) -> None:
+        self.recent = [bool(x) for x in meta.get("recent_nonfinite", [])]
+
+    def state(self) -> dict:
+        return {"recent_nonfinite": list(self.recent)}
+
+    def on_metrics(self, loop, rows) -> None:
+        self.recent = (self.recent + [not m["finite"] for _, m in rows])[-self.window:]
+        bad = [(s, m) for s, m in rows if not m["finite"]]
+        if not bad:
+            return
+        first, m = bad[0]
+        if loop.restored_at is not None and first < loop.restored_at + loop.exp.log.every:
+            older = loop.ckpt.restore_before(loop.restored_at, loop.state,
+                                             on_fallback=loop.progress.write)
+            if older is not None:
+                loop.progress.write(f"step {first} right after restoring checkpoint "
+                                    f"{loop.restored_at} is not finite: that checkpoint is set "
+                                    f"aside; resuming from checkpoint {older.step}")
+                loop.rewind(older)
+                raise FallBack()
+        good = [s for s in loop.ckpt.steps() if s <= first]
+        kept = (f"the last good checkpoint (step {max(good)}) is kept in {loop.workdir}. "
+                if good else "no checkpoint before it was saved. ")
+        if self.policy == "stop":
+            raise NonFiniteError(
+                f"non-finite loss or gradient at step {first} (loss {m['loss']}, grad norm "
+                f"{m['grad_norm']}); {kept}Lower train.lr, or set "
+                "--config.runtime.nonfinite=skip to skip such steps")
+        loop.ledger.skipped += len(bad)
+        loop.progress.write(f"warning: {len(bad)} non-finite step(s) skipped up to step "
+                            f"{rows[-1][0] + 1} ({loop.ledger.skipped} in all)")
+        if len(self.recent) >= self.window and sum(self.recent) / self.window > self.max_skipped:
+            raise NonFiniteError(
+                f"{sum(self.recent)} of the last {self.window} steps were non-finite and "
+                f"skipped (runtime.max_skipped={self.max_skipped}); {kept}Lower train.lr")
+
+
+class TrainLog(Hook):
+    """Every ``every`` steps and at stage ends: train.csv / TensorBoard rows and the progress
+    line, from the last step fetched."""
+
+    def __init__(self, every: int, validation: "Validation"):
+        self.every, self.validation = every, validation
+
+    def after_steps(self, loop) -> None:
+        if loop.crossed(self.every) or loop.boundary:
+            loop.flush()
+
+    def on_metrics(self, loop, rows) -> None:
+        last, m = rows[-1]
+        loop.runlog.scalars("train", {
+            "step": last + 1, "stage": loop.stage, "lr": float(loop.exp.learning_rate(last)),
+            **{k: m[k] for k in ("loss", "finest_loss", "grad_norm")}, **loop.ledger.row()})
+        loop.progress.update(last + 1, stage=loop.stage,
+                             terms=loop.exp.stages[loop.stage].plan.num_terms, loss=m["loss"],
+                             best_psnr=self.validation.best)
+
+
+class AdaptiveMoveOn(Hook):
+    """``fms.schedule=adaptive``: at each log step the finest-level training losses since the
+    last one go to ``multiscale.AdaptiveSchedule``; when it ends a coarse stage the loop replans.
+    Its decisions are saved with each checkpoint, and a resumed run replays them."""
+
+    def __init__(self, exp):
+        settings = exp.adaptive
+        self.every, self.settings = exp.log.every, settings
+        self.planner = multiscale.AdaptiveSchedule(
+            exp.fixed_stages, exp.batch_size, window=settings.window,
+            min_improvement=settings.min_improvement, min_share=settings.min_share,
+            budget_units=settings.budget_units)
+        self.sum, self.count, self.loaded = 0.0, 0, False
+
+    def load(self, meta: dict) -> None:
+        if "adaptive" in meta:
+            self.planner.load(meta["adaptive"])
+            self.loaded = True
+
+    def start(self, loop) -> None:
+        if self.loaded:  # the decisions so far, without their move-on messages
+            loop.replan(self.planner.stages())
+
+    def state(self) -> dict:
+        return {"adaptive": self.planner.state()}
+
+    def on_metrics(self, loop, rows) -> None:
+        finite = [m["finest_loss"] for _, m in rows if m["finite"]]
+        self.sum, self.count = self.sum + sum(finite), self.count + len(finite)
+
+    def after_steps(self, loop) -> None:
+        if not (loop.crossed(self.every) or loop.boundary):
+            return
+        loop.flush()
+        interval, self.sum, self.count = (self.sum, self.count), 0.0, 0
+        if self.planner.observe(loop.stage, loop.step - 1, *interval):
+            loop.replan(self.planner.stages())
+            loop.progress.write(
+                f"{loop.progress.stage_label(loop.stage)} moves on at step {loop.step}: its "
+                f"training loss improved by less than {self.settings.min_improvement:.1%} over "
+                f"{self.settings.window} steps; the run now ends at step {loop.exp.total_steps}")
+
+
+class Validation(Hook):
+    """Every ``eval_every`` steps and at the end: the fixed validation set scored (valid.csv,
+    TensorBoard, the progress line), image grids, and the best PSNR so far (``best``), which
+    makes the checkpoint saved after it a best-checkpoint candidate."""
+
+    def __init__(self, every: int, valid, evaluate, draw, batches):
+        self.every, self.valid, self.evaluate, self.draw = every, valid, evaluate, draw
+        self.batches = batches
+        self.best = -math.inf
+
+    def load(self, meta: dict) -> None:
+        self.best = meta.get("best_psnr", -math.inf)
+
+    def state(self) -> dict:
+        return {"best_psnr": self.best}
+
+    def after_steps(self, loop) -> None:
+        if not (loop.crossed(self.every) or loop.step == loop.exp.total_steps):
+            return
+        loop.flush()
+        out = parallel.fetch(self.evaluate(loop.state, self.valid.batch))
+        row = {"step": loop.step, "stage": loop.stage, **self.valid.input_scores,
+               **{k: float(np.mean(v[:self.valid.count])) for k, v in out.items()},
+               **loop.ledger.row()}
+        loop.runlog.scalars("valid", row)
+        improved, self.best = row["psnr"] > self.best, max(self.best, row["psnr"])
+        loop.progress.write(f"step {loop.step} {loop.progress.stage_label(loop.stage)}: valid "
+                            f"PSNR {row['psnr']:.2f} dB (input {row['input_psnr']:.2f}), SSIM "
+                            f"{row['ssim']:.4f}{' *best' if improved else ''}")
+        train_batch = self.batches.training_batch(loop.batches, loop.stage, loop.state)
+        self.draw(loop.state, self.valid.batch, train_batch, loop.runlog, loop.step)
+        loop.validated = loop.result = row
+
+
+class TargetStop(Hook):
+    """``train.target_psnr``: stops once the mean of the last ``count`` validations reaches
+    the target, and says what reaching it cost."""
+
+    def __init__(self, target: float, count: int = 3):
+        self.target, self.count = target, count
+        self.recent: list[float] = []
+        self.reached = False
+
+    def load(self, meta: dict) -> None:
+        self.recent = list(meta.get("recent_psnr", []))
+
+    def state(self) -> dict:
+        return {"recent_psnr": list(self.recent)} | (
+            {"target_reached": True} if self.reached else {})
+
+    def after_steps(self, loop) -> None:
+        if loop.validated is None:
+            return
+        self.recent = (self.recent + [loop.validated["psnr"]])[-self.count:]
+        if self.target > 0 and len(self.recent) == self.count and \
+                float(np.mean(self.recent)) >= self.target:
+            self.reached, loop.stop = True, "target"
+            loop.result["target_reached"] = True
+            ledger = loop.ledger
+            loop.progress.write(
+                f"reached the target {self.target:.2f} dB (mean of the last {self.count} "
+                f"validations) at step {loop.step}: {ledger.work_units:.0f} work units, "
+                f"{ledger.seconds:.1f} s of training, {ledger.flops / 1e9:.1f} GFLOP; stopping")
+
+
+class Checkpointing(Hook):
+    """A checkpoint after every validation (a best candidate, with its PSNR), every
+    ``every`` steps, at stage ends and at the end."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def after_steps(self, loop) -> None:
+        if loop.validated is not None:
+            loop.save({"psnr": loop.validated["psnr"]})
+        elif loop.crossed(self.every) or loop.boundary:
+            loop.flush()
+            loop.save()
+
+
+class Preemption(Hook):
+    """SIGTERM / SIGINT: save and stop with ``loop.Preempted``. Checkpoints are written by all
+    processes together, so on several hosts all stop at the same step, whichever got the
+    signal: they agree at every log step (``every``)."""
+
+    def __init__(self, signals, every: int):
+        self.signals, self.every = signals, every
+
+    def agreed(self, loop):
+        if jax.process_count() == 1:
+            return self.signals.received
+        return parallel.agreed_signal(self.signals.received) if loop.crossed(self.every) \
+            else None
+
+    def after_steps(self, loop) -> None:
+        signum = self.agreed(loop)
+        if signum is None:
+            return
+        loop.flush()
+        if loop.saved_at != loop.step:
+            loop.save()
+        loop.ckpt.wait()
+        by = "" if self.signals.received else " (received by another process)"
+        raise Preempted(signum, f"stopped by signal {signum}{by} at step {loop.step}; "
+                                f"checkpoint saved in {loop.workdir}. Run the same command "
+                                "again to resume.")

@@ -1,0 +1,243 @@
+"""The training loop's parts: what one run holds while it trains (``Loop``), the compiled step
+programs, the batches they take, the cost ledger, image panels and the signals that stop it.
+
+``train.train_and_evaluate`` drives these; the hooks (``msjax/hooks.py``) act on a ``Loop``
+after each compiled call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import signal
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from msjax import build, logs, multiscale, parallel, steps
+
+
+class Preempted(Exception):
+    """SIGTERM / SIGINT arrived; a checkpoint was saved. ``signum`` is the signal."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+class Signals:
+    """Turns SIGTERM / SIGINT into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.received, self._previous = None, {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclasses.dataclass
+class Ledger:
+    """Costs so far: ``seconds`` is training wall time without compiling (which a longer run
+    amortises), ``compile_seconds`` the stages' compile (and kernel measurement) time."""
+
+    work_units: float = 0.0
+    flops: float = 0.0
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+    skipped: int = 0
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "Ledger":
+        return cls(**{k: meta.get(k, 0) for k in cls.__dataclass_fields__})
+
+    def add(self, plan, reference_batch: int, flops: float, seconds: float):
+        self.work_units += multiscale.work_units(plan, reference_batch)
+        self.flops += flops
+        self.seconds += seconds
+
+    def row(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class StepPrograms:
+    """Each stage's compiled step, compiled on first use with the kernels a checkpoint
+    recorded; on the device input path the step cuts its own batches from ``dataset``."""
+
+    def __init__(self, exp, seed_key, ledger_of, progress, recorded: dict, dataset=None):
+        self.exp, self.seed_key, self.progress = exp, seed_key, progress
+        self.ledger_of = ledger_of  # the loop's ledger now (a fallback replaces it)
+        self.recorded, self.programs, self.dataset = dict(recorded), {}, dataset
+
+    def __call__(self, stage: int, state, batches):
+        if stage not in self.programs:
+            self.progress.compiling(stage, terms=self.exp.stages[stage].plan.num_terms)
+            program = build.compile_train_step(self.exp, stage, state, batches, self.seed_key,
+                                               recorded=self.recorded.get(str(stage), ""),
+                                               dataset=self.dataset)
+            self.ledger_of().compile_seconds += program.seconds
+            if program.kernels:
+                self.recorded[str(stage)] = program.kernels
+            measured = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in program.timings.items())
+            self.progress.compiled(
+                stage, program.seconds,
+                detail=(f"convolutions {program.kernels}" if program.kernels else "")
+                + (f" (measured per step: {measured})" if measured else ""))
+            self.programs[stage] = program
+        return self.programs[stage]
+
+
+class Batches:
+    """What the compiled step takes as its batches at each step. On the device path the step
+    cuts its own (``fused``: it takes the dataset) unless a method rewrites them in between
+    (``transform(step, batches) -> batches``); then, and for the image logs, a separate program
+    cuts them, still on the device."""
+
+    def __init__(self, exp, inp, seed_key, transform=None):
+        self.exp, self.inp, self.seed_key, self.transform = exp, inp, seed_key, transform
+        self.fused = inp.on_device and transform is None
+        self._samplers = {}
+
+    def sample(self, stage: int, state) -> tuple:
+        if stage not in self._samplers:
+            self._samplers[stage] = self.exp.backend.jit(
+                functools.partial(build.device_batches, self.exp, stage))
+        return self._samplers[stage](self.inp.dataset, self.seed_key, state.step)
+
+    def __call__(self, step: int, stage: int, state):
+        if self.fused:
+            return self.inp.dataset
+        if self.inp.on_device:
+            batches = self.sample(stage, state)
+        else:
+            plan = self.exp.stages[stage].plan
+            batches = tuple(parallel.put_batch(b, self.exp.mesh, n)
+                            for b, n in zip(self.inp.host_batches(step), plan.batch_sizes))
+        return self.transform(step, batches) if self.transform is not None else batches
+
+    def training_batch(self, batches, stage: int, state) -> dict:
+        """The first term's batch of the step just run, for the image logs."""
+        return self.sample(stage, state)[0] if self.fused else batches[0]
+
+
+def panels(state, batch, key, *, task, count: int):
+    """Validation and training images for the logs: input, output (evaluation mode), target."""
+    head = jax.tree.map(lambda a: a[:count], batch)
+    if "input" in head:
+        y, t = head["input"], head.get("t")
+    else:
+        y, t = task.corrupt(head["target"], key, 0)
+    return {"input": y, "output": steps.predict(state, y, t, task=task), "target": head["target"]}
+
+
+class Panels:
+    """Image grids of the validation set and of a training batch (what the model makes of data
+    it is fitted to, beside validation), one compiled program for both."""
+
+    def __init__(self, exp, seed_key):
+        self.seed_key = seed_key
+        self.draw = exp.backend.jit(
+            functools.partial(panels, task=exp.task, count=exp.log.image_count),
+            out_shardings=parallel.replicated(exp.mesh))
+
+    def __call__(self, state, valid_batch, train_batch, runlog, step: int):
+        runlog.images(step, parallel.fetch(self.draw(state, valid_batch, self.seed_key)))
+        runlog.images(step, parallel.fetch(self.draw(state, train_batch, self.seed_key)),
+                      stream="train")
+
+
+class FallBack(Exception):
+    """Raised by a hook that moved the loop back to an older checkpoint (``Loop.rewind``)."""
+
+
+@dataclasses.dataclass
+class Loop:
+    """What a run holds while it trains; the hooks read and change it.
+
+    ``step`` is the next step to run (``previous`` the step the last call started from, so a
+    hook sees the interval ``previous < done <= step`` a call ran); ``exp`` may be replaced by
+    an adaptive decision (``replan``); ``stop`` ends the loop after the hooks of this call."""
+
+    exp: build.Experiment
+    workdir: Path
+    state: Any
+    step: int
+    ckpt: Any
+    progress: logs.Progress
+    runlog: logs.RunLog
+    ledger: Ledger
+    inp: Any
+    hooks: list
+    meta: dict                                  # what the run was restored with
+    restored_at: int | None = None              # the step a checkpoint gave, while it may fall back
+    previous: int = 0
+    stage: int = 0
+    boundary: bool = False                      # the call ended its stage (or the run)
+    batches: Any = None                         # the batches the last call ran on
+    pending: list = dataclasses.field(default_factory=list)   # (step, metrics) on the device
+    validated: dict | None = None               # this call's validation row
+    saved_at: int | None = None
+    result: dict = dataclasses.field(default_factory=dict)
+    stop: str = ""
+    programs: Any = None
+
+    def crossed(self, every: int) -> bool:
+        """Whether the last call reached a multiple of ``every``."""
+        return self.step // every > self.previous // every
+
+    def flush(self) -> list:
+        """Fetches the pending per-step metrics (the non-finite check and the train log run on
+        them, in every hook's ``on_metrics``); the rows fetched, [] when none were pending."""
+        self.ckpt.raise_if_save_failed()
+        if not self.pending:
+            return []
+        fetched, self.pending = parallel.fetch(self.pending), []
+        rows = [(s, {k: float(v) for k, v in m.items()}) for s, m in fetched]
+        for hook in self.hooks:
+            hook.on_metrics(self, rows)
+        return rows
+
+    def save(self, metrics: dict | None = None) -> None:
+        """A checkpoint of the state after ``step``, with every hook's state in its meta."""
+        meta = {"step": self.step, "stage": self.stage,
+                "kernels": self.programs.recorded if self.programs else {},
+                "input": self.inp.path, "total_steps": self.exp.total_steps,
+                **self.ledger.row()}
+        for hook in self.hooks:
+            meta.update(hook.state())
+        self.ckpt.save(self.step, self.state, meta, metrics)
+        self.saved_at = self.step
+
+    def replan(self, stages) -> None:
+        """New stages (an adaptive decision): the experiment, the optimizer's schedule (its state
+        carries over unchanged), the input and the progress line follow."""
+        self.exp = self.exp.replan(stages)
+        self.state = self.state.replace(tx=self.exp.make_optimizer())
+        self.inp.replan(self.exp.stages)
+        self.progress.total = self.exp.total_steps
+        self.boundary = True
+
+    def rewind(self, restored) -> None:
+        """Back to an older checkpoint (``checkpoints.Restored``): state, ledger, hooks' state
+        and logs as they were at its step; no second fall back."""
+        self.state, self.step = restored.state, int(restored.meta["step"])
+        self.previous, self.pending, self.restored_at = self.step, [], None
+        self.meta = dict(restored.meta)
+        self.ledger = Ledger.from_meta(self.meta)
+        for hook in self.hooks:
+            hook.load(self.meta)
+        self.runlog.close()
+        self.runlog = self.runlog.reopened(self.step)
+        self.progress.start = self.step
