@@ -16,8 +16,9 @@ TRAIN_USAGE = """Train a model with multiscale gradient estimation.
   python train.py --config configs/quickstart.py
   python train.py --config configs/deblur_stl10.py --config.mode=fullmultiscale
 
-The workdir defaults to runs/<config name> (plus _<mode> when --config.mode is given); running
-the same command again resumes there, a larger --config.train.steps extends a finished run.
+The workdir defaults to runs/<config name> (plus _<argument> for --config <file>.py:<argument>
+and for a config's default variant, plus _<mode> when --config.mode is given); running the same
+command again resumes there, a larger --config.train.steps extends a finished run.
 Override any field with --config.<section>.<field>=value. Sections:
 {sections}
 Every field, its default and a one-line comment: msjax/defaults.py; the experiments: configs/.
@@ -36,16 +37,21 @@ def _config_fields(argv) -> set[str]:
     if name is None and "--config" in argv[:-1]:
         name = argv[argv.index("--config") + 1]
     try:
-        import importlib.util
-
         path, _, argument = (name or "").partition(":")
-        spec = importlib.util.spec_from_file_location("msjax_cli_config", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config(argument) if argument else module.get_config()
+        get_config = _load_config_module(path).get_config
+        config = get_config(argument) if argument else get_config()
     except Exception:  # the flag parser has said what is wrong with the file itself
         config = defaults.get_config()
     return set(rundir.flat(config))
+
+
+def _load_config_module(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("msjax_cli_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def nearest_field_hint(field: str, known) -> str:
@@ -72,10 +78,17 @@ def _unknown_field_message(argv) -> str:
 def _parse(argv):
     from absl import flags
 
+    from msjax.errors import MsjaxError
+
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        _error(str(e).splitlines()[0])
+        # A config file's own error (an unknown config argument) arrives wrapped twice; its
+        # message is the line to show.
+        cause = e
+        while cause.__cause__ or cause.__context__:
+            cause = cause.__cause__ or cause.__context__
+        _error(str(cause) if isinstance(cause, MsjaxError) else str(e).splitlines()[0])
     except (AttributeError, KeyError):  # ml_collections: an override of a field that is not there
         _error(_unknown_field_message(argv))
 
@@ -91,14 +104,28 @@ def budget_over_stages(config, overridden: dict) -> None:
 
 
 def resolve_config_file(name: str) -> str:
-    """A config path as given, or the name of a packaged experiment ('deblur_stl10')."""
+    """A config path as given, or the name of a packaged experiment ('deblur_stl10'), with the
+    default variant of a config made with ``msjax.configs.variants`` when none is given
+    ('configs/edsr_div2k.py' -> 'configs/edsr_div2k.py:x2'), so its run directory names it."""
     path, _, argument = name.partition(":")
-    if Path(path).exists() or "/" in path or path.endswith(".py"):
-        return name
-    import msjax.configs
+    if not (Path(path).exists() or "/" in path or path.endswith(".py")):
+        import msjax.configs
 
-    packaged = Path(msjax.configs.__file__).parent / f"{path}.py"
-    return str(packaged) + (f":{argument}" if argument else "") if packaged.exists() else name
+        packaged = Path(msjax.configs.__file__).parent / f"{path}.py"
+        if not packaged.exists():
+            return name
+        path = str(packaged)
+    argument = argument or _default_variant(path)
+    return path + (f":{argument}" if argument else "")
+
+
+def _default_variant(path: str) -> str:
+    from msjax.configs import default_variant
+
+    try:
+        return default_variant(_load_config_module(path).get_config)
+    except Exception:  # the flag parser says what is wrong with the file itself
+        return ""
 
 
 def train(argv=None) -> None:
@@ -115,7 +142,7 @@ def train(argv=None) -> None:
     config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py), or "
                                     "the name of one (deblur_stl10)", lock_config=True)
     flags.DEFINE_string("workdir", None, "run directory for checkpoints and logs (default: "
-                        "runs/<config name>[_<mode>]); resumes if it holds the run")
+                        "runs/<config name>[_<argument>][_<mode>]); resumes if it holds the run")
     flags.mark_flags_as_required(["config"])
     argv = list(sys.argv if argv is None else argv)
     argv = [a if not a.startswith("--config=") else "--config=" + resolve_config_file(a[9:])

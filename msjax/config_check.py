@@ -9,11 +9,8 @@ from msjax import damage, multiscale, optim, tasks
 from msjax.data import SOURCES
 from msjax.data.pipeline import RESIZE_METHODS, RESIZE_MODES
 from msjax.errors import ConfigError
-from msjax.models import MODEL_NAMES, size_multiple
+from msjax.models import MODEL_NAMES, MODELS, size_multiple
 from msjax.resize import RESTRICTIONS
-
-# Models that upsample inside (pixel shuffle): their output is task.scale times their input.
-UPSAMPLING_MODELS = ("edsr", "rcan", "msrn")
 
 
 def _check(ok: bool, message: str):
@@ -111,10 +108,13 @@ def validate_stages(config, stages, task) -> None:
         # Scale 1: real LR/HR pairs at the same size (RealSR "LR2", the Multiblock setting).
         _check(scale in (2, 3, 4) or (scale == 1 and c.data.source == "paired_folders"),
                f"task.scale={scale} must be 2, 3 or 4 (or 1 with same-size paired_folders)")
-        _check(c.model in UPSAMPLING_MODELS or c.task.upsample_input or scale == 1,
+        # A model that upsamples inside outputs task.scale times its input.
+        upsamples = MODELS.info(c.model)["upsamples"]
+        upsampling = ", ".join(n for n in MODEL_NAMES if MODELS.info(n)["upsamples"])
+        _check(upsamples or c.task.upsample_input or scale == 1,
                f"model={c.model} keeps image sizes; for SR set --config.task.upsample_input=True "
-               "or use an upsampling model (edsr, rcan, msrn)")
-        if c.model in UPSAMPLING_MODELS:
+               f"or use an upsampling model ({upsampling})")
+        if upsamples:
             _check(not c.task.residual, f"task.residual adds the input to the output, but "
                    f"{c.model} outputs {scale}x its input; set --config.task.residual=False")
             model_scale = c.model_kwargs.get("scale", 2)

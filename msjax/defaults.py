@@ -158,7 +158,7 @@ def get_config():
     c.method = ""
     # ECO noise-free SR training (methods/eco.py). Its official optimizer extras live in c.train
     # where the optimizer reads them: beta2, lamb_bias_correction, lamb_max_weight_norm,
-    # loss_spike_factor (see optim.make_optimizer and configs/eco_edsr_x2.py).
+    # loss_spike_factor (see optim.make_optimizer and configs/eco_edsr.py).
     c.eco = ml_collections.ConfigDict(dict(
         teacher_workdir="",        # run directory (train.py) of the frozen pretrained SR network
         teacher_checkpoint="best",  # best | latest

@@ -171,9 +171,9 @@ def test_a_loss_spike_is_skipped_without_advancing_the_optimizer():
 
 
 def test_official_extras_build_from_the_eco_config():
-    from msjax.configs import eco_edsr_x2
+    from msjax.configs import eco_edsr
 
-    c = eco_edsr_x2.get_config()
+    c = eco_edsr.get_config("x2")
     tx = optimizer(build.optimizer_settings(c), 10)
     state = tx.init({"w": jnp.ones(3)})
     assert isinstance(state, optim.SkipSpikesState) and c.task.loss == "l1_255"

@@ -1,13 +1,26 @@
-"""Super-resolution families: pinned parameter counts, shapes, the multiblock chain, dtypes."""
+"""Super-resolution families: pinned parameter counts and paths, shapes, the multiblock chain,
+dtypes."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msjax.models import create_model
+from msjax.models import MODELS, create_model
+from msjax.models.edsr import EDSR
+from msjax.models.layers import Conv
+from msjax.models.msrn import MSRB
 from msjax.models.multiblock import MultiblockBlock, MultiblockChain
-from msjax.models.sr_blocks import Upsampler, pixel_shuffle
+from msjax.models.sr_blocks import (
+    ResBlock,
+    ResidualGroup,
+    Upsampler,
+    from_network_range,
+    pixel_shuffle,
+    same_conv,
+    to_network_range,
+)
 
 LR = (2, 12, 16, 3)
 TINY = {
@@ -55,6 +68,125 @@ def test_multiblock_block_count_matches_the_reference():
     """conv 3->64, 16 RCABs (two 3x3 convs + attention 64->16->64), conv 64->64, conv 64->3."""
     assert param_count(MultiblockBlock()) == 1_256_195
     assert param_count(MultiblockChain(n_blocks=3)) == 3 * 1_256_195
+
+
+def conv_shapes(path, k, cin, cout):
+    return {f"{path}/kernel": (k, k, cin, cout), f"{path}/bias": (cout,)}
+
+
+def rcab_shapes(path, f, hidden):
+    return {**conv_shapes(f"{path}/Conv_0", 3, f, f), **conv_shapes(f"{path}/Conv_1", 3, f, f),
+            f"{path}/ChannelAttention_0/Dense_0/kernel": (f, hidden),
+            f"{path}/ChannelAttention_0/Dense_0/bias": (hidden,),
+            f"{path}/ChannelAttention_0/Dense_1/kernel": (hidden, f),
+            f"{path}/ChannelAttention_0/Dense_1/bias": (f,)}
+
+
+def msrb_shapes(path, f):
+    return {**conv_shapes(f"{path}/Conv_0", 3, f, f), **conv_shapes(f"{path}/Conv_1", 5, f, f),
+            **conv_shapes(f"{path}/Conv_2", 3, 2 * f, 2 * f),
+            **conv_shapes(f"{path}/Conv_3", 5, 2 * f, 2 * f),
+            **conv_shapes(f"{path}/Conv_4", 1, 4 * f, f)}
+
+
+# Every parameter path and shape at x4 (two upsampler stages), written out: checkpoints store
+# these paths, so a run saved by any msjax loads only while they stay exactly as they are.
+F = 8
+PARAMETER_PATHS = {
+    "edsr": (dict(n_resblocks=2, n_feats=F), {
+        **conv_shapes("head", 3, 3, F),
+        **conv_shapes("resblock_0/Conv_0", 3, F, F), **conv_shapes("resblock_0/Conv_1", 3, F, F),
+        **conv_shapes("resblock_1/Conv_0", 3, F, F), **conv_shapes("resblock_1/Conv_1", 3, F, F),
+        **conv_shapes("body_end", 3, F, F),
+        **conv_shapes("upsampler/Conv_0", 3, F, 4 * F),
+        **conv_shapes("upsampler/Conv_1", 3, F, 4 * F),
+        **conv_shapes("tail", 3, F, 3)}),
+    "rcan": (dict(n_resgroups=2, n_resblocks=2, n_feats=F, reduction=4), {
+        **conv_shapes("head", 3, 3, F),
+        **rcab_shapes("group_0/RCAB_0", F, 2), **rcab_shapes("group_0/RCAB_1", F, 2),
+        **conv_shapes("group_0/Conv_0", 3, F, F),
+        **rcab_shapes("group_1/RCAB_0", F, 2), **rcab_shapes("group_1/RCAB_1", F, 2),
+        **conv_shapes("group_1/Conv_0", 3, F, F),
+        **conv_shapes("body_end", 3, F, F),
+        **conv_shapes("upsampler/Conv_0", 3, F, 4 * F),
+        **conv_shapes("upsampler/Conv_1", 3, F, 4 * F),
+        **conv_shapes("tail", 3, F, 3)}),
+    "msrn": (dict(n_blocks=2, n_feats=F), {
+        **conv_shapes("head", 3, 3, F),
+        **msrb_shapes("msrb_0", F), **msrb_shapes("msrb_1", F),
+        **conv_shapes("fusion", 1, 3 * F, F),
+        **conv_shapes("fusion_conv", 3, F, F),
+        **conv_shapes("upsampler/Conv_0", 3, F, 4 * F),
+        **conv_shapes("upsampler/Conv_1", 3, F, 4 * F),
+        **conv_shapes("tail", 3, F, 3)}),
+}
+
+
+def param_shapes(model, shape=(1, 8, 8, 3)):
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
+    return {path: leaf.shape
+            for path, leaf in flax.traverse_util.flatten_dict(variables, sep="/").items()}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETER_PATHS))
+def test_parameter_paths_and_shapes_are_pinned(name):
+    options, expected = PARAMETER_PATHS[name]
+    assert param_shapes(create_model(name, scale=4, **options)) == {
+        f"params/{path}": shape for path, shape in expected.items()}
+
+
+def by_hand(name, options, params, x, scale):
+    """The model as its named layers in sequence: range in, head, the family's body, upsampler,
+    tail, range out."""
+    f = options["n_feats"]
+
+    def layer(module, path, h):
+        return module.apply({"params": params[path]}, h)
+
+    def conv(features, kernel=3):
+        return same_conv(Conv, features, kernel)
+
+    head = layer(conv(f), "head", to_network_range(x, 255.0, jnp.float32))
+    h = head
+    if name == "edsr":
+        for i in range(options["n_resblocks"]):
+            h = layer(ResBlock(f), f"resblock_{i}", h)
+        h = head + layer(conv(f), "body_end", h)
+    elif name == "rcan":
+        hidden = f // options["reduction"]
+        for i in range(options["n_resgroups"]):
+            h = layer(ResidualGroup(f, options["n_resblocks"], hidden), f"group_{i}", h)
+        h = head + layer(conv(f), "body_end", h)
+    else:
+        features = []
+        for i in range(options["n_blocks"]):
+            h = layer(MSRB(f), f"msrb_{i}", h)
+            features.append(h)
+        h = layer(conv(f, 1), "fusion", jnp.concatenate(features + [head], axis=-1))
+        h = layer(conv(f), "fusion_conv", h)
+    h = layer(Upsampler(f, scale), "upsampler", h)
+    return from_network_range(layer(conv(3), "tail", h), 255.0, jnp.float32)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETER_PATHS))
+@pytest.mark.parametrize("scale", [3, 4])
+def test_sr_models_are_their_named_layers_in_sequence(name, scale):
+    options = PARAMETER_PATHS[name][0]
+    model = create_model(name, scale=scale, **options)
+    x = lr_images((2, 8, 12, 3))
+    params = model.init(jax.random.key(0), x)["params"]
+    np.testing.assert_array_equal(model.apply({"params": params}, x),
+                                  by_hand(name, options, params, x, scale))
+
+
+def test_sr_model_fields_are_keyword_only():
+    """Each family adds its fields after the shared ones, so a position would not say which."""
+    with pytest.raises(TypeError):
+        EDSR(2, 16)  # scale 2 and 16 blocks, or 16 features?
+
+
+def test_upsampling_is_declared_by_the_families():
+    assert {n for n in MODELS.names() if MODELS.info(n)["upsamples"]} == {"edsr", "rcan", "msrn"}
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

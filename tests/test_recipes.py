@@ -190,12 +190,16 @@ def test_step_schedule_rejects_a_zero_period():
 
 # --- the configs follow their papers -----------------------------------------------------------
 
-STEP_DECAY = ["edsr_div2k_x2", "edsr_div2k_x3", "edsr_div2k_x4", "edsr_folder_x2",
-              "rcan_div2k_x2", "rcan_div2k_x3", "rcan_div2k_x4", "msrn_div2k_x2"]
+STEP_DECAY = ["edsr_div2k:x2", "edsr_div2k:x3", "edsr_div2k:x4", "edsr_folder_x2",
+              "rcan_div2k:x2", "rcan_div2k:x3", "rcan_div2k:x4",
+              "msrn_div2k:x2", "msrn_div2k:x3", "msrn_div2k:x4"]
 
 
-def config(name, *args):
-    return importlib.import_module(f"msjax.configs.{name}").get_config(*args)
+def config(name):
+    """The config ``configs/<name>.py[:<argument>]`` builds."""
+    name, _, argument = name.partition(":")
+    get_config = importlib.import_module(f"msjax.configs.{name}").get_config
+    return get_config(argument) if argument else get_config()
 
 
 @pytest.mark.parametrize("name", STEP_DECAY)
@@ -209,9 +213,10 @@ def test_sr_paper_configs_use_adam_halved_every_200k_with_l1(name):
 
 @pytest.mark.parametrize("scale", [3, 4])
 def test_x3_x4_configs_start_from_the_same_methods_x2_run(scale):
-    assert config(f"edsr_div2k_x{scale}").train.init_from == "runs/edsr_div2k_x2"
-    assert config(f"rcan_div2k_x{scale}").train.init_from == "runs/rcan_div2k_x2"
-    eco = config(f"eco_edsr_x{scale}")
+    assert config(f"edsr_div2k:x{scale}").train.init_from == "runs/edsr_div2k_x2"
+    assert config(f"rcan_div2k:x{scale}").train.init_from == "runs/rcan_div2k_x2"
+    assert config(f"msrn_div2k:x{scale}").train.init_from == ""       # MSRN: each from scratch
+    eco = config(f"eco_edsr:x{scale}")
     assert eco.train.init_from == "runs/eco_edsr_x2"                   # ECO from ECO
     assert eco.eco.teacher_workdir == f"runs/edsr_div2k_x{scale}"     # the vanilla x3 / x4 run
     assert (eco.train.optimizer, eco.train.lr_schedule, eco.data.patch) == (
@@ -220,7 +225,7 @@ def test_x3_x4_configs_start_from_the_same_methods_x2_run(scale):
 
 def test_mge_sr_config_trains_on_negative_ssim():
     assert config("sr_urban100").task.loss == "neg_ssim"
-    assert config("sr_urban100", "resnet").task.loss == "neg_ssim"
+    assert config("sr_urban100:resnet").task.loss == "neg_ssim"
 
 
 def test_validation_lists_the_new_choices():

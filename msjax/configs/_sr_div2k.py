@@ -2,6 +2,9 @@
 
 from msjax import defaults
 
+# The variants of the DIV2K SR configs (configs/edsr_div2k.py:x3) and their scale factors.
+SCALES = {"x2": 2, "x3": 3, "x4": 4}
+
 
 def div2k(model: str, scale: int = 2, **model_kwargs):
     """x``scale`` bicubic SR on TFDS div2k with the EDSR / RCAN / MSRN papers' optimisation: LR
@@ -41,13 +44,9 @@ def div2k(model: str, scale: int = 2, **model_kwargs):
     return c
 
 
-def div2k_x2(model: str, **model_kwargs):
-    return div2k(model, 2, **model_kwargs)
-
-
 def folder_x2(model: str, **model_kwargs):
     """The same on an image folder (e.g. DIV2K_train_HR / DIV2K_valid_HR as PNG)."""
-    c = div2k_x2(model, **model_kwargs)
+    c = div2k(model, 2, **model_kwargs)
     c.data.source = "folder"
     c.data.name = ""
     c.data.train_dir = ""              # --config.data.train_dir=/data/DIV2K/DIV2K_train_HR
@@ -56,10 +55,10 @@ def folder_x2(model: str, **model_kwargs):
 
 
 def eco(c):
-    """ECO's official training on top of a div2k config (reference/seed_methods.md a.4): L1 on
-    the 0-255 scale, LAMB with betas (0.9, 0.99), eps 1e-6, no bias correction, trust ratio
-    min(|w|, 10) / |r|, peak 3.2e-3 cosine to 0, gradient values clipped to 0.1, loss spikes
-    (> 5x the last accepted loss) skipped, batch 128 single-scale over 125k steps."""
+    """ECO's official training on top of a div2k config: L1 on the 0-255 scale, LAMB with betas
+    (0.9, 0.99), eps 1e-6, no bias correction, trust ratio min(|w|, 10) / |r|, peak 3.2e-3 cosine
+    to 0, gradient values clipped to 0.1, loss spikes (> 5x the last accepted loss) skipped,
+    batch 128 single-scale over 125k steps."""
     c.method = "eco"
     c.eco.schedule = "sigmoid"
     c.eco.shift = 0.0

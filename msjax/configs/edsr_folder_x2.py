@@ -7,7 +7,7 @@
     # rcan / msrn on a folder: --config.model=rcan (or msrn); the model_kwargs defaults are full size
     # a cosine to 1e-6 instead of the paper's step decay: --config.train.lr_schedule=cosine
 
-The recipe of edsr_div2k_x2 (HR 96, L1, Adam 1e-4 halved every 200k steps, MGE 4/16/64, Y PSNR
+The recipe of configs/edsr_div2k.py at x2 (HR 96, L1, Adam 1e-4 halved every 200k steps, MGE 4/16/64, Y PSNR
 crop 2) reading plain image files; unreadable or too small files are skipped with a warning
 (data.bad_images). Runtime and result: not measured yet.
 """

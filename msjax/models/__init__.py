@@ -5,35 +5,36 @@ returns NHWC images: the same size for restoration models, ``scale`` times large
 that upsample inside (``model.scale``). ``t`` is an optional per-sample float of shape [N] for
 time-conditioned models (ignored by those without conditioning). Compute runs in ``dtype``;
 parameters are float32. Dropout draws from the ``'dropout'`` rng; BatchNorm keeps ``batch_stats``.
+
+A family joins with ``@MODELS.register(name, upsamples=...)`` in its own file (``upsamples``: its
+output is ``scale`` times its input) and its module in the list below.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import flax.linen as nn
 
-# name -> (module, class). Imported lazily so a family's dependencies load only when used.
-_FAMILIES = {
-    "unet": ("msjax.models.unet", "UNet"),
-    "resnet": ("msjax.models.resnet", "ResNet"),
-    "srnet": ("msjax.models.srnet", "SRNet"),
-    "residual_cnn": ("msjax.models.small", "ResidualCNN"),
-    "edsr": ("msjax.models.edsr", "EDSR"),
-    "rcan": ("msjax.models.rcan", "RCAN"),
-    "msrn": ("msjax.models.msrn", "MSRN"),
-    "multiblock": ("msjax.models.multiblock", "MultiblockChain"),
-    "pyramidal": ("msjax.models.pyramidal", "PyramidalAutoencoder"),
-}
+from msjax.registry import Registry
 
-MODEL_NAMES = tuple(sorted(_FAMILIES))
+# Defined before anything imports a family: each family's file imports MODELS from here to
+# register itself, and the registry imports those files only on its first lookup.
+MODELS = Registry("model", modules=[
+    f"msjax.models.{family}"
+    for family in ("unet", "resnet", "srnet", "small", "edsr", "rcan", "msrn", "multiblock",
+                   "pyramidal")
+])
+
+
+def __getattr__(name: str):
+    # MODEL_NAMES is read from the registry when first asked for, so importing this package
+    # imports no family.
+    if name == "MODEL_NAMES":
+        return MODELS.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def model_class(name: str) -> type[nn.Module]:
-    if name not in _FAMILIES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    module, cls = _FAMILIES[name]
-    return getattr(importlib.import_module(module), cls)
+    return MODELS.get(name)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from msjax.models import MODELS
 from msjax.models.layers import Conv, ModuleDef
 from msjax.models.sr_blocks import RCAB, same_conv
 
@@ -49,6 +50,7 @@ class MultiblockBlock(nn.Module):
         return jnp.clip(y, 0.0, 1.0) if self.clamp else y
 
 
+@MODELS.register("multiblock", upsamples=False)
 class MultiblockChain(nn.Module):
     """``n_blocks`` blocks applied in sequence, as submodules block_0, block_1, ...
 

@@ -40,6 +40,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msjax.models import MODELS
 from msjax.models.densenet import (
     DOWN_KINDS,
     STRIDED_X2_PADDING,
@@ -95,6 +96,7 @@ class ConvBNReLU(nn.Module):
         return nn.relu(batch_norm(train, self.dtype)(conv(x)))
 
 
+@MODELS.register("pyramidal", upsamples=False)
 class PyramidalAutoencoder(nn.Module):
     variant: str = "pyramidal103"
     features: int = 48  # dense variants: width of the input conv (the reference's num_channels)

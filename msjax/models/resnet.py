@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msjax.models import MODELS
 from msjax.models.layers import (
     Conv,
     Dense,
@@ -62,6 +63,7 @@ class ResidualBlock(nn.Module):
         return x + Conv3x3(self.features, dtype=self.dtype)(h)
 
 
+@MODELS.register("resnet", upsamples=False)
 class ResNet(nn.Module):
     hidden: int = 128
     nlayers: int = 2

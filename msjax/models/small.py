@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msjax.models import MODELS
 from msjax.models.layers import (
     Conv,
     Dense,
@@ -21,6 +22,7 @@ from msjax.models.layers import (
 TIME_FEATURES = 16
 
 
+@MODELS.register("residual_cnn", upsamples=False)
 class ResidualCNN(nn.Module):
     """``depth`` conv3x3 layers with ReLU between; the last maps back to the input's channels.
 

@@ -1,4 +1,5 @@
-"""Building blocks shared by the super-resolution families (EDSR, RCAN, MSRN, Multiblock).
+"""Building blocks shared by the super-resolution families (EDSR, RCAN, MSRN, Multiblock), and
+the frame the upsampling ones share (`UpsamplingSR`).
 
 Layer facts follow the EDSR-PyTorch framework the reference models were written in: every conv has a
 bias and 'same' padding, the upsampler is conv + pixel shuffle without activation, and the RGB mean
@@ -21,7 +22,6 @@ Initializer = Callable[..., jax.Array]
 
 # DIV2K training-set RGB mean, as in EDSR/RCAN/MSRN (`MeanShift` with std 1).
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
-
 
 
 def same_conv(
@@ -157,3 +157,40 @@ class ResidualGroup(nn.Module):
         for _ in range(self.n_resblocks):
             h = RCAB(self.features, self.attention_hidden, self.dtype, conv=self.conv)(h)
         return x + same_conv(self.conv, self.features, dtype=self.dtype)(h)
+
+
+class UpsamplingSR(nn.Module, kw_only=True):
+    """What EDSR, RCAN and MSRN share: [0, 1] LR images -> mean shift onto the rgb_range scale ->
+    head conv -> ``body`` -> upsampler -> conv to RGB -> back to [0, 1] images ``scale`` times
+    larger. A family subclasses it and writes only ``body`` (and its own fields).
+
+    ``body`` runs inside ``__call__``'s compact scope, so the layers it makes are direct children
+    of the model (``head``, ``resblock_0``, ..., ``upsampler``, ``tail``), the paths checkpoints
+    store. Fields are keyword-only: each family adds its own after these, so positions would not
+    say which field a value sets.
+    """
+
+    scale: int = 2
+    n_feats: int = 64
+    rgb_range: float = 255.0  # the reference trains on 0..255 values; weights depend on that scale
+    dtype: Any = jnp.float32
+    conv: ModuleDef = Conv
+
+    def body(self, head: jax.Array) -> jax.Array:
+        """Head features -> the upsampler's input, n_feats channels at the LR size."""
+        raise NotImplementedError(f"{type(self).__name__} defines no body")
+
+    @nn.nowrap
+    def conv_layer(self, features: int, kernel: int = 3, name: str | None = None) -> nn.Module:
+        """The model's k x k conv (its ``conv``, compute ``dtype``), for ``body``."""
+        return same_conv(self.conv, features, kernel, dtype=self.dtype, name=name)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array | None = None, train: bool = False) -> jax.Array:
+        del t, train  # no conditioning, no dropout or batch norm
+        head = self.conv_layer(self.n_feats, name="head")(
+            to_network_range(x, self.rgb_range, self.dtype))
+        h = self.body(head)
+        h = Upsampler(self.n_feats, self.scale, self.dtype, self.conv, name="upsampler")(h)
+        y = self.conv_layer(3, name="tail")(h)
+        return from_network_range(y, self.rgb_range, self.dtype)

@@ -12,11 +12,13 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msjax.models import MODELS
 from msjax.models.layers import Conv, ModuleDef, conv1x1, sample_layer_norm, torch_conv
 
 RELU_GAIN = math.sqrt(2.0)
 
 
+@MODELS.register("srnet", upsamples=False)
 class SRNet(nn.Module):
     dtype: Any = jnp.float32
     conv: ModuleDef = Conv

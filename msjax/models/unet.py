@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msjax.models import MODELS
 from msjax.models.layers import (
     Conv,
     Dense,
@@ -74,6 +75,7 @@ class AttentionBlock(nn.Module):
         return x + h.reshape(n, height, width, channels)
 
 
+@MODELS.register("unet", upsamples=False)
 class UNet(nn.Module):
     model_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 4)
