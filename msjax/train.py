@@ -208,14 +208,16 @@ class _FallBack(Exception):
     the run starts again from the one before it."""
 
 
-def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -> dict:
+def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None,
+                       train_source=None) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns the final validation metrics.
 
     ``config`` is a config or an already built ``build.Experiment``. Training methods
     (msjax/methods) plug in here: ``init_fn(state) -> state`` replaces the initial state of a
     fresh run (e.g. weights inherited from an earlier phase), and ``batch_transform(step,
     batches) -> batches`` rewrites each step's device batches before the MGE step (e.g. ECO's
-    teacher pairs). Both must be deterministic in (step, batches).
+    teacher pairs). Both must be deterministic in (step, batches). ``train_source`` replaces
+    the training source the config names (e.g. one whose items carry a teacher's images).
     """
     logs.quiet_library_logs()
     exp = config if isinstance(config, build.Experiment) else build.experiment(config)
@@ -226,7 +228,8 @@ def train_and_evaluate(config, workdir, *, init_fn=None, batch_transform=None) -
         return finished
     # The data first: a dataset that is missing or cannot be prepared stops the run before the
     # workdir is made.
-    sources = (data.open_source(exp.config.data, "train", scale=exp.task.scale),
+    sources = (train_source if train_source is not None else
+               data.open_source(exp.config.data, "train", scale=exp.task.scale),
                data.open_source(exp.config.data, "valid", scale=exp.task.scale))
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from msjax.data import device, host, prepare, sampler
 from msjax.data.folders import FolderSource, PairedSource, scan_folder, scan_pairs
 from msjax.data.host import DecodedImages, HostBatches
 from msjax.data.inputs import TrainingInput
-from msjax.data.pipeline import Prefetcher, to_float, validation_crops
+from msjax.data.pipeline import to_float, validation_crops
 from msjax.data.sampler import term_batch
 from msjax.data.sources import AlignedSource, DataError, builtin_photos, tfds_source
 
@@ -42,6 +42,6 @@ def open_source(data_config, split: str, *, scale: int = 1):
 
 
 __all__ = ["AlignedSource", "DataError", "DecodedImages", "FolderSource", "HostBatches",
-           "PairedSource", "Prefetcher", "SOURCES", "TrainingInput", "device", "host",
+           "PairedSource", "SOURCES", "TrainingInput", "device", "host",
            "open_source", "prepare", "sampler", "scan_folder", "scan_pairs", "term_batch",
            "to_float", "validation_crops"]

@@ -4,9 +4,6 @@ validation crops. The random training patches are the sampler's (``sampler``).""
 from __future__ import annotations
 
 import math
-import queue
-import threading
-from typing import Callable
 
 import numpy as np
 
@@ -108,29 +105,3 @@ def validation_crops(source, count: int, patch: int, *, scale: int = 1,
     if inputs:
         out["input"] = np.stack(inputs)
     return out
-
-
-class Prefetcher:
-    """Builds the next steps' batches on a background thread while the device computes.
-
-    ``make(step)`` must be a pure function of the step, so prefetching never changes results.
-    """
-
-    def __init__(self, make: Callable[[int], object], start: int, stop: int, depth: int = 2):
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._error = None
-        self._thread = threading.Thread(target=self._run, args=(make, start, stop), daemon=True)
-        self._thread.start()
-
-    def _run(self, make, start, stop):
-        try:
-            for step in range(start, stop):
-                self._queue.put((step, make(step)))
-        except BaseException as e:  # surfaced in the training thread by get()
-            self._queue.put((None, e))
-
-    def get(self):
-        step, value = self._queue.get()
-        if step is None:
-            raise value
-        return step, value
