@@ -171,16 +171,31 @@ def _seed_key(seed: int):
         return jax.device_put(jax.random.PRNGKey(seed), _cpu())
 
 
+# Steps whose words one call draws on the host: a call's dispatch costs more than its draw.
+_BLOCK = 16
+
+
 @functools.partial(jax.jit, static_argnames="batch")
-def _term_bits(seed_key, step_term, *, batch: int):
-    return draw_bits(term_key(seed_key, step_term[0], step_term[1]), batch)
+def _block_bits(seed_key, first_and_term, *, batch: int):
+    steps = first_and_term[0] + jnp.arange(_BLOCK, dtype=jnp.int32)
+    return jax.vmap(lambda step: draw_bits(term_key(seed_key, step, first_and_term[1]),
+                                           batch))(steps)
+
+
+@functools.lru_cache(maxsize=256)
+def _host_block(seed: int, block: int, term: int, batch: int) -> np.ndarray:
+    # Explicit transfers only, so that a transfer guard does not object.
+    first_and_term = jax.device_put(np.array([block * _BLOCK, term], np.int32), _cpu())
+    words = np.asarray(jax.device_get(_block_bits(_seed_key(seed), first_and_term,
+                                                  batch=batch)))
+    words.flags.writeable = False
+    return words
 
 
 def host_bits(seed: int, step: int, term: int, batch: int) -> np.ndarray:
-    """``draw_bits`` of term ``term`` at ``step`` for ``PRNGKey(seed)``, computed on the CPU;
-    explicit transfers only, so a transfer guard does not object."""
-    step_term = jax.device_put(np.array([step, term], np.int32), _cpu())
-    return np.asarray(jax.device_get(_term_bits(_seed_key(int(seed)), step_term, batch=batch)))
+    """``draw_bits`` of term ``term`` at ``step`` for ``PRNGKey(seed)``, computed on the CPU
+    with those of the neighbouring steps."""
+    return _host_block(int(seed), int(step) // _BLOCK, int(term), int(batch))[int(step) % _BLOCK]
 
 
 # The neighbours of output pixel (0, 0) that give a transform's affine map its two steps.
