@@ -225,11 +225,12 @@ def _to_float_into(view: np.ndarray, out: np.ndarray) -> None:
 def term_batch(source, *, seed: int, step: int, term: int, batch: int, patch: int,
                scale: int = 1, augment: bool = True, rows: slice | None = None,
                resize=None) -> dict:
-    """Term ``term``'s batch at ``step`` from the images of ``source``, equal to
-    ``sample_batch``'s for ``term_key(PRNGKey(seed), step, term)``: ``{'target': N x P x P x 3}``
-    float32 plus every other array of the items (``'input'`` for paired data). ``rows`` selects
-    this process's share of the global batch (multi-host). ``resize`` applies to items that are
-    one image (the arrays of pairs and dicts are used as they are)."""
+    """Term ``term``'s batch at ``step`` from the images of ``source``: ``{'target': N x P x P x
+    3}`` float32 plus every other array of the items (``'input'`` for paired data), equal to
+    ``sample_batch``'s for ``term_key(PRNGKey(seed), step, term)`` where the source's images
+    are all uint8 or all uint16 (the device stores others as uint16). ``rows`` selects this
+    process's share of the global batch (multi-host). ``resize`` applies to items that are one
+    image (the arrays of pairs and dicts are used as they are)."""
     bits = host_bits(seed, step, term, batch)
     if rows is not None:
         bits = bits[:, rows]
