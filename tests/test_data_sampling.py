@@ -32,6 +32,17 @@ def coordinate_source(shapes=SHAPES):
                        [f"im{i}" for i in range(len(shapes))])
 
 
+def paired_source(scale=2):
+    hr = [coordinate_image(h, w, i) for i, (h, w) in enumerate(((24, 28), (20, 20)))]
+    return ArraySource([(im, im[::scale, ::scale]) for im in hr], ["a", "b"])
+
+
+def deep_source():
+    rng = np.random.default_rng(7)
+    return ArraySource([(rng.random((h, w, 3)) * 65535).astype(np.uint16) for h, w in SHAPES],
+                       [f"im{i}" for i in range(len(SHAPES))])
+
+
 def read_patch(p):
     """(image, top, left, orientation) of a patch cut from a coordinate image; orientation is
     one of 8 ids (0: as cut), and the patch must be a whole crop under that orientation."""
@@ -127,10 +138,7 @@ def test_batches_are_a_pure_function_of_seed_step_and_term(draws):
 @pytest.mark.parametrize("path", sorted(PATHS))
 def test_paired_lr_and_hr_patches_are_aligned(path):
     scale = 2
-    hr = [coordinate_image(h, w, i) for i, (h, w) in enumerate(((24, 28), (20, 20)))]
-    pairs = ArraySource([(im, im[::scale, ::scale]) for im in hr], ["a", "b"])
-    sampler = PATHS[path](pairs, patch=PATCH, scale=scale)
-    out = sampler(0, 2, 0, 48)
+    out = PATHS[path](paired_source(scale), patch=PATCH, scale=scale)(0, 2, 0, 48)
     assert out["input"].shape == (48, PATCH // scale, PATCH // scale, 3)
     for hr_patch, lr_patch in zip(out["target"], out["input"]):
         read_patch(hr_patch)
@@ -138,17 +146,6 @@ def test_paired_lr_and_hr_patches_are_aligned(path):
         blocks = h.reshape(PATCH // scale, scale, PATCH // scale, scale, 3).min(axis=(1, 3))
         # Each LR pixel sits on the top-left corner of its HR block, whatever the orientation.
         np.testing.assert_array_equal(np.rint(lr_patch * 255).astype(int), blocks)
-
-
-def paired_source(scale=2):
-    hr = [coordinate_image(h, w, i) for i, (h, w) in enumerate(((24, 28), (20, 20)))]
-    return ArraySource([(im, im[::scale, ::scale]) for im in hr], ["a", "b"])
-
-
-def deep_source():
-    rng = np.random.default_rng(7)
-    return ArraySource([(rng.random((h, w, 3)) * 65535).astype(np.uint16) for h, w in SHAPES],
-                       [f"im{i}" for i in range(len(SHAPES))])
 
 
 class Negatives:
