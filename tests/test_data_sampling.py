@@ -1,10 +1,11 @@
-"""The two input paths (host workers, device-resident) give the same kind of batches.
+"""The two input paths (host workers, device-resident) cut the same batches with one sampler.
 
 Every test image stores its own coordinates: pixel (r, c) of image i is (r, c, i), so each patch
 tells where it was cut, from which image, and under which flip / rotation.
 """
 
 import functools
+import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -12,9 +13,9 @@ import numpy as np
 import pytest
 
 from msjax import defaults, parallel
-from msjax.data import device, host, pipeline
+from msjax.data import device, host, sampler
 from msjax.data.folders import PairedSource
-from msjax.data.sources import ArraySource
+from msjax.data.sources import AlignedSource, ArraySource
 from msjax.errors import ConfigError
 
 SHAPES = ((20, 24), (18, 18), (16, 30))   # images of different sizes: the device array is padded
@@ -29,6 +30,17 @@ def coordinate_image(h, w, i):
 def coordinate_source(shapes=SHAPES):
     return ArraySource([coordinate_image(h, w, i) for i, (h, w) in enumerate(shapes)],
                        [f"im{i}" for i in range(len(shapes))])
+
+
+def paired_source(scale=2):
+    hr = [coordinate_image(h, w, i) for i, (h, w) in enumerate(((24, 28), (20, 20)))]
+    return ArraySource([(im, im[::scale, ::scale]) for im in hr], ["a", "b"])
+
+
+def deep_source():
+    rng = np.random.default_rng(7)
+    return ArraySource([(rng.random((h, w, 3)) * 65535).astype(np.uint16) for h, w in SHAPES],
+                       [f"im{i}" for i in range(len(SHAPES))])
 
 
 def read_patch(p):
@@ -55,7 +67,7 @@ def host_sampler(source, *, patch=PATCH, scale=1):
     images = host.DecodedImages(source)
 
     def batch(seed, step, term, n, augment=True):
-        return pipeline.term_batch(images, seed=seed, step=step, term=term, batch=n, patch=patch,
+        return sampler.term_batch(images, seed=seed, step=step, term=term, batch=n, patch=patch,
                                    scale=scale, augment=augment)
     return batch
 
@@ -126,10 +138,7 @@ def test_batches_are_a_pure_function_of_seed_step_and_term(draws):
 @pytest.mark.parametrize("path", sorted(PATHS))
 def test_paired_lr_and_hr_patches_are_aligned(path):
     scale = 2
-    hr = [coordinate_image(h, w, i) for i, (h, w) in enumerate(((24, 28), (20, 20)))]
-    pairs = ArraySource([(im, im[::scale, ::scale]) for im in hr], ["a", "b"])
-    sampler = PATHS[path](pairs, patch=PATCH, scale=scale)
-    out = sampler(0, 2, 0, 48)
+    out = PATHS[path](paired_source(scale), patch=PATCH, scale=scale)(0, 2, 0, 48)
     assert out["input"].shape == (48, PATCH // scale, PATCH // scale, 3)
     for hr_patch, lr_patch in zip(out["target"], out["input"]):
         read_patch(hr_patch)
@@ -139,10 +148,147 @@ def test_paired_lr_and_hr_patches_are_aligned(path):
         np.testing.assert_array_equal(np.rint(lr_patch * 255).astype(int), blocks)
 
 
+class Negatives:
+    """Aligned arrays of a paired coordinate source: each image's negative, on its grid."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
+
+    def __getitem__(self, i):
+        hr, lr = self.pairs[i]
+        return {"teacher_target": 255 - hr, "teacher_input": 255 - lr}
+
+
+def aligned_source():
+    pairs = paired_source()
+    return AlignedSource(pairs, Negatives(pairs), keys=("teacher_target", "teacher_input"))
+
+
+# name -> (source, scale)
+KINDS = {"plain": (coordinate_source, 1), "paired": (paired_source, 2),
+         "deep": (deep_source, 1), "aligned": (aligned_source, 2)}
+
+
+def frozen_term_key(seed_key, step, term):
+    return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(seed_key, 2**31 - 2), step),
+                              term)
+
+
+def frozen_sample_batch(target, sizes, key, *, batch, patch, augment, scale, lr=None):
+    """The device sampler that runs have trained on, frozen as the reference the shared sampler
+    must match bit for bit (``sizes``: each item's (h, w) on the LR grid when ``lr`` is given)."""
+    def crop(pixels, index, top, left, size, transform):
+        out_r, out_c = jnp.arange(size)[:, None], jnp.arange(size)[None, :]
+        t = transform[:, None, None]
+        swap, flip_r, flip_c = (t & 4) != 0, (t & 2) != 0, (t & 1) != 0
+        r, c = jnp.where(swap, out_c, out_r), jnp.where(swap, out_r, out_c)
+        r = jnp.where(flip_r, size - 1 - r, r)
+        c = jnp.where(flip_c, size - 1 - c, c)
+        patches = pixels.at[index[:, None, None], top[:, None, None] + r,
+                            left[:, None, None] + c].get(mode="promise_in_bounds")
+        return patches.astype(jnp.float32) / (255.0 if pixels.dtype == jnp.uint8 else 65535.0)
+
+    paired = lr is not None
+    grid_patch = patch // scale if paired else patch
+    bits = jax.random.bits(key, (4, batch), jnp.uint32)
+    index = (bits[0] % sizes.shape[0]).astype(jnp.int32)
+    hw = sizes[index].astype(jnp.uint32)
+    top = (bits[1] % (hw[:, 0] - grid_patch + 1)).astype(jnp.int32)
+    left = (bits[2] % (hw[:, 1] - grid_patch + 1)).astype(jnp.int32)
+    transform = (bits[3] % 8).astype(jnp.int32) if augment else jnp.zeros((batch,), jnp.int32)
+    out = {"target": crop(target, index, top * (scale if paired else 1),
+                          left * (scale if paired else 1), patch, transform)}
+    if paired:
+        out["input"] = crop(lr, index, top, left, grid_patch, transform)
+    return out
+
+
+def digest(a):
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(a)).tobytes()).hexdigest()[:16]
+
+
+# (kind, augment, step, term, batch) -> sha256[:16] of each array of a device batch, seed 3.
+PINNED = {("plain", True, 7, 2, 8): {"target": "67a2aeb2d1ea7397"},
+          ("plain", False, 123456, 1, 6): {"target": "9a7a04355d609358"},
+          ("paired", True, 123456, 1, 6): {"input": "33a5d867d68e47d0",
+                                           "target": "37f61df16fb75964"},
+          ("paired", False, 0, 0, 5): {"input": "3eba518eb556d5ef",
+                                       "target": "53df5922f68f0914"},
+          ("deep", True, 0, 0, 5): {"target": "0efe81023cec7b95"},
+          ("deep", False, 7, 2, 8): {"target": "ff6c5b4e0fcfe680"}}
+
+
+@pytest.mark.parametrize("kind", ["plain", "paired", "deep"])
+def test_device_batches_stay_those_runs_trained_on(kind):
+    make, scale = KINDS[kind]
+    dataset = device.load(make(), parallel.make_mesh(1), patch=PATCH, scale=scale)
+    lr = dataset.arrays.get("input")
+    for augment in (True, False):
+        kw = dict(patch=PATCH, augment=augment, scale=scale)
+        for step, term, n in ((0, 0, 5), (7, 2, 8), (123456, 1, 6)):
+            got = jax.jit(functools.partial(device.sample_batch, batch=n, **kw))(
+                dataset, device.term_key(jax.random.PRNGKey(3), jnp.int32(step), term))
+            want = jax.jit(functools.partial(frozen_sample_batch, batch=n, **kw))(
+                dataset.arrays["target"], dataset.sizes,
+                frozen_term_key(jax.random.PRNGKey(3), jnp.int32(step), term), lr=lr)
+            assert got.keys() == want.keys()
+            for k in got:
+                np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]))
+            pinned = PINNED.get((kind, augment, step, term, n))
+            if pinned is not None:
+                assert {k: digest(v) for k, v in got.items()} == pinned
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_host_and_device_paths_cut_the_same_batches(kind):
+    make, scale = KINDS[kind]
+    on_host, on_device = (PATHS[p](make(), scale=scale) for p in ("host", "device"))
+    for augment in (True, False):
+        for seed, step, term, n in ((0, 0, 0, 7), (1, 5, 2, 40), (2, 123456, 1, 3)):
+            a, b = on_host(seed, step, term, n, augment), on_device(seed, step, term, n, augment)
+            assert a.keys() == b.keys() and a["target"].shape[0] == n
+            for k in a:
+                assert a[k].dtype == b[k].dtype == np.float32
+                np.testing.assert_array_equal(a[k], b[k])
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_every_array_of_an_item_is_cut_at_the_same_window(path):
+    out = PATHS[path](aligned_source(), scale=2)(0, 3, 1, 48)
+    assert out["teacher_input"].shape == out["input"].shape == (48, PATCH // 2, PATCH // 2, 3)
+    assert out["teacher_target"].shape == out["target"].shape == (48, PATCH, PATCH, 3)
+    values = {k: np.rint(v * 255).astype(int) for k, v in out.items()}
+    for grid in ("target", "input"):
+        np.testing.assert_array_equal(values[f"teacher_{grid}"], 255 - values[grid])
+    assert len({read_patch(p)[3] for p in out["target"]}) > 4  # under every orientation
+
+
+def test_the_host_reads_each_orientation_as_the_step_gathers_it():
+    image = np.random.default_rng(0).integers(0, 256, (11, 13, 3), dtype=np.uint8)
+    for size in (1, 2, 5):
+        patches = set()
+        for t in range(8):
+            r, c = sampler.source_pixel(np.arange(size)[:, None], np.arange(size)[None, :],
+                                        np.int32(t), size, np)
+            corners = sampler.source_pixel(*sampler._CORNERS, np.int32(t), size, np)
+            view = sampler._oriented(image, 2, 3, size, *corners)
+            np.testing.assert_array_equal(view, image[2 + r, 3 + c])
+            patches.add(view.tobytes())
+        assert len(patches) == (1 if size == 1 else 8)
+
+
+def test_the_host_draws_on_the_cpu_with_explicit_transfers_only():
+    with jax.transfer_guard("disallow"):
+        out = sampler.term_batch(coordinate_source(), seed=0, step=1, term=0, batch=4,
+                                 patch=PATCH)
+    assert out["target"].shape == (4, PATCH, PATCH, 3)
+    assert sampler._seed_key(0).devices() == {jax.local_devices(backend="cpu")[0]}
+
+
 def test_host_batches_are_term_batch_in_any_order_and_any_worker_count():
     source = coordinate_source()
     sizes = lambda step: (4, 8) if step < 3 else (16,)
-    expected = {s: tuple(pipeline.term_batch(source, seed=1, step=s, term=k, batch=n,
+    expected = {s: tuple(sampler.term_batch(source, seed=1, step=s, term=k, batch=n,
                                              patch=PATCH) for k, n in enumerate(sizes(s)))
                 for s in range(6)}
     for workers, order in ((1, range(6)), (3, [0, 1, 4, 5, 2])):
@@ -157,13 +303,17 @@ def test_host_batches_are_term_batch_in_any_order_and_any_worker_count():
 
 def test_host_batches_take_this_process_rows_and_apply_the_transform():
     source = coordinate_source()
-    whole = pipeline.term_batch(source, seed=0, step=0, term=0, batch=8, patch=PATCH)
+    whole = sampler.term_batch(source, seed=0, step=0, term=0, batch=8, patch=PATCH)
     with host.HostBatches(source, seed=0, patch=PATCH, batch_sizes=lambda s: (8,), start=0,
                           stop=1, rows=lambda n: slice(n // 2, n),
                           transform=lambda b: {**b, "input": 1 - b["target"]}) as batches:
         (half,) = batches.get(0)
     np.testing.assert_array_equal(half["target"], whole["target"][4:])
     np.testing.assert_array_equal(half["input"], 1 - whole["target"][4:])
+    big = sampler.term_batch(source, seed=0, step=0, term=0, batch=70, patch=PATCH)
+    rows = sampler.term_batch(source, seed=0, step=0, term=0, batch=70, patch=PATCH,
+                              rows=slice(20, 70))
+    np.testing.assert_array_equal(rows["target"], big["target"][20:])
 
 
 def test_each_image_is_decoded_once_while_the_cache_holds_it():
@@ -232,7 +382,7 @@ def test_device_sampler_runs_inside_jit_with_no_transfer():
 def test_device_dataset_keeps_sixteen_bit_images():
     deep = (np.random.default_rng(0).random((12, 12, 3)) * 65535).astype(np.uint16)
     dataset = device.load(ArraySource([deep], ["d"]), parallel.make_mesh(1), patch=12)
-    assert dataset.pixels.dtype == jnp.uint16
+    assert dataset.pixels.dtype == jnp.uint16 and dataset.arrays["target"] is dataset.pixels
     cut = jax.jit(functools.partial(device.sample_batch, batch=1, patch=12, augment=False))
     out = cut(dataset, jax.random.PRNGKey(0))
     np.testing.assert_allclose(np.asarray(out["target"][0]), deep / 65535.0, atol=1e-7)

@@ -1,7 +1,8 @@
 """ECO: the schedule, the frozen teacher, the mixed pairs, the official optimizer extras, and short
-ECO and vanilla runs on the built-in photos."""
+ECO and vanilla runs on the built-in photos and on images that tell where each crop was cut."""
 
 import csv
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from msjax import build, data, methods, optim, train
+from msjax import build, data, methods, optim, parallel, tasks
 from msjax.methods import eco
 from tests.helpers import optimizer, tiny_config
+from tests.test_data_sampling import coordinate_image, read_patch
 
 STEPS = 16
 
@@ -32,6 +34,39 @@ def teacher(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("teacher") / "run"
     result = methods.run(build.experiment(sr_config()), workdir)
     return workdir, result
+
+
+@pytest.fixture
+def mixed(monkeypatch):
+    """What the ECO runs' ``TeacherMix`` takes and gives at step 0 (teacher weight 1)."""
+    seen = {}
+    call = eco.TeacherMix.__call__
+
+    def record(self, step, batches):
+        out = call(self, step, batches)
+        if step == 0:  # explicit fetches: the loop forbids implicit transfers
+            seen["in"], seen["out"] = jax.device_get(batches), jax.device_get(out)
+        return out
+
+    monkeypatch.setattr(eco.TeacherMix, "__call__", record)
+    return seen
+
+
+def coordinate_folder(folder):
+    """Training images whose pixel (r, c) of image i is (r, c, i): a crop tells its window."""
+    from PIL import Image
+
+    folder.mkdir()
+    for i, shape in enumerate(((64, 80), (72, 56), (48, 96))):
+        Image.fromarray(coordinate_image(*shape, i)).save(folder / f"im{i}.png")
+    return folder
+
+
+def orient(window, orientation):
+    """``window`` under one of read_patch's orientation ids."""
+    w = window[::-1] if orientation & 2 else window
+    w = w[:, ::-1] if orientation & 1 else w
+    return w.transpose(1, 0, 2) if orientation & 4 else w
 
 
 def _valid_psnr(workdir):
@@ -84,11 +119,11 @@ def test_teacher_gets_no_gradient(teacher):
     assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads))
 
 
-def test_eco_and_vanilla_runs_from_the_same_seed_both_train(teacher, tmp_path):
+def test_eco_and_vanilla_runs_from_the_same_seed_both_train(teacher, tmp_path, mixed):
     teacher_dir, vanilla = teacher
     config = sr_config(**{"method": "eco", "eco.teacher_workdir": str(teacher_dir),
                           "task.loss": "l1_255", "train.grad_clip_value": 0.1})
-    before, _, _ = eco.load_teacher(build.method_settings(config), 2)
+    before, teacher_task, _ = eco.load_teacher(build.method_settings(config), 2)
     result = methods.run(build.experiment(config), tmp_path / "eco")
     after, _, _ = eco.load_teacher(build.method_settings(config), 2)  # the teacher's checkpoint is never written to
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, before.params),
@@ -101,37 +136,70 @@ def test_eco_and_vanilla_runs_from_the_same_seed_both_train(teacher, tmp_path):
         assert np.isfinite(final["psnr"])
     print(f"vanilla {vanilla['psnr']:.2f} dB, ECO {result['psnr']:.2f} dB after {STEPS} steps "
           f"(bicubic input {vanilla['input_psnr']:.2f} dB)")
+    # On the fly, the first step trains on the teacher's output for each batch's own LR crop.
+    task = tasks.make_task(config.task)
+    for real, trained in zip(mixed["in"], mixed["out"]):
+        assert "teacher_target" not in real and set(trained) == {"input", "target"}
+        lr = task.corrupt(jnp.asarray(real["target"]), None, 0)[0]
+        lr_pre, sr_pre = eco.teacher_pair(before, lr, teacher_task=teacher_task)
+        np.testing.assert_allclose(trained["target"], sr_pre, atol=1e-5)
+        np.testing.assert_allclose(trained["input"], np.clip(lr_pre, 0, 1), atol=1e-5)
 
 
-def test_precomputed_pairs_are_cropped_like_the_loop_batches(teacher, tmp_path):
-    """The cache is index- and size-aligned with the source, so the cache's term batches crop
-    the same windows; a cache holding the HR images themselves must reproduce the HR batches."""
-    config = sr_config(**{"mode": "fullmultiscale"})
+@pytest.mark.parametrize("on_device", ["true", "false"])
+def test_a_cache_of_the_hr_images_gives_teacher_crops_equal_to_the_real_ones(tmp_path, on_device):
+    """The cache is index- and size-aligned with the source and cut at the same windows: a cache
+    holding the HR images themselves gives every term of every stage its own HR crops."""
+    config = sr_config(**{"mode": "fullmultiscale", "data.on_device": on_device})
+    exp = build.experiment(config)
     source = data.open_source(build.input_spec(config), "train", scale=2)
     cache = eco.TeacherCache(tmp_path, len(source), paired=False)
     for i in range(len(source)):
         eco._save_png(cache.path(i, "sr_pre"), source[i])
-    for step in (0, STEPS - 1):  # first and last FMS stage: different plans
-        cached = train.host_batches(build.experiment(config), cache, step)
-        for k in range(len(cached)):
-            loop = data.term_batch(source, seed=config.seed, step=step, term=k,
-                                   batch=cached[k]["target"].shape[0], patch=32, scale=2)
-            np.testing.assert_array_equal(cached[k]["target"], loop["target"])
+    aligned = eco.teacher_source(build.input_spec(config), cache, scale=2)
+    seed_key = parallel.put_replicated(jax.random.PRNGKey(config.seed), exp.mesh)
+    with data.TrainingInput(config, aligned, exp.mesh, task=exp.task, stages=exp.stages,
+                            start=0, stop=exp.total_steps) as inp:
+        assert inp.on_device == (on_device == "true")
+        for step in (0, STEPS - 1):  # first and last FMS stage: different plans
+            stage = exp.stage_at(step)
+            batches = (jax.jit(functools.partial(build.device_batches, exp, stage))(
+                inp.dataset, seed_key, jnp.int32(step)) if inp.on_device
+                else inp.host_batches(step))
+            assert len(batches) == len(data.inputs.term_sizes(exp.stages[stage].plan))
+            for batch in batches:
+                np.testing.assert_array_equal(np.asarray(batch["teacher_target"]),
+                                              np.asarray(batch["target"]))
 
 
-def test_precomputed_eco_run_writes_and_reuses_the_cache(teacher, tmp_path):
+@pytest.mark.parametrize("on_device", ["true", "false"])
+def test_a_precomputed_teacher_run_trains_on_the_teachers_output_at_each_crops_window(
+        teacher, tmp_path, mixed, on_device):
     teacher_dir, _ = teacher
+    folder = coordinate_folder(tmp_path / "images")
     config = sr_config(**{"method": "eco", "eco.teacher_workdir": str(teacher_dir),
                           "eco.precompute": True, "eco.mix": "sample", "train.steps": 4,
-                          "log.eval_every": 4, "eco.cache_dir": str(tmp_path / "cache")})
+                          "log.eval_every": 4, "eco.cache_dir": str(tmp_path / "cache"),
+                          "data.source": "folder", "data.train_dir": str(folder),
+                          "data.valid_dir": str(folder), "data.on_device": on_device})
     result = methods.run(build.experiment(config), tmp_path / "eco")
     assert np.isfinite(result["psnr"])
     files = sorted((tmp_path / "cache").glob("*_sr_pre.png"))
-    assert len(files) == len(data.open_source(build.input_spec(config), "train"))
+    assert len(files) == 3
     stamp = [f.stat().st_mtime_ns for f in files]
     eco.precompute(build.experiment(config),
                    *eco.load_teacher(build.method_settings(config), 2), tmp_path / "cache")
     assert [f.stat().st_mtime_ns for f in files] == stamp  # reused, not recomputed
+    cache = eco.TeacherCache(tmp_path / "cache", 3, paired=False)
+    patch = config.data.patch
+    for real, trained in zip(mixed["in"], mixed["out"]):
+        assert "teacher_target" not in trained
+        for target, crop, out in zip(real["target"], real["teacher_target"], trained["target"]):
+            image, top, left, orientation = read_patch(target)
+            window = cache[image]["teacher_target"][top:top + patch, left:left + patch]
+            np.testing.assert_array_equal(np.rint(crop * 255).astype(np.uint8),
+                                          orient(window, orientation))
+            np.testing.assert_array_equal(out, crop)  # teacher weight 1: the teacher's pair
 
 
 def test_lamb_matches_optax_lamb_with_bias_correction_and_no_cap():

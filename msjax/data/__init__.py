@@ -1,14 +1,16 @@
-"""Data: sources (built-in photos, TFDS, folders, paired folders) and stateless batching, on the
-host (``host.HostBatches``) or inside the compiled step (``device``)."""
+"""Data: sources (built-in photos, TFDS, folders, paired folders) and stateless batching by one
+sampler (``sampler``), on the host (``host.HostBatches``) or inside the compiled step
+(``device``)."""
 
 from __future__ import annotations
 
-from msjax.data import device, host, prepare
+from msjax.data import device, host, prepare, sampler
 from msjax.data.folders import FolderSource, PairedSource, scan_folder, scan_pairs
 from msjax.data.host import DecodedImages, HostBatches
 from msjax.data.inputs import TrainingInput
-from msjax.data.pipeline import Prefetcher, term_batch, to_float, validation_crops
-from msjax.data.sources import DataError, builtin_photos, tfds_source
+from msjax.data.pipeline import to_float, validation_crops
+from msjax.data.sampler import term_batch
+from msjax.data.sources import AlignedSource, DataError, builtin_photos, tfds_source
 from msjax.registry import Registry
 
 # name -> opener(spec, split, *, scale) of a random-access source of images (arrays, or
@@ -54,6 +56,7 @@ def _paired_folders(spec, split: str, *, scale: int = 1):
                       bad_images=spec.bad_images)
 
 
-__all__ = ["DataError", "DecodedImages", "FolderSource", "HostBatches", "PairedSource",
-           "Prefetcher", "SOURCES", "TrainingInput", "device", "host", "open_source", "prepare",
-           "scan_folder", "scan_pairs", "term_batch", "to_float", "validation_crops"]
+__all__ = ["AlignedSource", "DataError", "DecodedImages", "FolderSource", "HostBatches",
+           "PairedSource", "SOURCES", "TrainingInput", "device", "host",
+           "open_source", "prepare", "sampler", "scan_folder", "scan_pairs", "term_batch",
+           "to_float", "validation_crops"]

@@ -1,12 +1,13 @@
 """Training images held on the device, and each step's patches cut inside the compiled step.
 
 All images of a source are decoded once (after ``data.resize_to``), zero-padded into one array
-(N, Hmax, Wmax, 3) of uint8 (uint16 where a source has deeper images) with each image's own
-(h, w), and replicated over the mesh. ``sample_batch`` then draws image indices, crop positions
-inside each image's own (h, w), flips and 90-degree rotations from a key, and gathers the patches
-in one indexed read: nothing crosses from host to device per step. The key of term k at step s is
-``term_key(seed_key, s, k)``, so batches are a pure function of (seed, step, term) and a resumed
-run sees the batches the uninterrupted one would have.
+(N, Hmax, Wmax, 3) of uint8 (uint16 where a source has deeper images) per array of an item (the
+target; a paired source's LR input; arrays aligned with them, such as a teacher's), with each
+item's own (h, w), and replicated over the mesh. The sampler (``sampler.sample_batch``) then
+draws image indices, crop positions inside each image's own (h, w), flips and 90-degree
+rotations from a key, and gathers the patches in one indexed read per array: nothing crosses
+from host to device per step. The key of term k at step s is ``term_key(seed_key, s, k)``, so
+batches are a pure function of (seed, step, term), equal to the host path's.
 """
 
 from __future__ import annotations
@@ -15,99 +16,36 @@ import concurrent.futures
 import dataclasses
 import math
 import os
-from typing import Sequence
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+# The device path's sampler, under the names its users call it by.
+from msjax.data.sampler import (LR_GRID, fields, grids, sample_batch,  # noqa: F401
+                                step_batches, term_key)
 from msjax.errors import ConfigError, DataError
 
-# fold_in constant that separates the sampling keys from the step's noise keys, which fold in
-# the step itself (< 2**31 - 2), and from the validation key (2**31 - 1).
-DATA_STREAM = 2**31 - 2
 # A CPU reports no memory limit; its device path is capped at this many bytes.
 CPU_DEVICE_BYTES = 2 * 2**30
 
 
 @flax.struct.dataclass
 class DeviceImages:
-    """A decoded dataset on the device (see the module doc). Paired sources carry their LR
-    partners in ``lr_pixels`` / ``lr_sizes``."""
+    """A decoded dataset on the device (see the module doc): each array of the items under its
+    batch key, and each item's (h, w) on the grid its windows are chosen on (a paired source's
+    LR grid)."""
 
-    pixels: jax.Array                  # (N, Hmax, Wmax, 3) uint8 | uint16, zero padding
-    sizes: jax.Array                   # (N, 2) int32: (h, w) of each image
-    lr_pixels: jax.Array | None = None
-    lr_sizes: jax.Array | None = None
+    arrays: dict          # batch key -> (N, Hmax, Wmax, 3) uint8 | uint16, zero padding
+    sizes: jax.Array      # (N, 2) int32
+
+    @property
+    def pixels(self) -> jax.Array:
+        return self.arrays["target"]
 
     @property
     def count(self) -> int:
         return int(self.sizes.shape[0])
-
-
-# --- the sampler (pure, runs inside the compiled step) -----------------------------------------
-
-def term_key(seed_key: jax.Array, step, term: int) -> jax.Array:
-    """The sampling key of term ``term`` at ``step`` (a traced step counter works)."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(seed_key, DATA_STREAM),
-                                                 step), term)
-
-
-def _crop(pixels, index, top, left, size: int, transform):
-    """Patches (B, size, size, 3) of ``pixels[index]`` at (top, left), each under one of the 8
-    flips / 90-degree rotations (bit 2: transpose, bit 1: flip rows, bit 0: flip columns), read
-    with one gather."""
-    out_r, out_c = jnp.arange(size)[:, None], jnp.arange(size)[None, :]
-    t = transform[:, None, None]
-    swap, flip_r, flip_c = (t & 4) != 0, (t & 2) != 0, (t & 1) != 0
-    r, c = jnp.where(swap, out_c, out_r), jnp.where(swap, out_r, out_c)
-    r = jnp.where(flip_r, size - 1 - r, r)
-    c = jnp.where(flip_c, size - 1 - c, c)
-    patches = pixels.at[index[:, None, None], top[:, None, None] + r,
-                        left[:, None, None] + c].get(mode="promise_in_bounds")
-    scale = 255.0 if pixels.dtype == jnp.uint8 else 65535.0
-    return patches.astype(jnp.float32) / scale
-
-
-def sample_batch(dataset: DeviceImages, key: jax.Array, *, batch: int, patch: int,
-                 augment: bool = True, scale: int = 1, sharding=None) -> dict:
-    """One term's batch ``{'target': float32 [batch, patch, patch, 3]}`` in [0, 1] (plus the
-    aligned LR ``'input'`` of a paired dataset, ``patch // scale`` wide), drawn from ``key``.
-
-    ``sharding`` (e.g. the mesh's batch sharding) makes each device cut only its own rows."""
-    paired = dataset.lr_pixels is not None
-    grid_patch = patch // scale if paired else patch
-    # One draw of random bits for all choices; a modulo's bias is at most its range / 2**32
-    # (under 2.5e-4 for a million images or positions).
-    bits = jax.random.bits(key, (4, batch), jnp.uint32)
-    index = (bits[0] % dataset.sizes.shape[0]).astype(jnp.int32)
-    sizes = (dataset.lr_sizes if paired else dataset.sizes)[index].astype(jnp.uint32)
-    top = (bits[1] % (sizes[:, 0] - grid_patch + 1)).astype(jnp.int32)
-    left = (bits[2] % (sizes[:, 1] - grid_patch + 1)).astype(jnp.int32)
-    transform = ((bits[3] % 8).astype(jnp.int32) if augment
-                 else jnp.zeros((batch,), jnp.int32))
-    if sharding is not None:
-        index, top, left, transform = (jax.lax.with_sharding_constraint(a, sharding)
-                                       for a in (index, top, left, transform))
-    out = {"target": _crop(dataset.pixels, index, top * (scale if paired else 1),
-                           left * (scale if paired else 1), patch, transform)}
-    if paired:
-        out["input"] = _crop(dataset.lr_pixels, index, top, left, grid_patch, transform)
-    if sharding is not None:
-        out = {k: jax.lax.with_sharding_constraint(v, sharding) for k, v in out.items()}
-    return out
-
-
-def step_batches(dataset: DeviceImages, seed_key: jax.Array, step, batch_sizes: Sequence[int],
-                 *, patch: int, augment: bool = True, scale: int = 1, sharding=None) -> tuple:
-    """Every term's batch of one step (``batch_sizes`` finest first; one entry for a shared
-    batch), as the host path's ``HostBatches.get(step)`` gives them. ``sharding``: one for every
-    term, or a function of the term's batch size."""
-    return tuple(sample_batch(dataset, term_key(seed_key, step, k), batch=n, patch=patch,
-                              augment=augment, scale=scale,
-                              sharding=sharding(n) if callable(sharding) else sharding)
-                 for k, n in enumerate(batch_sizes))
 
 
 # --- sizing and the on-device decision ----------------------------------------------------------
@@ -122,17 +60,24 @@ class Footprint:
     uniform: bool        # every image has that size
     itemsize: int        # 1 (uint8) or 2 (uint16)
     lr_bytes: int = 0
+    aligned_bytes: int = 0   # arrays aligned with the images (e.g. a teacher's)
+
+    @property
+    def image_bytes(self) -> int:
+        return self.count * self.height * self.width * 3 * self.itemsize
 
     @property
     def bytes(self) -> int:
-        return self.count * self.height * self.width * 3 * self.itemsize + self.lr_bytes
+        return self.image_bytes + self.lr_bytes + self.aligned_bytes
 
     def describe(self) -> str:
         size = f"{self.height}x{self.width}" if self.uniform else \
             f"up to {self.height}x{self.width}"
         amount = (f"{self.bytes / 1e9:.1f} GB" if self.bytes >= 1e9 else
                   f"{self.bytes / 1e6:.0f} MB")
-        return f"{self.count} images {size}, {amount} {'uint8' if self.itemsize == 1 else 'uint16'}"
+        aligned = " with aligned arrays" if self.aligned_bytes else ""
+        return (f"{self.count} images {size}{aligned}, {amount} "
+                f"{'uint8' if self.itemsize == 1 else 'uint16'}")
 
 
 def _resized_shape(h: int, w: int, resize_to: int, resize_mode: str) -> tuple[int, int]:
@@ -177,9 +122,17 @@ def _image_shapes(source, sample: int = 16) -> tuple[list, bool]:
 def estimate(source, *, resize_to: int = 0, resize_mode: str = "square",
              sample: bool = True) -> Footprint | None:
     """The decoded dataset's footprint, before decoding where the source tells image sizes;
-    otherwise from a sample of decoded images, or None when ``sample`` is False."""
+    otherwise from a sample of decoded images, or None when ``sample`` is False. An aligned
+    array counts as its grid's image (``sources.AlignedSource``)."""
     from msjax.data.folders import PairedSource
+    from msjax.data.sources import AlignedSource
 
+    if isinstance(source, AlignedSource):
+        base = estimate(source.base, resize_to=resize_to, resize_mode=resize_mode, sample=sample)
+        if base is None:
+            return None
+        more = sum(base.lr_bytes if k in LR_GRID else base.image_bytes for k in source.keys)
+        return dataclasses.replace(base, aligned_bytes=base.aligned_bytes + more)
     hr = source.hr if isinstance(source, PairedSource) else source
     shapes, exact = _image_shapes(hr, sample=16 if sample else 0)
     if not exact and not sample:
@@ -282,8 +235,8 @@ def decode_all(source, *, resize=None, workers: int = 0) -> list:
     """Every item of ``source`` decoded (and resized), in order, on a thread pool (Pillow and
     ArrayRecord release the GIL while decoding)."""
     def load(i):
-        item = source[i]  # paired items are used as they are, as the host path does
-        return item if resize is None or isinstance(item, tuple) else resize(item)
+        item = source[i]  # pairs and dicts are used as they are, as the host path does
+        return item if resize is None or isinstance(item, (tuple, dict)) else resize(item)
 
     with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as pool:
         return list(pool.map(load, range(len(source)), chunksize=64))
@@ -292,25 +245,29 @@ def decode_all(source, *, resize=None, workers: int = 0) -> list:
 def load(source, mesh, *, patch: int, resize=None, scale: int = 1,
          workers: int = 0) -> DeviceImages:
     """The whole source decoded once, padded, and replicated over ``mesh``. Images smaller than
-    ``patch`` are refused here: the sampler's crop positions assume they fit."""
+    ``patch``, and arrays that do not cover their item's window grid, are refused here: the
+    sampler's crop positions assume they fit."""
     from msjax import parallel
 
-    items = decode_all(source, resize=resize, workers=workers)
-    paired = isinstance(items[0], tuple)
-    hr = [it[0] if paired else it for it in items]
+    items = [fields(it) for it in decode_all(source, resize=resize, workers=workers)]
+    hr = [it["target"] for it in items]
     small = [i for i, im in enumerate(hr) if min(im.shape[:2]) < patch]
     if small:
         raise DataError(f"{len(small)} training images are smaller than the {patch}-pixel patch "
                         f"(the first: item {small[0]}, {hr[small[0]].shape[0]}x"
                         f"{hr[small[0]].shape[1]}); lower data.patch or drop them")
-    deep = any(im.dtype != np.uint8 for im in hr)
-    pixels, sizes = _pad_stack(hr, np.uint16 if deep else np.uint8)
-    tree = {"pixels": pixels, "sizes": sizes}
-    if paired:
-        lr = [it[1] for it in items]
-        tree["lr_pixels"], tree["lr_sizes"] = _pad_stack(
-            lr, np.uint16 if any(im.dtype != np.uint8 for im in lr) else np.uint8)
-        if np.any(tree["lr_sizes"] * scale > sizes):
-            raise DataError(f"an LR image is larger than its HR partner / {scale}; paired "
-                            "folders need LR = HR / scale")
-    return DeviceImages(**parallel.put_replicated(tree, mesh))
+    grid, factor = grids(items[0], scale)
+    arrays, sizes = {}, {}
+    for key in items[0]:
+        images = [it[key] for it in items]
+        deep = any(im.dtype != np.uint8 for im in images)
+        arrays[key], sizes[key] = _pad_stack(images, np.uint16 if deep else np.uint8)
+    for key, f in factor.items():
+        if key != grid and np.any(sizes[grid] * f > sizes[key]):
+            raise DataError(
+                f"an LR image is larger than its HR partner / {scale}; paired folders need "
+                "LR = HR / scale" if key == "target" else
+                f"an aligned {key!r} array is smaller than its item's "
+                f"{'LR' if key in LR_GRID else 'HR'} image")
+    return DeviceImages(**parallel.put_replicated({"arrays": arrays, "sizes": sizes[grid]},
+                                                  mesh))

@@ -3,8 +3,8 @@
 ``DecodedImages`` wraps a source so that each image is decoded (and resized) once per process and
 kept in a least-recently-used cache bounded in bytes; two threads that want the same image wait
 for one decode. ``HostBatches`` builds future steps' batches on a thread pool while the device
-computes. Batches are exactly ``pipeline.term_batch``'s (the same pure function of
-(seed, step, term)), only made from cached images and in parallel.
+computes. Batches are exactly ``sampler.term_batch``'s (the same pure function of
+(seed, step, term), equal to the device path's), only made from cached images and in parallel.
 
 Threads rather than processes: Pillow, zlib and ArrayRecord release the GIL while decoding, which
 is where the time goes, and one shared cache means one decode per image per process (worker
@@ -19,10 +19,12 @@ import os
 import threading
 from typing import Callable, Sequence
 
-from msjax.data.pipeline import term_batch
+from msjax.data.sampler import term_batch
 
 
 def _nbytes(item) -> int:
+    if isinstance(item, dict):
+        return sum(a.nbytes for a in item.values())
     return sum(a.nbytes for a in item) if isinstance(item, tuple) else item.nbytes
 
 
@@ -42,7 +44,8 @@ class DecodedImages:
 
     def _decode(self, i):
         item = self.source[i]
-        return item if self.resize is None or isinstance(item, tuple) else self.resize(item)
+        return (item if self.resize is None or isinstance(item, (tuple, dict))
+                else self.resize(item))
 
     def __getitem__(self, i):
         i = int(i)

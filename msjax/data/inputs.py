@@ -2,15 +2,16 @@
 
 On the device path the loop passes ``dataset`` to the compiled step, which calls
 ``device_batches`` with the step counter it already has (``state.step``); on the host path the
-loop takes ``host_batches(step)`` and puts them on the devices, as before. Both are pure
-functions of (seed, step, term), so a resumed run sees the batches of the uninterrupted one, as
-long as it resumes on the same path (``path`` is worth recording with the run).
+loop takes ``host_batches(step)`` and puts them on the devices. Both are cut by one sampler as
+pure functions of (seed, step, term), so a resumed run sees the batches of the uninterrupted one;
+it still resumes on the path it started on (``path`` is recorded with the run): the two paths'
+float conversions are shown equal on the CPU, not on every accelerator.
 """
 
 from __future__ import annotations
 
 from msjax import multiscale, parallel
-from msjax.data import device, pipeline
+from msjax.data import device, pipeline, sampler
 from msjax.data.host import HostBatches
 
 
@@ -22,9 +23,9 @@ def term_sizes(plan) -> tuple[int, ...]:
 def device_batches(dataset: device.DeviceImages, seed_key, step, plan, *, patch: int,
                    augment: bool, scale: int, mesh) -> tuple:
     """Inside the compiled step: every term's batch of ``step``, sharded on the batch axis."""
-    return device.step_batches(dataset, seed_key, step, term_sizes(plan), patch=patch,
-                               augment=augment, scale=scale,
-                               sharding=lambda n: parallel.batch_sharded(mesh, n))
+    return sampler.step_batches(dataset, seed_key, step, term_sizes(plan), patch=patch,
+                                augment=augment, scale=scale,
+                                sharding=lambda n: parallel.batch_sharded(mesh, n))
 
 
 class TrainingInput:

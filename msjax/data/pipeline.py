@@ -1,15 +1,9 @@
-"""Batches from sources: random patches, flips and rotations, fixed validation crops.
-
-Sampling is stateless: term k's batch at step s is a pure function of (seed, s, k), so a resumed
-run sees exactly the batches the uninterrupted one would have, with no iterator state to save.
-"""
+"""Images from sources as the batches take them: float conversion, whole-image resizing, fixed
+validation crops. The random training patches are the sampler's (``sampler``)."""
 
 from __future__ import annotations
 
 import math
-import queue
-import threading
-from typing import Callable
 
 import numpy as np
 
@@ -20,16 +14,6 @@ def to_float(img: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint16:
         return img.astype(np.float32) / 65535.0
     return img.astype(np.float32)
-
-
-def _augment(patches: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    """The same random flip and 90-degree rotation for every array of one sample (e.g. LR/HR)."""
-    k, flip = int(rng.integers(4)), bool(rng.integers(2))
-    out = []
-    for p in patches:
-        p = np.rot90(p, k, axes=(0, 1))
-        out.append(p[:, ::-1] if flip else p)
-    return out
 
 
 RESIZE_MODES = ("square", "short_side")
@@ -84,69 +68,6 @@ def _ensure_rgb(img: np.ndarray) -> np.ndarray:
     return img[..., :3]
 
 
-def _cut(item, patch: int, rng: np.random.Generator, *, scale: int = 1,
-         augment: bool = True) -> list[np.ndarray]:
-    """Views of a random patch (and its aligned LR patch, for a paired item), flipped and rotated
-    by ``rng``; nothing is copied yet."""
-    if isinstance(item, tuple):
-        hr, lr = (_ensure_rgb(a) for a in item)
-        lp = patch // scale
-        top = int(rng.integers(lr.shape[0] - lp + 1))
-        left = int(rng.integers(lr.shape[1] - lp + 1))
-        pair = [hr[top * scale:(top + lp) * scale, left * scale:(left + lp) * scale],
-                lr[top:top + lp, left:left + lp]]
-        return _augment(pair, rng) if augment else pair
-    img = _ensure_rgb(item)
-    h, w = img.shape[:2]
-    if min(h, w) < patch:
-        raise ValueError(f"image of {h}x{w} is smaller than the {patch}-pixel patch")
-    top, left = int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
-    crop = img[top:top + patch, left:left + patch]
-    return _augment([crop], rng) if augment else [crop]
-
-
-def sample_patch(item, patch: int, rng: np.random.Generator, *, scale: int = 1,
-                 augment: bool = True):
-    """A random patch: HxWx3 float32, or (HR patch, aligned LR patch) for a paired item."""
-    views = _cut(item, patch, rng, scale=scale, augment=augment)
-    floats = tuple(to_float(np.ascontiguousarray(v)) for v in views)
-    return floats if isinstance(item, tuple) else floats[0]
-
-
-def _to_float_into(view: np.ndarray, out: np.ndarray) -> None:
-    """``out[...] = to_float(view)``, bit for bit, without the temporaries."""
-    if view.dtype == np.uint8:
-        np.divide(view, np.float32(255.0), out=out)
-    elif view.dtype == np.uint16:
-        np.divide(view, np.float32(65535.0), out=out)
-    else:
-        out[...] = view
-
-
-def term_batch(source, *, seed: int, step: int, term: int, batch: int, patch: int,
-               scale: int = 1, augment: bool = True, rows: slice | None = None,
-               resize=None) -> dict:
-    """Term ``term``'s batch at ``step``: ``{'target': N x P x P x 3}`` (plus ``'input'`` for
-    paired data). ``rows`` selects this process's share of the global batch (multi-host)."""
-    rng = np.random.default_rng((seed, step, term))
-    indices = rng.integers(0, len(source), size=batch)
-    chosen = range(batch)[rows] if rows is not None else range(batch)
-    load = (lambda i: resize(source[i])) if resize else source.__getitem__
-    outs, paired = None, False
-    for j, i in enumerate(chosen):
-        item = load(indices[i])
-        views = _cut(item, patch, np.random.default_rng((seed, step, term, i)), scale=scale,
-                     augment=augment)
-        if outs is None:  # written in place: no per-sample copies, no stacking
-            outs, paired = [np.empty((len(chosen),) + v.shape, np.float32) for v in views], \
-                isinstance(item, tuple)
-        for view, out in zip(views, outs):
-            _to_float_into(view, out[j])
-    if paired:
-        return {"target": outs[0], "input": outs[1]}
-    return {"target": outs[0]}
-
-
 def validation_crops(source, count: int, patch: int, *, scale: int = 1,
                      resize=None) -> dict:
     """``count`` fixed crops of ``patch`` (evenly spaced over the validation images)."""
@@ -182,29 +103,3 @@ def validation_crops(source, count: int, patch: int, *, scale: int = 1,
     if inputs:
         out["input"] = np.stack(inputs)
     return out
-
-
-class Prefetcher:
-    """Builds the next steps' batches on a background thread while the device computes.
-
-    ``make(step)`` must be a pure function of the step, so prefetching never changes results.
-    """
-
-    def __init__(self, make: Callable[[int], object], start: int, stop: int, depth: int = 2):
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._error = None
-        self._thread = threading.Thread(target=self._run, args=(make, start, stop), daemon=True)
-        self._thread.start()
-
-    def _run(self, make, start, stop):
-        try:
-            for step in range(start, stop):
-                self._queue.put((step, make(step)))
-        except BaseException as e:  # surfaced in the training thread by get()
-            self._queue.put((None, e))
-
-    def get(self):
-        step, value = self._queue.get()
-        if step is None:
-            raise value
-        return step, value

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -38,6 +38,31 @@ class ArraySource:
 
     def __getitem__(self, i):
         return self.images[i]
+
+
+@dataclasses.dataclass
+class AlignedSource:
+    """``base``'s items with more arrays that the sampler cuts at the same windows: item i holds
+    ``base[i]``'s arrays by batch key ('target', and 'input' for a pair) and ``more[i]``'s, a
+    dict of batch key -> array, each at least the size of the base image on its grid (the LR
+    grid for keys in ``sampler.LR_GRID``). ``keys``: ``more``'s batch keys. ``resize`` applies
+    to base items that are one image; the aligned arrays are made at the resized size."""
+
+    base: object
+    more: object
+    keys: tuple
+    resize: Callable | None = None
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        from msjax.data.sampler import fields
+
+        item = self.base[i]
+        if self.resize is not None and not isinstance(item, (tuple, dict)):
+            item = self.resize(item)
+        return {**fields(item), **self.more[i]}
 
 
 def _skimage_photo(name: str) -> np.ndarray:

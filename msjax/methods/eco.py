@@ -11,7 +11,10 @@ to the real pair (LR, HR) by a schedule alpha(progress), alpha being the teacher
 The mix is a ``batch_transform`` of the loop: it rewrites each MGE term's device batch into paired
 data (``input``, ``target``), which the estimator restricts level by level like any LR/HR pair.
 The teacher runs on the fly on those batches, or once on whole training images (``precompute``),
-its pairs cached to disk as 8-bit PNGs as the official code did, then cropped like the batches.
+its pairs cached to disk as 8-bit PNGs as the official code did. The cache is then part of the
+training source (``teacher_source``): the sampler cuts the teacher's images at the same windows
+as the real ones, so each batch carries ``teacher_target`` (and ``teacher_input`` for paired
+data) beside them, on either input path.
 """
 
 from __future__ import annotations
@@ -72,21 +75,23 @@ def mix_pairs(real, teacher, alpha, key, *, mix: str):
             jnp.clip(a * sr_pre + (1 - a) * hr, 0.0, 1.0))
 
 
-def _mix_terms(teacher_state, batches, cached, alpha, step, seed_key, *, task, teacher_task, mix):
+def _mix_terms(teacher_state, batches, alpha, step, seed_key, *, task, teacher_task, mix):
     out = []
     for k, batch in enumerate(batches):
         hr = batch["target"]
         # Synthetic SR data carries no LR: make it with the task's corruption, as the loop would.
         lr = batch["input"] if "input" in batch else task.corrupt(hr, None, 0)[0]
-        if cached is None:
-            pre = teacher_pair(teacher_state, lr, teacher_task=teacher_task)
-        else:  # cached SR_pre crops aligned with this batch; LR_pre as the real LR is made
-            sr_pre = cached[k]["target"]
-            lr_pre = cached[k]["input"] if "input" in cached[k] else task.corrupt(sr_pre, None, 0)[0]
+        if "teacher_target" in batch:  # the cached SR_pre at this window; LR_pre made like LR
+            sr_pre = batch["teacher_target"]
+            lr_pre = batch["teacher_input"] if "teacher_input" in batch else \
+                task.corrupt(sr_pre, None, 0)[0]
             pre = (lr_pre, sr_pre)
+        else:
+            pre = teacher_pair(teacher_state, lr, teacher_task=teacher_task)
         key = jax.random.fold_in(jax.random.fold_in(seed_key, step), k)
         inp, tgt = mix_pairs((lr, hr), pre, alpha, key, mix=mix)
-        out.append({**batch, "input": inp, "target": tgt})
+        rest = {name: v for name, v in batch.items() if not name.startswith("teacher_")}
+        out.append({**rest, "input": inp, "target": tgt})
     return tuple(out)
 
 
@@ -104,34 +109,23 @@ class EcoSettings:
     tile: int
 
 
-def _cache_batches(exp, cache, step: int) -> tuple:
-    """This process's rows of every term's batch of cached teacher images at ``step``, cut as
-    the training batches are."""
-    plan, spec = exp.stages[exp.stage_at(step)].plan, exp.input
-    sizes = plan.batch_sizes[:1] if plan.shared_batch else plan.batch_sizes
-    return tuple(data.term_batch(
-        cache, seed=exp.seed, step=step, term=k, batch=n, patch=spec.patch,
-        scale=exp.task.scale, augment=spec.augment, rows=parallel.process_rows(n, exp.mesh),
-        resize=data.pipeline.whole_image_resize(spec)) for k, n in enumerate(sizes))
-
-
 class TeacherMix:
-    """The loop's input transform: (step, device batches) -> batches of mixed pairs."""
+    """The loop's input transform: (step, device batches) -> batches of mixed pairs. With
+    ``precomputed`` the batches carry the teacher's crops (``teacher_source``); otherwise the
+    teacher runs on each batch's LR."""
 
-    def __init__(self, exp, teacher_state, teacher_task, cache=None):
+    def __init__(self, exp, teacher_state, teacher_task, precomputed: bool = False):
         mesh, e = exp.mesh, exp.method_settings
-        self.exp, self.mesh, self.cache = exp, mesh, cache
-        self.total = exp.total_steps
+        self.mesh, self.total = mesh, exp.total_steps
         self.schedule = functools.partial(teacher_weight, schedule=e.schedule, shift=e.shift)
         # The teacher's parameters live on the training mesh, replicated, and enter the compiled
         # mix as an argument (closing over them would bake them into the program as constants).
-        self.teacher = None if cache is not None else parallel.put_replicated(
+        self.teacher = None if precomputed else parallel.put_replicated(
             teacher_state.replace(opt_state=None), mesh)
         self.seed_key = parallel.put_replicated(
             jax.random.fold_in(jax.random.PRNGKey(exp.seed), _MIX_SALT), mesh)
         self._mix = exp.backend.jit(functools.partial(_mix_terms, task=exp.task,
                                                       teacher_task=teacher_task, mix=e.mix))
-        self._prefetch, self._next = None, None
 
     def __call__(self, step: int, batches):
         alpha = self.schedule(step / self.total)
@@ -139,29 +133,22 @@ class TeacherMix:
         # (and, with several devices, counts a pytree device_put of host scalars as implicit).
         alpha, step_index = (jax.device_put(v, parallel.replicated(self.mesh))
                              for v in (np.float32(alpha), np.int32(step)))
-        return self._mix(self.teacher, batches, self._cached(step), alpha, step_index,
-                         self.seed_key)
-
-    def _cached(self, step):
-        if self.cache is None:
-            return None
-        if self._next != step:  # first call, or a jump: restart the prefetcher here
-            self._prefetch = data.Prefetcher(
-                functools.partial(_cache_batches, self.exp, self.cache), step, self.total)
-        _, host = self._prefetch.get()
-        self._next = step + 1
-        sizes = self.exp.stages[self.exp.stage_at(step)].plan.batch_sizes
-        return tuple(parallel.put_batch(b, self.mesh, n) for b, n in zip(host, sizes))
+        return self._mix(self.teacher, batches, alpha, step_index, self.seed_key)
 
 
 # --- precomputed teacher pairs -------------------------------------------------------------------
 
 class TeacherCache:
-    """Cached teacher images, index-aligned with the training source: SR_pre at the HR image's
-    size (synthetic LR), or (SR_pre, LR_pre) at the (HR, LR) sizes of a paired source."""
+    """Cached teacher images, index-aligned with the training source, by batch key:
+    ``teacher_target`` (SR_pre at the HR image's size) and, for a paired source,
+    ``teacher_input`` (LR_pre at the LR image's size)."""
 
     def __init__(self, directory: Path, count: int, paired: bool):
         self.directory, self.count, self.paired = Path(directory), count, paired
+
+    @property
+    def keys(self) -> tuple:
+        return ("teacher_target", "teacher_input") if self.paired else ("teacher_target",)
 
     def __len__(self):
         return self.count
@@ -169,9 +156,18 @@ class TeacherCache:
     def path(self, i: int, kind: str) -> Path:
         return self.directory / f"{int(i):06d}_{kind}.png"
 
-    def __getitem__(self, i):
-        sr = data.folders.decode(self.path(i, "sr_pre"))
-        return (sr, data.folders.decode(self.path(i, "lr_pre"))) if self.paired else sr
+    def __getitem__(self, i) -> dict:
+        out = {"teacher_target": data.folders.decode(self.path(i, "sr_pre"))}
+        if self.paired:
+            out["teacher_input"] = data.folders.decode(self.path(i, "lr_pre"))
+        return out
+
+
+def teacher_source(spec, cache: TeacherCache, *, scale: int):
+    """The training source of ``spec`` (``settings.InputSpec``) with the cached teacher images
+    aligned with its own: the sampler cuts every array of an item at the same window."""
+    return data.AlignedSource(data.open_source(spec, "train", scale=scale), cache,
+                              keys=cache.keys, resize=data.pipeline.whole_image_resize(spec))
 
 
 def precompute(exp, teacher_state, teacher_task, teacher_id: dict, directory: Path,
@@ -249,9 +245,10 @@ def load_teacher(e: EcoSettings, scale: int):
 def run(exp, workdir) -> dict:
     e = exp.method_settings
     teacher_state, teacher_task, identity = load_teacher(e, exp.task.scale)
-    cache = None
+    source = None
     if e.precompute:
         directory = Path(e.cache_dir or Path(workdir) / "eco_teacher_pairs")
         cache = precompute(exp, teacher_state, teacher_task, identity, directory, tile=e.tile)
-    transform = TeacherMix(exp, teacher_state, teacher_task, cache)
-    return train.train_and_evaluate(exp, workdir, transform=transform)
+        source = teacher_source(exp.input, cache, scale=teacher_task.scale)
+    transform = TeacherMix(exp, teacher_state, teacher_task, precomputed=source is not None)
+    return train.train_and_evaluate(exp, workdir, transform=transform, train_source=source)
