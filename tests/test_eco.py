@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from msjax import build, data, methods, optim, parallel, tasks
+from msjax import build, data, logs, methods, optim, parallel, tasks
 from msjax.methods import eco
 from tests.helpers import optimizer, tiny_config
 from tests.test_data_sampling import coordinate_image, read_patch
@@ -155,11 +155,11 @@ def test_a_cache_of_the_hr_images_gives_teacher_crops_equal_to_the_real_ones(tmp
     source = data.open_source(build.input_spec(config), "train", scale=2)
     cache = eco.TeacherCache(tmp_path, len(source), paired=False)
     for i in range(len(source)):
-        eco._save_png(cache.path(i, "sr_pre"), source[i])
+        logs.save_png(cache.path(i, "sr_pre"), source[i])
     aligned = eco.teacher_source(build.input_spec(config), cache, scale=2)
     seed_key = parallel.put_replicated(jax.random.PRNGKey(config.seed), exp.mesh)
-    with data.TrainingInput(config, aligned, exp.mesh, task=exp.task, stages=exp.stages,
-                            start=0, stop=exp.total_steps) as inp:
+    with data.TrainingInput(exp.input, aligned, exp.mesh, seed=exp.seed, task=exp.task,
+                            stages=exp.stages, start=0, stop=exp.total_steps) as inp:
         assert inp.on_device == (on_device == "true")
         for step in (0, STEPS - 1):  # first and last FMS stage: different plans
             stage = exp.stage_at(step)
