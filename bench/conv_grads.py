@@ -5,8 +5,8 @@ kernel gradient, in JAX (XLA:CPU) and PyTorch, as GFLOP per wall second and per 
 
 JAX runs with each ``--cpu_convolutions`` choice (msjax/backend): ``onednn`` (msjax's FFI
 handlers), ``eigen`` and ``ynnpack`` (XLA:CPU's own; YNNPACK is XLA's default). This is where
-a CPU train step spends its time; which kernel is fastest differs between CPUs (README,
-benchmarks, with the machine each figure came from).
+a CPU train step spends its time; which kernel is fastest differs between CPUs
+(docs/benchmarks.md, with the machine each figure came from).
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 
     python bench/cost_to_quality.py --out runs/ctq_deblur --set task.level_blur=fixed
     python bench/cost_to_quality.py --out runs/ctq_denoise --set task.name=denoise
-    python bench/cost_to_quality.py --budgets 1800,7200 --seeds 42,43,44 ...   # the README's
+    python bench/cost_to_quality.py --budgets 1800,7200 --seeds 42,43,44 ...  # the measured runs
     python bench/cost_to_quality.py --budgets 200 --seeds 1 --eval_every 25 --out /tmp/ctq  # quick
 
-Every setting trains the quickstart network (a residual CNN on 64x64 patches of the built-in
-photos) through ``msjax.train.train_and_evaluate`` with the same step budget and seed, into
+The measured runs and their commands are in docs/cost_to_quality.md. Every setting trains the
+quickstart network (a residual CNN on 64x64 patches of the built-in photos) through
+``msjax.train.train_and_evaluate`` with the same step budget and seed, into
 ``OUT/<budget>/<seed>/<setting>``; a setting's ``steps_scale=F`` gives it F times the budget
 instead. The first setting is the reference (single scale). Its target
 is its final validation PSNR minus ``--margin`` dB; the cost of a run to reach it is the first

@@ -132,7 +132,7 @@ def test_reference_schedule_two_constant_rates_per_clamped_block_and_for_the_cha
     assert [p.name for p in plan][-2:] == ["joint", "joint_low"]
     by_name = {p.name: p for p in plan}
     configs = {name: build.with_overrides(c, p.overrides) for name, p in by_name.items()}
-    # The seed report: N_i's 2000 warm steps with Adadelta at 1; the reference scripts: Adam 1e-4.
+    # The Multiblock report: N_i's 2000 warm steps with Adadelta at 1; its scripts: Adam 1e-4.
     warm = ("adadelta", 1.0) if recipe == "seed" else ("adam", 1e-4)
     assert [(configs[n].train.optimizer, configs[n].train.lr, configs[n].train.steps)
             for n in ("phase_1", "phase_1_plus", "phase_1_plus_low")] == [

@@ -1,5 +1,5 @@
 """The paper configs as a user runs them: the official schedules in every mode, any device
-count, the official code's choices as a variant, and the design card's command to the end."""
+count, the official code's choices as a variant, and the README's command to the end."""
 
 import os
 import subprocess
@@ -150,7 +150,7 @@ def _blurred(task, x):
     return operators.blur(x, (3.0, 3.0))
 
 
-def test_the_design_card_command_runs_to_the_end_and_finds_its_default_workdir(tmp_path):
+def test_the_readme_command_runs_to_the_end_and_finds_its_default_workdir(tmp_path):
     """``python train.py --config configs/deblur_stl10.py`` with STL-10 from TFDS's mock data,
     the step budget cut down, no --workdir: the run lands in runs/deblur_stl10."""
     script = textwrap.dedent(f"""

@@ -34,7 +34,7 @@ def images(shape, seed, noise=0.0, like=None):
 
 
 def official_ssim_map(x, y):
-    """A float64 transcription of the official SSIM (reference/mge_reference.md 1.6): the 2-D
+    """A float64 transcription of the MGE code's official SSIM loss: the 2-D
     11x11 Gaussian window (sigma 1.5, normalised), zero padding 5, each channel alone, L = 1,
     C1 = 0.01^2, C2 = 0.03^2, no clamping; written as a direct 2-D sum, not separably."""
     t = np.arange(11) - 5.0
