@@ -100,7 +100,9 @@ def get_config():
         stage_steps=(),
         stage_weights=(),          # without stage_steps: train.steps split by these; () = 2^J:..:2:1
         batch_growth=1,            # per-term batch growth inside a stage (official: constant)
-        stage_batch_factor=2,      # stage j's base batch: batch_size * this^(levels - j) (official)
+        # Stage j's base batch: batch_size * this^(levels - j). The official 2 stays the default:
+        # on an accelerator a small coarse batch leaves it idle (1 won on a 2-core CPU).
+        stage_batch_factor=2,
         lr_schedule="",            # fullmultiscale only: replaces train.lr_schedule ('': keep it)
         max_terms=0,               # >0: at most this many terms per stage (0: stage j has j + 1)
         schedule="fixed",          # fixed | adaptive: a coarse stage moves on when it stops paying

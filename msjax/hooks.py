@@ -252,7 +252,8 @@ class Checkpointing(Hook):
 class Preemption(Hook):
     """SIGTERM / SIGINT: save and stop with ``loop.Preempted``. Checkpoints are written by all
     processes together, so on several hosts all stop at the same step, whichever got the
-    signal: they agree at every log step (``every``)."""
+    signal: they agree at every log step (``every``), so a signal waits up to ``every`` steps
+    there."""
 
     def __init__(self, signals, every: int):
         self.signals, self.every = signals, every

@@ -1,4 +1,7 @@
-"""Small configs and data for end-to-end tests."""
+"""Small configs and data for end-to-end tests.
+
+The suite's time goes to XLA compiles: keep new tests tiny, and let ``tiny_config`` pick Eigen
+convolutions (no kernel measurement, no oneDNN build)."""
 
 from pathlib import Path
 

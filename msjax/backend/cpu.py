@@ -1,7 +1,7 @@
 """XLA:CPU: which kernels a program's convolutions run on, chosen by measurement.
 
 The fastest CPU convolution kernel differs between machines (oneDNN's wins on AVX-512 Xeons,
-XLA's Eigen kernels on AVX2-only EPYCs; README, benchmarks), so ``runtime.cpu_convolutions=auto``
+XLA's Eigen kernels on AVX2-only EPYCs; docs/benchmarks.md), so ``runtime.cpu_convolutions=auto``
 does not guess: the first time a program (a stage's train step) is compiled on a machine, every
 candidate kernel is compiled and timed on it, side by side on copies of the real arguments, and
 the fastest is kept. The verdict is cached per (CPU model and ISA, jax version, program) in

@@ -36,7 +36,7 @@ def official(task: str, dataset: str, patch: int, model: str, *, valid_split: st
     c.fms.stage_steps = OFFICIAL_STAGE_STEPS
     # Full multiscale trains at the full rate through the coarse stages and decays over the last
     # fifth of the run (the finest stage and the end of the one before): with the official
-    # single cosine the finest stage runs at the schedule's tail (README, cost to quality).
+    # single cosine the finest stage runs at the schedule's tail (docs/cost_to_quality.md).
     c.fms.lr_schedule = "constant_decay"
     c.log.eval_every = 250
     if variant == "official":

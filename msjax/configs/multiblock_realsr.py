@@ -15,7 +15,7 @@ phase_1_plus_low, phase_2, ..., joint, joint_low), keeps each phase's best check
 writes runs/multiblock/phases.csv, and resumes where it stopped. Each block: conv, 16 RCAB (64 ch,
 attention 64->16), convs, input residual, orthogonal init (1.26M parameters).
 
-The seed report's recipe (default, reference/seed_methods.md c.3 and the seed's section 4): per
+The Multiblock report's recipe (default): per
 block, N_i unclamped for 2000 steps of Adadelta (lr 1, rho 0.9, eps 1e-6, no weight decay), then
 the clamped N_i+ with a fresh Adam, 3000 steps at 1e-4 and 10000 at 1e-5; N_2 and N_3 start as
 copies of the trained N_1+ and N_2+ (inheriting initialization); then the chain 5000 at 1e-4 and

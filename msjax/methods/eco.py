@@ -10,7 +10,8 @@ to the real pair (LR, HR) by a schedule alpha(progress), alpha being the teacher
 
 The mix is a ``batch_transform`` of the loop: it rewrites each MGE term's device batch into paired
 data (``input``, ``target``), which the estimator restricts level by level like any LR/HR pair.
-The teacher runs on the fly on those batches, or once on whole training images (``precompute``),
+The teacher runs on the fly on those batches (a full-resolution forward per term, every step), or
+once on whole training images (``precompute``),
 its pairs cached to disk as 8-bit PNGs as the official code did. The cache is then part of the
 training source (``teacher_source``): the sampler cuts the teacher's images at the same windows
 as the real ones, so each batch carries ``teacher_target`` (and ``teacher_input`` for paired
