@@ -2,6 +2,7 @@
 
     python bench/faults.py                 # 10 trials
     python bench/faults.py --trials 3 --seed 1
+    python bench/faults.py --all_hooks     # every loop hook active (see ALL_HOOKS)
 
 A short ``train.py --config configs/quickstart.py`` run, shrunk by overrides (32x32 patches, a
 2-layer 8-channel CNN, three full-multiscale stages, a checkpoint every step, validation twice)
@@ -39,6 +40,13 @@ OVERRIDES = ["--config.data.patch=32", "--config.model_kwargs.features=8",
              "--config.model_kwargs.depth=2", "--config.batch_size=4",
              "--config.data.valid_images=2", "--config.fms.stage_weights=(1,1,1)",
              "--config.log.every=1", "--config.log.checkpoint_every=1"]
+# Every hook of the loop at work, so its state is saved and restored with each checkpoint: the
+# adaptive schedule (decisions), the target stop (recent PSNRs; a target never reached), the
+# skip policy (its window), validation (the best PSNR), and a warm start from a short run
+# trained first (the hook that shapes a fresh run).
+ALL_HOOKS = ["--config.fms.schedule=adaptive", "--config.fms.window=2",
+             "--config.fms.min_improvement=0.5", "--config.fms.min_share=0.25",
+             "--config.train.target_psnr=99", "--config.runtime.nonfinite=skip"]
 
 
 def parse_args(argv=None):
@@ -49,13 +57,17 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--jobs", type=int, default=2, help="trials run side by side")
     p.add_argument("--keep", action="store_true", help="keep the workdirs")
+    p.add_argument("--all_hooks", action="store_true", help="every loop hook active")
     return p.parse_args(argv)
+
+
+EXTRA: list[str] = []  # --all_hooks: ALL_HOOKS and the warm start's source
 
 
 def command(workdir: Path, steps: int) -> list[str]:
     return [sys.executable, "train.py", "--config", "configs/quickstart.py", "--workdir",
             str(workdir), f"--config.train.steps={steps}",
-            f"--config.log.eval_every={max(1, steps // 2)}", *OVERRIDES]
+            f"--config.log.eval_every={max(1, steps // 2)}", *OVERRIDES, *EXTRA]
 
 
 def machine() -> str:
@@ -90,11 +102,13 @@ def run_to_end(cmd, env, tries=4) -> list[int]:
     return codes
 
 
-def final_state(workdir: Path, steps: int) -> list[np.ndarray]:
+def final_state(workdir: Path, steps: int | None = None) -> list[np.ndarray]:
+    """The final state's arrays (``steps``: the step it must be at; an adaptive schedule's
+    end is where its decisions put it)."""
     from msjax import runs
 
     state, _, step = runs.load_state(workdir, "latest")
-    assert step == steps and int(state.step) == steps, (step, int(state.step))
+    assert steps is None or (step == steps and int(state.step) == steps), (step, int(state.step))
     import jax
 
     tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
@@ -150,12 +164,21 @@ def main(argv=None) -> int:
             for _ in range(args.trials)]
     start = time.time()
     try:
+        if args.all_hooks:
+            source = root / "warm_start_source"
+            subprocess.run(command(source, 6), cwd=ROOT, env=env, check=True,
+                           capture_output=True)
+            EXTRA[:] = ALL_HOOKS + [f"--config.train.init_from={source}"]
         reference = root / "reference"
         subprocess.run(command(reference, args.steps), cwd=ROOT, env=env, check=True,
                        capture_output=True)
-        expected = final_state(reference, args.steps)
-        print(f"reference: {args.steps} uninterrupted steps in {time.time() - start:.0f} s "
-              "(compiles fill the cache)", flush=True)
+        expected = final_state(reference, None if args.all_hooks else args.steps)
+        # An adaptive schedule ends where its decisions put it: kills land before that end.
+        last = int(expected[-1]) if args.all_hooks else args.steps  # "step" sorts last
+        plan = [(min(k, last), d) for k, d in plan]
+        print(f"reference: {last} uninterrupted steps in {time.time() - start:.0f} s "
+              f"(compiles fill the cache){'; every hook active' if args.all_hooks else ''}",
+              flush=True)
         equal = killed = 0
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             futures = {pool.submit(trial, i, k, d, root, args.steps, env): (i, k, d)
@@ -164,7 +187,7 @@ def main(argv=None) -> int:
                 i, k, d = futures[future]
                 out = future.result()
                 same = out["codes"][-1] == 0 and bitwise_equal(
-                    expected, final_state(out["workdir"], args.steps))
+                    expected, final_state(out["workdir"], None if args.all_hooks else args.steps))
                 equal += same
                 killed += out["killed"]
                 what = (f"SIGKILL {out['delay']:.2f} s after checkpoint {k} (newest on disk then: "
