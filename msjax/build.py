@@ -26,6 +26,7 @@ from msjax import (backend as backends, config_check, data, defaults, metrics, m
                    multiscale, optim, parallel, rundir, steps, tasks)
 from msjax.errors import ConfigError, RunDirError
 from msjax.models import layers
+from msjax.registry import METHODS
 from msjax.settings import (AdaptiveSettings, EvalSettings, InputSpec, LogSettings,
                             OptimizerSettings, RuntimeSettings, TaskSettings, WarmStart,
                             from_section)
@@ -166,11 +167,9 @@ def _adaptive(config, fixed) -> tuple[AdaptiveSettings | None, tuple]:
 
 def method_settings(config):
     """The method's typed settings from its section (``method`` names it), or None."""
-    from msjax import methods
-
     if not config.method:
         return None
-    entry = methods.METHODS.info(config.method)
+    entry = METHODS.info(config.method)
     return from_section(entry["settings"], config[config.method])
 
 
@@ -228,9 +227,7 @@ def experiment(config, *, num_devices: int | None = None) -> Experiment:
         adaptive=adaptive, fixed_stages=fixed if adaptive else (), method=config.method,
         method_settings=settings, record=types.MappingProxyType(rundir.flat(config)))
     if settings is not None:
-        from msjax import methods
-
-        entry = methods.METHODS.info(config.method)
+        entry = METHODS.info(config.method)
         if "check" in entry:
             entry["check"](settings, exp)
         if "phases" in entry:

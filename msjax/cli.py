@@ -171,11 +171,11 @@ def _train(FLAGS, config_flags) -> None:
     from msjax import backend
 
     backend.set_cpu_devices(config.runtime)
-    from msjax import build, methods, train
+    from msjax import train
 
     print(f"workdir: {workdir}", flush=True)
     try:
-        result = methods.run(build.experiment(config), workdir)
+        result = train.run(config, workdir)
     except errors.MsjaxError as e:
         _error(str(e))
     except train.Preempted as e:

@@ -69,3 +69,8 @@ class Registry:
     def info(self, name: str) -> dict:
         self.get(name)
         return dict(self._info[name])
+
+
+# The training methods wrap the loop, so they sit above it and above ``build``, which reads their
+# settings classes from this registry: it lives here, below both, and names its files as text.
+METHODS = Registry("method", modules=("msjax.methods.eco", "msjax.methods.multiblock"))

@@ -19,8 +19,18 @@ from clu import parameter_overview
 
 from msjax import build, checkpoints, data, hooks as loop_hooks, logs, parallel, rundir
 from msjax.loop import Batches, FallBack, Ledger, Loop, Panels, Preempted, Signals, StepPrograms
+from msjax.registry import METHODS
 
-__all__ = ["Preempted", "train_and_evaluate"]
+__all__ = ["Preempted", "run", "train_and_evaluate"]
+
+
+def run(config, workdir) -> dict:
+    """``train.py``'s work: the plain loop (``method=''``), or the method's own run, which
+    comes back to ``train_and_evaluate`` with its hooks, transform and source."""
+    exp = build.experiment(config)
+    if not exp.method:
+        return train_and_evaluate(exp, workdir)
+    return METHODS.get(exp.method)(exp, workdir)
 
 
 def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_source=None) -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from msjax import build, data, logs, methods, optim, parallel, tasks
+from msjax import build, data, logs, optim, parallel, tasks, train
 from msjax.methods import eco
 from tests.helpers import optimizer, tiny_config
 from tests.test_data_sampling import coordinate_image, read_patch
@@ -32,7 +32,7 @@ def sr_config(**overrides):
 def teacher(tmp_path_factory):
     """A short vanilla run: the teacher of the ECO runs and their same-seed vanilla twin."""
     workdir = tmp_path_factory.mktemp("teacher") / "run"
-    result = methods.run(build.experiment(sr_config()), workdir)
+    result = train.run(build.experiment(sr_config()), workdir)
     return workdir, result
 
 
@@ -124,7 +124,7 @@ def test_eco_and_vanilla_runs_from_the_same_seed_both_train(teacher, tmp_path, m
     config = sr_config(**{"method": "eco", "eco.teacher_workdir": str(teacher_dir),
                           "task.loss": "l1_255", "train.grad_clip_value": 0.1})
     before, teacher_task, _ = eco.load_teacher(build.method_settings(config), 2)
-    result = methods.run(build.experiment(config), tmp_path / "eco")
+    result = train.run(config, tmp_path / "eco")
     after, _, _ = eco.load_teacher(build.method_settings(config), 2)  # the teacher's checkpoint is never written to
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, before.params),
                  jax.tree.map(np.asarray, after.params))
@@ -182,7 +182,7 @@ def test_a_precomputed_teacher_run_trains_on_the_teachers_output_at_each_crops_w
                           "log.eval_every": 4, "eco.cache_dir": str(tmp_path / "cache"),
                           "data.source": "folder", "data.train_dir": str(folder),
                           "data.valid_dir": str(folder), "data.on_device": on_device})
-    result = methods.run(build.experiment(config), tmp_path / "eco")
+    result = train.run(config, tmp_path / "eco")
     assert np.isfinite(result["psnr"])
     files = sorted((tmp_path / "cache").glob("*_sr_pre.png"))
     assert len(files) == 3

@@ -9,7 +9,7 @@ import optax
 import pytest
 from PIL import Image
 
-from msjax import build, checkpoints, config_check, methods, runs, train
+from msjax import build, checkpoints, config_check, runs, train
 from msjax.hooks import Hook
 from msjax.methods import multiblock
 from msjax.settings import from_section
@@ -85,12 +85,12 @@ def test_two_block_run_completes_every_phase_and_resumes(tmp_path, monkeypatch):
     workdir = tmp_path / "run"
     calls = _record_calls(monkeypatch, interrupt_at="phase_2")
     with pytest.raises(Interrupted):
-        methods.run(build.experiment(config), workdir)
+        train.run(config, workdir)
     assert calls == ["phase_1", "phase_1_plus", "phase_2"]
     assert not (workdir / "phase_2" / "phase.json").exists()
 
     calls = _record_calls(monkeypatch)
-    result = methods.run(build.experiment(config), workdir)
+    result = train.run(config, workdir)
     assert calls == ["phase_2", "phase_2_plus", "joint"]  # finished phases are skipped
     with open(workdir / "phase_2" / "train.csv", newline="") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2]  # resumed after step 1
@@ -118,7 +118,7 @@ def test_two_block_run_completes_every_phase_and_resumes(tmp_path, monkeypatch):
     np.testing.assert_allclose(trained, inherited, atol=0.02)  # 2 Adam steps of 1e-3 from it
 
     calls = _record_calls(monkeypatch)
-    again = methods.run(build.experiment(config), workdir)  # all finished: nothing runs, same result
+    again = train.run(config, workdir)  # all finished: nothing runs, same result
     assert calls == [] and again["best_psnr"] == result["best_psnr"]
 
 
@@ -177,7 +177,7 @@ def test_one_block_runs_its_adadelta_warm_phase_then_adam(tmp_path, monkeypatch)
         return REAL_LOOP(exp, workdir, hooks=[*hooks, Capture(exp, workdir.name)], **plug)
 
     monkeypatch.setattr(train, "train_and_evaluate", wrapped)
-    methods.run(build.experiment(config), tmp_path / "run")
+    train.run(config, tmp_path / "run")
     assert [(name, opt, lr) for name, (opt, lr, _) in started.items()] == [
         ("phase_1", "adadelta", 1.0), ("phase_1_plus", "adam", 5e-4)]
 

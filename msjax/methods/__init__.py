@@ -6,20 +6,12 @@ A method registers its ``run(experiment, workdir)`` with the settings class of i
 read) and ``phases(settings, optimizer) -> [phase]`` (a method that runs phases: ``build``
 makes one Experiment per phase from ``phase.overrides``). It receives the built Experiment, its
 typed settings in ``experiment.method_settings``, and plugs into the loop through
-``train.train_and_evaluate``'s hooks, input transform and training source.
+``train.train_and_evaluate``'s hooks, input transform and training source. ``train.run`` picks
+the plain loop or the method's run.
 """
 
 from __future__ import annotations
 
-from msjax.registry import Registry
+from msjax.registry import METHODS
 
-METHODS = Registry("method", modules=("msjax.methods.eco", "msjax.methods.multiblock"))
-
-
-def run(experiment, workdir) -> dict:
-    """``train.py``'s work: the plain loop (``method=''``), or the method's own run."""
-    from msjax import train
-
-    if not experiment.method:
-        return train.train_and_evaluate(experiment, workdir)
-    return METHODS.get(experiment.method)(experiment, workdir)
+__all__ = ["METHODS"]

@@ -32,7 +32,7 @@ import numpy as np
 
 from msjax import data, evaluate, logs, parallel, resize, runs, steps, train
 from msjax.errors import ConfigError
-from msjax.methods import METHODS
+from msjax.registry import METHODS
 
 SCHEDULES = ("sigmoid", "linear")
 MIXES = ("pixel", "sample")

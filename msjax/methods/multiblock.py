@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from msjax import build, logs, optim, rundir, runs, train
 from msjax.errors import ConfigError
 from msjax.hooks import Hook
-from msjax.methods import METHODS
+from msjax.registry import METHODS
 
 SUMMARY_FIELDS = ("phase", "blocks", "trained", "steps", "lr", "best_psnr", "best_step", "psnr",
                   "ssim", "input_psnr")
