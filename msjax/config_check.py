@@ -9,7 +9,7 @@ from msjax import damage, multiscale, optim, tasks
 from msjax.data import SOURCES
 from msjax.data.pipeline import RESIZE_METHODS, RESIZE_MODES
 from msjax.errors import ConfigError
-from msjax.models import MODEL_NAMES, MODELS, size_multiple
+from msjax.models import MODELS, size_multiple
 from msjax.resize import RESTRICTIONS
 
 
@@ -27,7 +27,7 @@ def validate(config) -> None:
     the backend that runs it, ``backend.make_backend``)."""
     c = config
     _one_of(c.mode, multiscale.MODES, "mode")
-    _one_of(c.model, MODEL_NAMES, "model")
+    _one_of(c.model, MODELS.names(), "model")
     _one_of(c.task.name, tasks.TASKS.names(), "task.name")
     _one_of(c.task.loss, tasks.LOSSES, "task.loss")
     _one_of(c.task.model_range, tasks.MODEL_RANGES, "task.model_range")
@@ -110,7 +110,7 @@ def validate_stages(config, stages, task) -> None:
                f"task.scale={scale} must be 2, 3 or 4 (or 1 with same-size paired_folders)")
         # A model that upsamples inside outputs task.scale times its input.
         upsamples = MODELS.info(c.model)["upsamples"]
-        upsampling = ", ".join(n for n in MODEL_NAMES if MODELS.info(n)["upsamples"])
+        upsampling = ", ".join(n for n in MODELS.names() if MODELS.info(n)["upsamples"])
         _check(upsamples or c.task.upsample_input or scale == 1,
                f"model={c.model} keeps image sizes; for SR set --config.task.upsample_input=True "
                f"or use an upsampling model ({upsampling})")

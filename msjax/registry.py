@@ -2,7 +2,7 @@
 
 A registry maps a name to an entry and what the entry declares about itself; an entry joins by a
 decorator in the file that defines it, so adding a model, task, source or method is that file
-plus its ``@REGISTRY.register(...)`` line::
+plus its ``@REGISTRY.register(...)`` line (models and methods: a file in their package)::
 
     MODELS = Registry("model")
 
@@ -20,20 +20,23 @@ An unknown name is one ConfigError naming the choices (the config field is the r
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any, Callable, Iterable
 
 from msjax.errors import ConfigError
 
 
 class Registry:
-    """Names to entries, filled by ``register``; ``modules`` are imported on first lookup, so a
-    registry can name the files that register into it without importing them up front."""
+    """Names to entries, filled by ``register``. On the first lookup the registry imports
+    ``modules`` and every module of ``package`` (a new file there registers itself just by being
+    there), so importing a registry imports none of its entries' dependencies up front."""
 
-    def __init__(self, kind: str, field: str = "", modules: Iterable[str] = ()):
+    def __init__(self, kind: str, field: str = "", modules: Iterable[str] = (),
+                 package: str = ""):
         self.kind, self.field = kind, field or kind
         self._entries: dict[str, Any] = {}
         self._info: dict[str, dict] = {}
-        self._modules, self._loaded = tuple(modules), False
+        self._modules, self._package, self._loaded = tuple(modules), package, False
 
     def register(self, name: str, **info) -> Callable[[Any], Any]:
         """A decorator that adds its function or class as ``name``, with ``info`` (what the
@@ -46,10 +49,16 @@ class Registry:
         return add
 
     def _load(self) -> None:
-        if not self._loaded:
-            self._loaded = True
-            for module in self._modules:
-                importlib.import_module(module)
+        if self._loaded:
+            return
+        self._loaded = True
+        modules = list(self._modules)
+        if self._package:
+            path = importlib.import_module(self._package).__path__
+            modules += [f"{self._package}.{m.name}" for m in pkgutil.iter_modules(path)
+                        if not m.name.startswith("_")]
+        for module in modules:
+            importlib.import_module(module)
 
     def names(self) -> tuple[str, ...]:
         self._load()
@@ -73,4 +82,4 @@ class Registry:
 
 # The training methods wrap the loop, so they sit above it and above ``build``, which reads their
 # settings classes from this registry: it lives here, below both, and names its files as text.
-METHODS = Registry("method", modules=("msjax.methods.eco", "msjax.methods.multiblock"))
+METHODS = Registry("method", package="msjax.methods")

@@ -5,6 +5,9 @@ import ast
 import dataclasses
 import types
 from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
 
 import jax.numpy as jnp
 import ml_collections
@@ -12,6 +15,7 @@ import numpy as np
 import pytest
 
 from msjax import build, evaluate, multiscale, optim, runs, tasks, train
+from msjax.models import MODELS
 from tests.helpers import tiny_config
 
 PACKAGE = Path(__file__).resolve().parents[1] / "msjax"
@@ -156,7 +160,19 @@ def test_nothing_inside_the_loop_closes_over_a_name_the_loop_rebinds():
     assert rebound and not (free & rebound), free & rebound
 
 
-# --- one registry shape: a task in one registration --------------------------------------------
+# --- one registry shape: a task and a model, one registration each ------------------------------
+
+@MODELS.register("gain", upsamples=False)
+class Gain(nn.Module):
+    """A toy model: one learned gain on the input."""
+
+    dtype: Any = jnp.float32
+    conv: Any = None
+
+    @nn.compact
+    def __call__(self, x, t=None, train=False):
+        return x * self.param("gain", nn.initializers.ones, (1,))
+
 
 @tasks.TASKS.register("darken")
 def _darken(settings, *, operator_per_level):
@@ -166,9 +182,11 @@ def _darken(settings, *, operator_per_level):
     return dict(corrupt=corrupt, time_conditioned=False)
 
 
-def test_a_task_registered_in_a_test_trains_and_evaluates(tmp_path):
-    c = tiny_config(**{"task.name": "darken", "task.t_max": 0.5, "train.steps": 2,
-                       "log.eval_every": 2, "mode": "single"})
+def test_a_task_and_a_model_registered_in_a_test_train_and_evaluate(tmp_path):
+    c = tiny_config(**{"task.name": "darken", "task.t_max": 0.5, "task.residual": False,
+                       "model": "gain", "train.steps": 2, "log.eval_every": 2, "mode": "single",
+                       "train.lr": 0.1})
+    c.model_kwargs = {}
     result = train.train_and_evaluate(c, tmp_path / "run")
     assert result["step"] == 2 and np.isfinite(result["psnr"])
     state, exp, _ = runs.load_state(tmp_path / "run", "latest")
@@ -176,4 +194,5 @@ def test_a_task_registered_in_a_test_trains_and_evaluates(tmp_path):
     np.testing.assert_allclose(exp.task.corrupt(x, None, 0)[0], 0.4)
     rows = evaluate.evaluate_validation(state, exp)
     assert len(rows) == 4 and all(np.isfinite(r["psnr"]) for r in rows)
-    assert "darken" in tasks.TASKS.names()
+    assert "darken" in tasks.TASKS.names() and "gain" in MODELS.names()
+    assert float(state.params["gain"][0]) > 1.0  # it learns to undo the darkening

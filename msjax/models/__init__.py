@@ -6,8 +6,8 @@ that upsample inside (``model.scale``). ``t`` is an optional per-sample float of
 time-conditioned models (ignored by those without conditioning). Compute runs in ``dtype``;
 parameters are float32. Dropout draws from the ``'dropout'`` rng; BatchNorm keeps ``batch_stats``.
 
-A family joins with ``@MODELS.register(name, upsamples=...)`` in its own file (``upsamples``: its
-output is ``scale`` times its input) and its module in the list below.
+A family joins with ``@MODELS.register(name, upsamples=...)`` in its own file in this package
+(``upsamples``: its output is ``scale`` times its input).
 """
 
 from __future__ import annotations
@@ -17,12 +17,8 @@ import flax.linen as nn
 from msjax.registry import Registry
 
 # Defined before anything imports a family: each family's file imports MODELS from here to
-# register itself, and the registry imports those files only on its first lookup.
-MODELS = Registry("model", modules=[
-    f"msjax.models.{family}"
-    for family in ("unet", "resnet", "srnet", "small", "edsr", "rcan", "msrn", "multiblock",
-                   "pyramidal")
-])
+# register itself, and the registry imports this package's files only on its first lookup.
+MODELS = Registry("model", package="msjax.models")
 
 
 def __getattr__(name: str):
