@@ -17,7 +17,6 @@ import functools
 import hashlib
 import importlib.metadata
 import logging
-import math
 import os
 import re
 import shutil

@@ -8,7 +8,6 @@ TensorFlow at train time), one folder of images, and paired LR/HR folders.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from pathlib import Path
 from typing import Callable, Sequence
