@@ -196,6 +196,7 @@ def experiment(config, *, num_devices: int | None = None) -> Experiment:
         return config
     runtime = from_section(RuntimeSettings, config.runtime)
     parallel.initialize_distributed(runtime)
+    backends.compile_cache.enable(runtime)
     requested = runtime.num_devices if num_devices is None else num_devices
     if jax.process_count() > 1 and requested not in (0, jax.device_count()):
         raise ConfigError(
@@ -231,9 +232,10 @@ def experiment(config, *, num_devices: int | None = None) -> Experiment:
         if "check" in entry:
             entry["check"](settings, exp)
         if "phases" in entry:
+            phases = entry["phases"](settings, opt)
             exp = dataclasses.replace(exp, phases=tuple(
-                (phase, experiment(with_overrides(config, phase.overrides), num_devices=num_devices))
-                for phase in entry["phases"](settings, opt)))
+                (p, experiment(with_overrides(config, p.overrides), num_devices=num_devices))
+                for p in phases))
     return exp
 
 
@@ -351,6 +353,17 @@ class Validation:
 VALIDATION_STREAM = 2**31 - 1
 
 
+def _corrupt_validation(target, key, *, task):
+    return task.corrupt(target, key, 0)
+
+
+def _input_scores(y, target, *, task, **metric_kw):
+    """Mean PSNR and SSIM of what the input itself scores (``Task.baseline``)."""
+    baseline = task.baseline(y)
+    return (jnp.mean(metrics.psnr_batch(baseline, target, **metric_kw)),
+            jnp.mean(metrics.ssim_batch(baseline, target, **metric_kw)))
+
+
 def make_validation(exp: Experiment, *, source=None) -> Validation:
     task, spec = exp.task, exp.input
     source = source or data.open_source(spec, "valid", scale=task.scale)
@@ -361,13 +374,12 @@ def make_validation(exp: Experiment, *, source=None) -> Validation:
         y, t = jnp.asarray(crops["input"]), None
     elif task.validation_corrupt is not None:  # the task's own fixed form (damage suite)
         y, t = task.validation_corrupt(target)
-    else:
-        key = jax.random.fold_in(jax.random.PRNGKey(exp.seed), VALIDATION_STREAM)
-        y, t = task.corrupt(target, key, 0)
-    baseline = task.baseline(y)
-    kw = exp.eval.metric_kw
-    scores = {"input_psnr": float(jnp.mean(metrics.psnr_batch(baseline, target, **kw))),
-              "input_ssim": float(jnp.mean(metrics.ssim_batch(baseline, target, **kw)))}
+    else:  # one program, where op by op would compile dozens (each a load or a compile)
+        y, t = exp.backend.jit(functools.partial(_corrupt_validation, task=task))(
+            target, jax.random.fold_in(jax.random.PRNGKey(exp.seed), VALIDATION_STREAM))
+    psnr, ssim = exp.backend.jit(functools.partial(_input_scores, task=task,
+                                                   **exp.eval.metric_kw))(y, target)
+    scores = {"input_psnr": float(psnr), "input_ssim": float(ssim)}
     n = target.shape[0]
     pad = (-n) % exp.mesh.size  # pad with repeats to a multiple of the devices; dropped after
     batch = {"input": y, "target": target} | ({"t": t} if t is not None else {})
@@ -390,25 +402,43 @@ def _sampling_step(state, dataset, seed_key, *, train: Callable, sample: Callabl
     return train(state, sample(dataset, seed_key, state.step), seed_key)
 
 
+def _sampling_steps(state, dataset, seed_key, *, train: Callable, sample: Callable, count: int):
+    """``count`` sampling steps in one call (``lax.scan``): the per-step metrics come back
+    stacked, once per call. Each step draws its batches and noise from its own counter, as a
+    call of one step would."""
+    def one(state, _):
+        return _sampling_step(state, dataset, seed_key, train=train, sample=sample)
+
+    return jax.lax.scan(one, state, None, length=count)
+
+
 def compile_train_step(exp: Experiment, stage_index: int, state, batches, seed_key, *,
-                       recorded: str = "", dataset=None) -> backends.Compiled:
+                       recorded: str = "", dataset=None,
+                       steps_per_call: int = 1) -> backends.Compiled:
     """Stage ``stage_index``'s MGE step, compiled once ahead of time (which also counts its
     FLOPs); ``recorded``: the CPU kernels a checkpoint says this stage ran on. With a
     device-resident ``dataset`` the step cuts its own batches and takes the dataset in their
-    place."""
+    place, and may run ``steps_per_call`` steps per call (their metrics stacked)."""
     fn = functools.partial(steps.train_step, plan=exp.stages[stage_index].plan, task=exp.task,
                            skip_nonfinite=exp.runtime.nonfinite == "skip",
                            ema_decay=exp.ema_decay)
     if dataset is not None:
-        fn = functools.partial(_sampling_step, train=fn,
-                               sample=functools.partial(device_batches, exp, stage_index))
+        sample = functools.partial(device_batches, exp, stage_index)
+        fn = (functools.partial(_sampling_step, train=fn, sample=sample) if steps_per_call == 1
+              else functools.partial(_sampling_steps, train=fn, sample=sample,
+                                     count=steps_per_call))
         batches = dataset
+    elif steps_per_call != 1:
+        raise ValueError("several steps per call need the device-resident input")
     return exp.backend.compile(fn, (state, batches, seed_key), donate_argnums=(0,),
                                out_shardings=parallel.replicated(exp.mesh),
-                               name=f"stage {stage_index}", recorded=recorded)
+                               name=f"stage {stage_index}"
+                               + (f" x{steps_per_call}" if steps_per_call > 1 else ""),
+                               recorded=recorded)
 
 
 def eval_step(exp: Experiment):
     """The validation step (per-image loss, PSNR, SSIM), replicated so every process reads it."""
-    return exp.backend.jit(functools.partial(steps.eval_step, task=exp.task, **exp.eval.metric_kw),
+    return exp.backend.jit(functools.partial(steps.eval_step, task=exp.task,
+                                             **exp.eval.metric_kw),
                            out_shardings=parallel.replicated(exp.mesh))

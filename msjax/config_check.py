@@ -49,6 +49,10 @@ def validate(config) -> None:
                f"data.normalize needs three channel means and three positive stds, not "
                f"mean={tuple(c.data.mean)} std={tuple(c.data.std)}")
     _one_of(c.runtime.nonfinite, ("stop", "skip"), "runtime.nonfinite")
+    per_call = str(c.runtime.steps_per_call).strip().lower()
+    _check(per_call == "auto" or (per_call.isdigit() and int(per_call) >= 1),
+           f"runtime.steps_per_call={c.runtime.steps_per_call!r} must be auto or a whole number "
+           ">= 1")
     _one_of(c.train.lr_schedule, optim.LR_SCHEDULES, "train.lr_schedule")
     if c.fms.lr_schedule:
         _one_of(c.fms.lr_schedule, optim.LR_SCHEDULES, "fms.lr_schedule")

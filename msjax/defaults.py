@@ -202,7 +202,14 @@ def get_config():
         cpu_convolutions="auto",   # CPU: auto (fastest here, measured) | onednn | eigen | ynnpack
         cpu_reductions="ynnpack",  # CPU: ynnpack | xla, XLA's reduction kernels
         fast_compile=False,        # CPU: cheap XLA settings: faster compiles, slower steps
+        # jax's persistent compilation cache (a rerun or resume loads its programs): '' is
+        # ~/.cache/msjax/xla, a path another folder, none off; trust the folder like code
+        compilation_cache="",
+        compilation_cache_gib=2.0,  # its size bound (least recently used entries go)
         transfer_guard="disallow",  # host<->device copies inside the step loop are errors
+        # Steps per compiled call on the device input path (lax.scan): auto (a call of at least
+        # 25 ms, from the stage's measured step time) | a number; kept on resume unless given
+        steps_per_call="auto",
         nonfinite="stop",          # stop | skip: what a NaN/inf loss or gradient does
         max_skipped=0.2,           # skip: stop when more than this share of the last 50 steps
                                    # were skipped

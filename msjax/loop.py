@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 
 from msjax import build, logs, multiscale, parallel, steps
+from msjax.backend import measure
 
 
 class Preempted(Exception):
@@ -63,9 +65,10 @@ class Ledger:
     def from_meta(cls, meta: dict) -> "Ledger":
         return cls(**{k: meta.get(k, 0) for k in cls.__dataclass_fields__})
 
-    def add(self, plan, reference_batch: int, flops: float, seconds: float):
-        self.work_units += multiscale.work_units(plan, reference_batch)
-        self.flops += flops
+    def add(self, plan, reference_batch: int, flops: float, seconds: float, steps: int = 1):
+        """``steps`` steps of ``plan`` that took ``seconds``; ``flops``: one step's."""
+        self.work_units += steps * multiscale.work_units(plan, reference_batch)
+        self.flops += steps * flops
         self.seconds += seconds
 
     def row(self) -> dict:
@@ -73,30 +76,85 @@ class Ledger:
 
 
 class StepPrograms:
-    """Each stage's compiled step, compiled on first use with the kernels a checkpoint
-    recorded; on the device input path the step cuts its own batches from ``dataset``."""
+    """Each stage's compiled steps, compiled on first use with the kernels a checkpoint
+    recorded: a one-step program and, on the device input path, one that runs the stage's
+    steps per call (``runtime.steps_per_call``; ``auto``: enough steps that a call lasts
+    ``measure.MIN_CALL_SECONDS``, from the one-step program's measured time). A checkpoint
+    records each stage's steps per call, and a resumed run keeps them unless the config names a
+    number."""
 
-    def __init__(self, exp, seed_key, ledger_of, progress, recorded: dict, dataset=None):
+    def __init__(self, exp, seed_key, ledger_of, progress, meta: dict, dataset=None):
         self.exp, self.seed_key, self.progress = exp, seed_key, progress
         self.ledger_of = ledger_of  # the loop's ledger now (a fallback replaces it)
-        self.recorded, self.programs, self.dataset = dict(recorded), {}, dataset
+        self.recorded, self.programs, self.dataset = dict(meta.get("kernels", {})), {}, dataset
+        self.setting = str(exp.runtime.steps_per_call).strip().lower()
+        self.per_call = ({int(s): int(k) for s, k in meta.get("steps_per_call", {}).items()}
+                         if self.setting == "auto" else {})
+        self.flops: dict[int, float] = {}  # one step's, per stage
 
-    def __call__(self, stage: int, state, batches):
-        if stage not in self.programs:
+    def describe(self) -> str:
+        if self.dataset is None:
+            return ("steps per call: 1 (the batches come from the host or are rewritten "
+                    "between steps)")
+        if self.setting != "auto":
+            return f"steps per call: {self.setting}"
+        return (f"steps per call: auto, each stage's from its step time (a call of at least "
+                f"{measure.MIN_CALL_SECONDS * 1e3:.0f} ms, dividing log.every)")
+
+    def steps_per_call(self, stage: int, state, batches) -> int:
+        """The stage's steps per call, chosen the first time it is asked for."""
+        if stage not in self.per_call:
+            if self.dataset is None:
+                k = 1
+            elif self.setting != "auto":
+                k = int(self.setting)
+            else:
+                one = self(stage, 1, state, batches)
+                started = time.perf_counter()
+                seconds = self.exp.backend.step_seconds(one, (state, batches, self.seed_key))
+                self.ledger_of().compile_seconds += time.perf_counter() - started  # setup
+                k = measure.choose_steps_per_call(seconds, self.exp.log.every)
+                self.progress.write(f"{self.progress.stage_label(stage)}: {k} step"
+                                    f"{'s' if k > 1 else ''} per call (a step takes "
+                                    f"{seconds * 1e3:.1f} ms)")
+            self.per_call[stage] = k
+        return self.per_call[stage]
+
+    def __call__(self, stage: int, steps: int, state, batches):
+        """The program that runs ``steps`` steps of ``stage`` per call."""
+        if (stage, steps) not in self.programs:
             self.progress.compiling(stage, terms=self.exp.stages[stage].plan.num_terms)
             program = build.compile_train_step(self.exp, stage, state, batches, self.seed_key,
                                                recorded=self.recorded.get(str(stage), ""),
-                                               dataset=self.dataset)
+                                               dataset=self.dataset, steps_per_call=steps)
             self.ledger_of().compile_seconds += program.seconds
             if program.kernels:
                 self.recorded[str(stage)] = program.kernels
+            # A scan's body is counted once by XLA's cost analysis: one step's FLOPs either way,
+            # the one-step program's where there is one.
+            if steps == 1 or stage not in self.flops:
+                self.flops[stage] = program.flops
             measured = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in program.timings.items())
             self.progress.compiled(
                 stage, program.seconds,
-                detail=(f"convolutions {program.kernels}" if program.kernels else "")
+                detail=(f"{steps} steps per call; " if steps > 1 else "")
+                + (f"convolutions {program.kernels}" if program.kernels else "")
                 + (f" (measured per step: {measured})" if measured else ""))
-            self.programs[stage] = program
-        return self.programs[stage]
+            self.programs[(stage, steps)] = program
+        return self.programs[(stage, steps)]
+
+
+def call_length(exp, step: int, per_call: int) -> int:
+    """How many steps the call from ``step`` runs: ``per_call`` where the call starts on a
+    multiple of it and no log, validation or checkpoint step and no stage end falls inside it,
+    else 1. So the hooks see the steps they would see one step per call."""
+    if per_call == 1 or step % per_call:
+        return 1
+    log = exp.log
+    ends = [exp.stages[exp.stage_at(step)].end_step, exp.total_steps]
+    ends += [(step // every + 1) * every
+             for every in (log.every, log.eval_every, log.checkpoint_every)]
+    return per_call if step + per_call <= min(ends) else 1
 
 
 class Batches:
@@ -186,7 +244,7 @@ class Loop:
     stage: int = 0
     boundary: bool = False                      # the call ended its stage (or the run)
     batches: Any = None                         # the batches the last call ran on
-    pending: list = dataclasses.field(default_factory=list)   # (step, metrics) on the device
+    pending: list = dataclasses.field(default_factory=list)  # (step, steps, metrics), on device
     validated: dict | None = None               # this call's validation row
     saved_at: int | None = None
     result: dict = dataclasses.field(default_factory=dict)
@@ -203,8 +261,10 @@ class Loop:
         self.ckpt.raise_if_save_failed()
         if not self.pending:
             return []
-        fetched, self.pending = parallel.fetch(self.pending), []
-        rows = [(s, {k: float(v) for k, v in m.items()}) for s, m in fetched]
+        calls, self.pending = self.pending, []
+        fetched = parallel.fetch([metrics for _, _, metrics in calls])
+        rows = [(first + i, {k: float(v[i] if n > 1 else v) for k, v in m.items()})
+                for (first, n, _), m in zip(calls, fetched) for i in range(n)]
         for hook in self.hooks:
             hook.on_metrics(self, rows)
         return rows
@@ -213,6 +273,8 @@ class Loop:
         """A checkpoint of the state after ``step``, with every hook's state in its meta."""
         meta = {"step": self.step, "stage": self.stage,
                 "kernels": self.programs.recorded if self.programs else {},
+                "steps_per_call": ({str(s): k for s, k in self.programs.per_call.items()}
+                                   if self.programs else {}),
                 "input": self.inp.path, "total_steps": self.exp.total_steps,
                 **self.ledger.row()}
         for hook in self.hooks:

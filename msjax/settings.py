@@ -168,6 +168,9 @@ class RuntimeSettings:
     cpu_convolutions: str
     cpu_reductions: str
     fast_compile: bool
+    compilation_cache: str
+    compilation_cache_gib: float
     transfer_guard: str
+    steps_per_call: Any
     nonfinite: str
     max_skipped: float

@@ -18,7 +18,9 @@ import jax
 from clu import parameter_overview
 
 from msjax import build, checkpoints, data, hooks as loop_hooks, logs, parallel, rundir
-from msjax.loop import Batches, FallBack, Ledger, Loop, Panels, Preempted, Signals, StepPrograms
+from msjax.backend.compile_cache import CACHE
+from msjax.loop import (Batches, FallBack, Ledger, Loop, Panels, Preempted, Signals, StepPrograms,
+                        call_length)
 from msjax.registry import METHODS
 
 __all__ = ["Preempted", "run", "train_and_evaluate"]
@@ -44,6 +46,7 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
     outputs). All must be deterministic in (step, batches), so resume stays exact.
     """
     logs.quiet_library_logs()
+    started, compiles_before = time.perf_counter(), CACHE.snapshot()
     exp = build.experiment(config)
     workdir = rundir.open_for(workdir)
     resume = build.resume(workdir, exp)
@@ -86,8 +89,8 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
                     Ledger.from_meta(start.meta), inp, run_hooks, start.meta,
                     restored_at=step if start.restored else None, previous=step)
         loop.programs = StepPrograms(exp, seed_key, lambda: loop.ledger, start.progress,
-                                     start.meta.get("kernels", {}),
-                                     dataset=inp.dataset if batches_at.fused else None)
+                                     start.meta, dataset=inp.dataset if batches_at.fused else None)
+        start.progress.write(loop.programs.describe())
         cleanup.callback(lambda: loop.runlog.close())  # a fall back reopens the logs
         for hook in run_hooks:  # a resumed run's hooks take their saved state
             hook.load(start.meta) if start.restored else hook.initialize(loop)
@@ -100,22 +103,26 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
             # (an explicit transfer); the device path moves nothing at all.
             with jax.transfer_guard(exp.runtime.transfer_guard):
                 batches = batches_at(loop.step, stage, loop.state)
-                program = loop.programs(stage, loop.state, batches)
+                steps = call_length(exp, loop.step,
+                                    loop.programs.steps_per_call(stage, loop.state, batches))
+                program = loop.programs(stage, steps, loop.state, batches)
                 loop.state, metrics = program(loop.state, batches, seed_key)
-            loop.pending.append((loop.step, metrics))
-            loop.previous, loop.step = loop.step, loop.step + 1
+            loop.pending.append((loop.step, steps, metrics))
+            loop.previous, loop.step = loop.step, loop.step + steps
             loop.stage, loop.batches, loop.validated = stage, batches, None
             loop.boundary = loop.step in (exp.stages[stage].end_step, exp.total_steps)
             if exp.backend.sync_each_step or loop.crossed(exp.log.every) or loop.boundary:
                 jax.block_until_ready(loop.state.step)
-            loop.ledger.add(exp.stages[stage].plan, exp.batch_size, program.flops,
-                            time.perf_counter() - t0 - (loop.ledger.compile_seconds - compiling))
+            loop.ledger.add(exp.stages[stage].plan, exp.batch_size, loop.programs.flops[stage],
+                            time.perf_counter() - t0 - (loop.ledger.compile_seconds - compiling),
+                            steps)
             try:
                 for hook in run_hooks:
                     hook.after_steps(loop)
             except FallBack:  # a hook moved the loop back to an older checkpoint
                 continue
         loop.ckpt.wait()
+        loop.progress.write(CACHE.summary(compiles_before, time.perf_counter() - started))
         if loop.ledger.skipped:
             loop.progress.write(f"warning: {loop.ledger.skipped} of {loop.exp.total_steps} "
                                 "steps were non-finite and skipped")

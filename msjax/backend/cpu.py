@@ -19,56 +19,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
-import os
-import statistics
 import time
-from pathlib import Path
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 
-from msjax.backend import Backend, Compiled, convolutions, machine, onednn, xla_cpu
+from msjax.backend import Backend, Compiled, compile_cache, convolutions, machine, onednn, xla_cpu
+from msjax.backend.measure import Verdicts, cache_dir, time_calls  # noqa: F401 (re-exported)
 from msjax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 ONE_DEVICE = ("onednn", "eigen")
 SEVERAL_DEVICES = ("eigen", "ynnpack")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MSJAX_CACHE", Path.home() / ".cache" / "msjax"))
-
-
-class Verdicts:
-    """The measured kernel choice per program on this machine, in a small JSON file."""
-
-    def __init__(self, path: Path | None = None):
-        self.path = path or cache_dir() / "cpu_kernels.json"
-
-    def _read(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def get(self, key: str) -> str | None:
-        entry = self._read().get(key)
-        return entry["kind"] if entry else None
-
-    def put(self, key: str, kind: str, timings: dict) -> None:
-        entries = self._read()
-        entries[key] = {"kind": kind, "seconds": timings, "cpu": machine.cpu_description()}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
-            tmp.replace(self.path)
-        except OSError as e:  # an unwritable cache costs a measurement next time, nothing else
-            log.warning("cannot write the CPU kernel verdicts to %s: %s", self.path, e)
 
 
 def _fresh(fn: Callable) -> Callable:
@@ -80,31 +44,6 @@ def _fresh(fn: Callable) -> Callable:
         return fn(*args, **kwargs)
 
     return traced
-
-
-def time_calls(programs: dict, args: tuple, donate_argnums=(), *, min_rounds: int = 3,
-               max_rounds: int = 10, budget_s: float = 3.0) -> dict:
-    """Median seconds per call of each program on ``args``, measured round-robin after one
-    warm-up call each (donated arguments are copied before every call)."""
-
-    def call(program):
-        fresh = list(args)
-        for i in donate_argnums:
-            fresh[i] = jax.tree.map(jnp.copy, fresh[i])
-        jax.block_until_ready(fresh)
-        t0 = time.perf_counter()
-        jax.block_until_ready(program(*fresh))
-        return time.perf_counter() - t0
-
-    for program in programs.values():
-        call(program)
-    times = {k: [] for k in programs}
-    start, rounds = time.perf_counter(), 0
-    while rounds < min_rounds or (rounds < max_rounds and time.perf_counter() - start < budget_s):
-        for k, program in programs.items():
-            times[k].append(call(program))
-        rounds += 1
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 class CpuBackend(Backend):
@@ -148,7 +87,8 @@ class CpuBackend(Backend):
         self.convolution = convolutions.dispatch if uses_onednn else None
 
     def describe(self) -> list[str]:
-        lines = [f"devices: {self.mesh.size} x cpu ({machine.cpu_description()})"]
+        lines = [f"devices: {self.mesh.size} x cpu ({machine.cpu_description()})",
+                 compile_cache.CACHE.describe()]
         if self.choice == "auto" and len(self.candidates) > 1:
             lines.append(f"CPU convolutions: auto, the faster of {' and '.join(self.candidates)} "
                          "measured on each stage's step (once per machine and program)")
@@ -218,6 +158,9 @@ class CpuBackend(Backend):
                 return jitted(*args, **kwargs)
 
         return call
+
+    def machine(self) -> str:
+        return machine.cpu_description()
 
     def init_options(self) -> dict | None:
         # Initialisation runs once; XLA's default optimisation of every parameter's unrolled
