@@ -6,10 +6,11 @@ compiled call and at ``runtime.steps_per_call=auto``.
         --set fms.stage_weights=16,2,1                   # cost_to_quality's b1_w1621 stages
 
 For each stage it prints: the compiled one-step program alone (median seconds per call on the
-device-resident data, timed on copies of its arguments) and its FLOP rate, relative to the finest
+device-resident data, called back to back on the state it returns, as the loop calls it, waiting
+for each call) and its FLOP rate, relative to the finest
 stage's (a coarse step dearer per FLOP shows there); then the loop's seconds per step at k=1 and
-at k=auto (wall time from the stage's second call to its end, every hook included, validation
-and checkpoints moved to the run's end), with what it adds to the compiled step. The runs use
+at k=auto (wall time from the stage's second call to its last but one, every hook included,
+validation and checkpoints moved to the stage ends), with what it adds to the compiled step. The runs use
 Eigen convolutions (one kernel for every program) and a fresh compilation cache folder.
 """
 
@@ -72,9 +73,11 @@ def loop_seconds(config, workdir: Path) -> tuple[list, list]:
     per_step, per_call = [], []
     for stage in sorted({s for s, _, _ in marks}):
         mine = [(step, t) for s, step, t in marks if s == stage]
-        (s0, t0), (s1, t1) = mine[1], mine[-1]  # from the second call: its compile is done
+        # From the second call (the first compiles) to the last but one (the last ends the
+        # stage with a checkpoint, and the run with validation).
+        (s0, t0), (s1, t1) = mine[1], mine[-2]
         per_step.append((t1 - t0) / max(s1 - s0, 1))
-        per_call.append(round((s1 - s0) / max(len(mine) - 2, 1)))
+        per_call.append(round((s1 - s0) / max(len(mine) - 3, 1)))
     return per_step, per_call
 
 
@@ -97,8 +100,8 @@ def compiled_alone(config) -> list[tuple[float, float]]:
     out = []
     for stage in range(len(exp.stages)):
         program = build.compile_train_step(exp, stage, state, dataset, key, dataset=dataset)
-        seconds = measure.time_calls({"p": program}, (state, dataset, key), donate_argnums=(0,),
-                                     min_rounds=20, max_rounds=200, budget_s=5.0)["p"]
+        seconds = measure.step_seconds(program, (state, dataset, key), 1, calls=200,
+                                       budget_s=5.0)
         out.append((seconds, program.flops))
     return out
 

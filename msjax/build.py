@@ -402,14 +402,15 @@ def _sampling_step(state, dataset, seed_key, *, train: Callable, sample: Callabl
     return train(state, sample(dataset, seed_key, state.step), seed_key)
 
 
-def _sampling_steps(state, dataset, seed_key, *, train: Callable, sample: Callable, count: int):
+def _sampling_steps(state, dataset, seed_key, *, train: Callable, sample: Callable, count: int,
+                    unroll):
     """``count`` sampling steps in one call (``lax.scan``): the per-step metrics come back
     stacked, once per call. Each step draws its batches and noise from its own counter, as a
     call of one step would."""
     def one(state, _):
         return _sampling_step(state, dataset, seed_key, train=train, sample=sample)
 
-    return jax.lax.scan(one, state, None, length=count)
+    return jax.lax.scan(one, state, None, length=count, unroll=unroll)
 
 
 def compile_train_step(exp: Experiment, stage_index: int, state, batches, seed_key, *,
@@ -426,7 +427,7 @@ def compile_train_step(exp: Experiment, stage_index: int, state, batches, seed_k
         sample = functools.partial(device_batches, exp, stage_index)
         fn = (functools.partial(_sampling_step, train=fn, sample=sample) if steps_per_call == 1
               else functools.partial(_sampling_steps, train=fn, sample=sample,
-                                     count=steps_per_call))
+                                     count=steps_per_call, unroll=exp.backend.unroll_steps))
         batches = dataset
     elif steps_per_call != 1:
         raise ValueError("several steps per call need the device-resident input")

@@ -208,7 +208,7 @@ def get_config():
         compilation_cache_gib=2.0,  # its size bound (least recently used entries go)
         transfer_guard="disallow",  # host<->device copies inside the step loop are errors
         # Steps per compiled call on the device input path (lax.scan): auto (a call of at least
-        # 25 ms, from the stage's measured step time) | a number; kept on resume unless given
+        # 50 ms, from the stage's measured step time) | a number; kept on resume unless given
         steps_per_call="auto",
         nonfinite="stop",          # stop | skip: what a NaN/inf loss or gradient does
         max_skipped=0.2,           # skip: stop when more than this share of the last 50 steps

@@ -110,10 +110,14 @@ class StepPrograms:
                 k = int(self.setting)
             else:
                 one = self(stage, 1, state, batches)
-                started = time.perf_counter()
-                seconds = self.exp.backend.step_seconds(one, (state, batches, self.seed_key))
-                self.ledger_of().compile_seconds += time.perf_counter() - started  # setup
-                k = measure.choose_steps_per_call(seconds, self.exp.log.every)
+                ledger, started = self.ledger_of(), time.perf_counter()
+                compiled_before = ledger.compile_seconds
+                k, seconds = self.exp.backend.steps_per_call(
+                    one, lambda k: self(stage, k, state, batches),
+                    (state, batches, self.seed_key), divides=self.exp.log.every)
+                # The timing is set-up, like a compile (which the ledger has counted already).
+                ledger.compile_seconds += (time.perf_counter() - started
+                                           - (ledger.compile_seconds - compiled_before))
                 self.progress.write(f"{self.progress.stage_label(stage)}: {k} step"
                                     f"{'s' if k > 1 else ''} per call (a step takes "
                                     f"{seconds * 1e3:.1f} ms)")
@@ -121,7 +125,10 @@ class StepPrograms:
         return self.per_call[stage]
 
     def __call__(self, stage: int, steps: int, state, batches):
-        """The program that runs ``steps`` steps of ``stage`` per call."""
+        """The program that runs ``steps`` steps of ``stage`` per call (the one-step program
+        first, whose FLOPs are the ledger's per step at any steps per call)."""
+        if steps > 1 and (stage, 1) not in self.programs:
+            self(stage, 1, state, batches)
         if (stage, steps) not in self.programs:
             self.progress.compiling(stage, terms=self.exp.stages[stage].plan.num_terms)
             program = build.compile_train_step(self.exp, stage, state, batches, self.seed_key,
@@ -130,9 +137,7 @@ class StepPrograms:
             self.ledger_of().compile_seconds += program.seconds
             if program.kernels:
                 self.recorded[str(stage)] = program.kernels
-            # A scan's body is counted once by XLA's cost analysis: one step's FLOPs either way,
-            # the one-step program's where there is one.
-            if steps == 1 or stage not in self.flops:
+            if steps == 1:
                 self.flops[stage] = program.flops
             measured = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in program.timings.items())
             self.progress.compiled(

@@ -31,11 +31,12 @@ def _params(workdir):
     return [np.asarray(x) for x in jax.tree.leaves(state.params)]
 
 
-def test_auto_runs_several_steps_per_call_and_trains_as_one_step_per_call(tmp_path):
+def test_several_steps_per_call_train_as_one_step_per_call(tmp_path):
     one = train.train_and_evaluate(_config(**{"runtime.steps_per_call": "1"}), tmp_path / "one")
-    auto = train.train_and_evaluate(_config(), tmp_path / "auto")
+    auto = train.train_and_evaluate(_config(**{"runtime.steps_per_call": "4"}),
+                                    tmp_path / "auto")
     log = (tmp_path / "auto" / "train.log").read_text()
-    assert "stage 1/1: 4 steps per call" in log  # a tiny step: as many as log.every allows
+    assert "compiled stage 1/1" in log and "4 steps per call" in log
     a, b = _rows(tmp_path / "one" / "train.csv"), _rows(tmp_path / "auto" / "train.csv")
     assert [r["step"] for r in a] == [r["step"] for r in b] == ["4", "8", "12"]
     assert [r["flops"] for r in a] == [r["flops"] for r in b]  # FLOPs per step: the same
@@ -86,8 +87,33 @@ def test_a_call_never_runs_past_a_log_step_or_a_stage_end():
     assert (12, 4) in calls and (11, 1) in calls  # stage 1 ends at 11: single steps to it
 
 
+class FakeProgram:
+    def __init__(self, text):
+        self.executable = type("E", (), {"as_text": lambda self: text})()
+
+
+def test_auto_keeps_several_steps_only_where_their_steps_are_faster(monkeypatch, tmp_path):
+    monkeypatch.setenv("MSJAX_CACHE", str(tmp_path))
+    backend = build.experiment(tiny_config()).backend
+    timed = []
+
+    def fake_seconds(program, args, steps, **kw):
+        timed.append(steps)
+        return {1: 0.003, 10: per_step[0]}[steps]
+
+    monkeypatch.setattr(measure, "step_seconds", fake_seconds)
+    for text, per_step in (("faster", [0.002]), ("slower", [0.0031])):
+        k, seconds = backend.steps_per_call(FakeProgram(text), lambda k: FakeProgram("k"), (),
+                                            divides=20)
+        assert (k, seconds) == ((10, 0.002) if text == "faster" else (1, 0.003))
+    assert timed == [1, 10, 1, 10]
+    # Remembered: the same program on this machine is not timed again.
+    assert backend.steps_per_call(FakeProgram("faster"), None, (), divides=20) == (10, 0.002)
+    assert timed == [1, 10, 1, 10]
+
+
 def test_auto_picks_a_divisor_of_the_log_cadence_long_enough_for_a_call():
-    assert measure.choose_steps_per_call(0.003, 20) == 5   # 9 wanted; 20's divisors: 5
-    assert measure.choose_steps_per_call(0.003, 16) == 8
+    assert measure.choose_steps_per_call(0.003, 20) == 10  # 17 wanted; 20's divisors: 10
+    assert measure.choose_steps_per_call(0.003, 16) == 16
     assert measure.choose_steps_per_call(0.1, 20) == 1     # a long step: one per call
     assert measure.choose_steps_per_call(1e-6, 1000) == 50     # at most 64 per call

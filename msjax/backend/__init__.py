@@ -59,6 +59,7 @@ class Backend:
 
     convolution = None         # the models keep their default convolution
     sync_each_step = False
+    unroll_steps = 1           # a k-step program's scan: a loop (1) or inlined (True)
 
     def __init__(self, runtime, mesh):
         self.runtime, self.mesh = runtime, mesh
@@ -96,21 +97,33 @@ class Backend:
         """What a measurement on this backend is a measurement of."""
         return getattr(self.mesh.devices.flat[0], "device_kind", self.platform)
 
-    def step_seconds(self, program: Compiled, args: tuple) -> float:
-        """Seconds per call of a one-step ``program`` (state donated), measured on copies of
-        ``args`` the first time this machine sees the program, remembered after
-        (``measure.Verdicts``): ``runtime.steps_per_call=auto`` chooses from it."""
+    def steps_per_call(self, one: Compiled, several: Callable[[int], Compiled], args: tuple,
+                       *, divides: int) -> tuple[int, float]:
+        """``runtime.steps_per_call=auto``: (steps per call, seconds per step) for a stage whose
+        one-step program is ``one`` (``several(k)``: its k-step program). The one-step program
+        is timed; where a call of it is shorter than ``measure.MIN_CALL_SECONDS``, the k-step
+        program that would last that long is timed too, and kept only if its steps are faster
+        (several steps in one program can cost more per step than they save in dispatch). Both
+        run from a copy of the state in ``args``, as in training; the verdict is remembered per
+        machine and program (``measure.Verdicts``), so a rerun chooses alike without timing."""
         key = hashlib.sha256("\0".join([
-            self.machine(), str(self.mesh.size), jax.__version__,
-            program.executable.as_text()]).encode()).hexdigest()[:24]
+            self.machine(), str(self.mesh.size), jax.__version__, str(divides),
+            one.executable.as_text()]).encode()).hexdigest()[:24]
         seen = STEP_TIMES.get(key)
         if seen is not None:
-            return float(seen)
-        # A few calls: the choice only needs the step's order of magnitude.
-        seconds = measure.time_calls({"step": program}, args, donate_argnums=(0,),
-                                     min_rounds=2, max_rounds=5, budget_s=0.5)["step"]
-        STEP_TIMES.put(key, f"{seconds:.6g}", {"step": seconds})
-        return seconds
+            k, seconds = seen.split(":")
+            return int(k), float(seconds)
+        seconds = measure.step_seconds(one, args, 1)
+        k = measure.choose_steps_per_call(seconds, divides)
+        timings = {"1": seconds}
+        if k > 1:
+            timings[str(k)] = measure.step_seconds(several(k), args, k)
+            if timings[str(k)] < seconds * (1 - measure.STEPS_PER_CALL_MARGIN):
+                seconds = timings[str(k)]
+            else:
+                k = 1
+        STEP_TIMES.put(key, f"{k}:{seconds:.6g}", timings)
+        return k, seconds
 
 
 # Measured step times, beside the kernel verdicts.

@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 # runtime.steps_per_call=auto: a compiled call lasts at least this long, so the loop's own work
 # per call (dispatch, Python, the hooks' checks; about a millisecond on a CPU) stays a few
 # percent of it; no more steps than this in one call.
-MIN_CALL_SECONDS = 0.025
+MIN_CALL_SECONDS = 0.05
 MAX_STEPS_PER_CALL = 64
+# Several steps per call are kept only where each step is at least this much faster.
+STEPS_PER_CALL_MARGIN = 0.03
 
 
 def cache_dir() -> Path:
@@ -94,6 +96,24 @@ def time_calls(programs: dict, args: tuple, donate_argnums=(), *, min_rounds: in
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+
+
+def step_seconds(program, args: tuple, steps: int, *, calls: int = 8,
+                 budget_s: float = 2.0) -> float:
+    """Median seconds per step of ``program`` (``steps`` steps per call, state donated and
+    returned first) called back to back as the training loop calls it: from a copy of the state
+    in ``args``, each call on the state the last returned, waiting for each; one warm-up call."""
+    state = jax.tree.map(jnp.copy, args[0])
+    rest = tuple(args[1:])
+    state = program(state, *rest)[0]
+    jax.block_until_ready(state)
+    times, start = [], time.perf_counter()
+    while len(times) < 2 or (len(times) < calls and time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        state = program(state, *rest)[0]
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) / steps
 
 
 def choose_steps_per_call(step_seconds: float, divides: int) -> int:
