@@ -35,8 +35,8 @@ Files in ``--out``: ``gpu_check.jsonl`` (a header object, then one object per ro
 each row ends), ``gpu_check.md`` (the same as tables, rewritten after each row) and
 ``quickstart_train.log`` (the quickstart's train.log). Scratch (the compilation cache in
 ``SCRATCH/xla``, the quickstart's run directory, measured step times) goes to ``--scratch``:
-``OUT/scratch``, except where OUT is the device machine's ``$OUT``, which brings back only a few
-files: then a folder under /tmp. The compilation cache starts cold there, as on a fresh machine.
+``OUT/scratch``, except inside the device machine's ``$OUT``, which brings back only a few files
+and folders: then a folder under /tmp. The compilation cache starts cold there, as on a fresh machine.
 
 On the device machine (an H100; jax 0.11 with CUDA, flax, optax, orbax and PyTorch installed;
 no network). msjax needs no install: this script puts its checkout first on ``sys.path``. The
@@ -98,7 +98,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.environ.get("OUT") or "gpu_check",
                    help="results folder (default: $OUT where set, else ./gpu_check)")
     p.add_argument("--scratch", default="", help="compilation cache and run directories "
-                   "(default: OUT/scratch, or a /tmp folder where OUT is $OUT)")
+                   "(default: OUT/scratch, or a /tmp folder where OUT is inside $OUT)")
     p.add_argument("--budget_s", type=float, default=270.0,
                    help="seconds: no row starts that the longest step row so far would carry "
                    "past this (the first row always runs)")
@@ -478,7 +478,8 @@ class Report:
 def scratch_folder(args, out: Path) -> Path:
     if args.scratch:
         return Path(args.scratch)
-    if os.environ.get("OUT") and out.resolve() == Path(os.environ["OUT"]).resolve():
+    device_out = os.environ.get("OUT")
+    if device_out and Path(device_out).resolve() in (out.resolve(), *out.resolve().parents):
         return Path(tempfile.mkdtemp(prefix="msjax_gpu_check_"))
     return out / "scratch"
 
