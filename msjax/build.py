@@ -414,12 +414,13 @@ def _sampling_steps(state, dataset, seed_key, *, train: Callable, sample: Callab
 
 
 def compile_train_step(exp: Experiment, stage_index: int, state, batches, seed_key, *,
-                       recorded: str = "", dataset=None,
-                       steps_per_call: int = 1) -> backends.Compiled:
+                       recorded: str = "", dataset=None, steps_per_call: int = 1,
+                       measure: bool = True) -> backends.Compiled | None:
     """Stage ``stage_index``'s MGE step, compiled once ahead of time (which also counts its
     FLOPs); ``recorded``: the CPU kernels a checkpoint says this stage ran on. With a
     device-resident ``dataset`` the step cuts its own batches and takes the dataset in their
-    place, and may run ``steps_per_call`` steps per call (their metrics stacked)."""
+    place, and may run ``steps_per_call`` steps per call (their metrics stacked).
+    ``measure=False``: None where choosing the CPU kernels would need a measurement."""
     fn = functools.partial(steps.train_step, plan=exp.stages[stage_index].plan, task=exp.task,
                            skip_nonfinite=exp.runtime.nonfinite == "skip",
                            ema_decay=exp.ema_decay)
@@ -435,7 +436,7 @@ def compile_train_step(exp: Experiment, stage_index: int, state, batches, seed_k
                                out_shardings=parallel.replicated(exp.mesh),
                                name=f"stage {stage_index}"
                                + (f" x{steps_per_call}" if steps_per_call > 1 else ""),
-                               recorded=recorded)
+                               recorded=recorded, measure=measure)
 
 
 def eval_step(exp: Experiment):

@@ -49,6 +49,8 @@ def validate(config) -> None:
                f"data.normalize needs three channel means and three positive stds, not "
                f"mean={tuple(c.data.mean)} std={tuple(c.data.std)}")
     _one_of(c.runtime.nonfinite, ("stop", "skip"), "runtime.nonfinite")
+    _one_of(str(c.runtime.compile_ahead).strip().lower(), ("auto", "true", "false"),
+            "runtime.compile_ahead")
     per_call = str(c.runtime.steps_per_call).strip().lower()
     _check(per_call == "auto" or (per_call.isdigit() and int(per_call) >= 1),
            f"runtime.steps_per_call={c.runtime.steps_per_call!r} must be auto or a whole number "

@@ -210,6 +210,10 @@ def get_config():
         # Steps per compiled call on the device input path (lax.scan): auto (a call of at least
         # 50 ms, from the stage's measured step time) | a number; kept on resume unless given
         steps_per_call="auto",
+        # The next stage's step compiles in a background thread while this one trains (device
+        # input path; never while CPU kernels are measured): auto | true | false; auto: not on
+        # a CPU of under 8 cores, where it competes with training for the cores
+        compile_ahead="auto",
         nonfinite="stop",          # stop | skip: what a NaN/inf loss or gradient does
         max_skipped=0.2,           # skip: stop when more than this share of the last 50 steps
                                    # were skipped

@@ -7,6 +7,7 @@ after each compiled call.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import signal
@@ -17,7 +18,7 @@ from typing import Any
 import jax
 
 from msjax import build, logs, multiscale, parallel, steps
-from msjax.backend import measure
+from msjax.backend import compile_cache, measure
 
 
 class Preempted(Exception):
@@ -87,6 +88,14 @@ class StepPrograms:
         self.exp, self.seed_key, self.progress = exp, seed_key, progress
         self.ledger_of = ledger_of  # the loop's ledger now (a fallback replaces it)
         self.recorded, self.programs, self.dataset = dict(meta.get("kernels", {})), {}, dataset
+        # The next stage's one-step program compiles in the background while this one trains
+        # (runtime.compile_ahead), on the device input path, whose step takes the same dataset
+        # in every stage; never where its kernels would have to be measured.
+        setting = str(exp.runtime.compile_ahead).strip().lower()
+        self.ahead_enabled = dataset is not None and (
+            setting == "true" or (setting == "auto" and exp.backend.compiles_beside_training))
+        self._ahead: dict = {}
+        self._pool = None
         self.setting = str(exp.runtime.steps_per_call).strip().lower()
         self.per_call = ({int(s): int(k) for s, k in meta.get("steps_per_call", {}).items()}
                          if self.setting == "auto" else {})
@@ -122,7 +131,48 @@ class StepPrograms:
                                     f"{'s' if k > 1 else ''} per call (a step takes "
                                     f"{seconds * 1e3:.1f} ms)")
             self.per_call[stage] = k
+            # Only now: the stage's own timing (above) must not run beside a compile.
+            self._start_ahead(stage + 1, state, batches)
         return self.per_call[stage]
+
+    def _compile(self, stage: int, steps: int, state, batches, *, measure: bool = True):
+        return build.compile_train_step(self.exp, stage, state, batches, self.seed_key,
+                                        recorded=self.recorded.get(str(stage), ""),
+                                        dataset=self.dataset, steps_per_call=steps,
+                                        measure=measure)
+
+    def _start_ahead(self, stage: int, state, batches) -> None:
+        if not self.ahead_enabled or stage >= len(self.exp.stages) or \
+                (stage, 1) in self.programs or stage in self._ahead:
+            return
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=compile_cache.AHEAD_THREAD)
+        # Shapes only: the state itself is donated to the steps that run meanwhile.
+        shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                             sharding=a.sharding), state)
+        self._ahead[stage] = self._pool.submit(self._compile, stage, 1, shapes, batches,
+                                               measure=False)
+
+    def _take_ahead(self, stage: int):
+        """The stage's program compiled ahead (waiting for it if it is not done), or None."""
+        future = self._ahead.pop(stage, None)
+        if future is None:
+            return None
+        started = time.perf_counter()
+        program = future.result()
+        waited = time.perf_counter() - started
+        compile_cache.CACHE.add_waited(waited)
+        if program is not None:
+            self.ledger_of().compile_seconds += waited
+            self.progress.compiled(stage, waited, detail=(
+                f"compiled ahead in {program.seconds:.1f} s beside training"
+                + (f"; convolutions {program.kernels}" if program.kernels else "")))
+        return program
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __call__(self, stage: int, steps: int, state, batches):
         """The program that runs ``steps`` steps of ``stage`` per call (the one-step program
@@ -130,21 +180,22 @@ class StepPrograms:
         if steps > 1 and (stage, 1) not in self.programs:
             self(stage, 1, state, batches)
         if (stage, steps) not in self.programs:
-            self.progress.compiling(stage, terms=self.exp.stages[stage].plan.num_terms)
-            program = build.compile_train_step(self.exp, stage, state, batches, self.seed_key,
-                                               recorded=self.recorded.get(str(stage), ""),
-                                               dataset=self.dataset, steps_per_call=steps)
-            self.ledger_of().compile_seconds += program.seconds
+            program = self._take_ahead(stage) if steps == 1 else None
+            if program is None:
+                self.progress.compiling(stage, terms=self.exp.stages[stage].plan.num_terms)
+                program = self._compile(stage, steps, state, batches)
+                self.ledger_of().compile_seconds += program.seconds
+                measured = ", ".join(f"{k} {v * 1e3:.0f} ms"
+                                     for k, v in program.timings.items())
+                self.progress.compiled(
+                    stage, program.seconds,
+                    detail=(f"{steps} steps per call; " if steps > 1 else "")
+                    + (f"convolutions {program.kernels}" if program.kernels else "")
+                    + (f" (measured per step: {measured})" if measured else ""))
             if program.kernels:
                 self.recorded[str(stage)] = program.kernels
             if steps == 1:
                 self.flops[stage] = program.flops
-            measured = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in program.timings.items())
-            self.progress.compiled(
-                stage, program.seconds,
-                detail=(f"{steps} steps per call; " if steps > 1 else "")
-                + (f"convolutions {program.kernels}" if program.kernels else "")
-                + (f" (measured per step: {measured})" if measured else ""))
             self.programs[(stage, steps)] = program
         return self.programs[(stage, steps)]
 

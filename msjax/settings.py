@@ -172,5 +172,6 @@ class RuntimeSettings:
     compilation_cache_gib: float
     transfer_guard: str
     steps_per_call: Any
+    compile_ahead: Any
     nonfinite: str
     max_skipped: float

@@ -92,6 +92,7 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
                                      start.meta, dataset=inp.dataset if batches_at.fused else None)
         start.progress.write(loop.programs.describe())
         cleanup.callback(lambda: loop.runlog.close())  # a fall back reopens the logs
+        cleanup.callback(loop.programs.close)
         for hook in run_hooks:  # a resumed run's hooks take their saved state
             hook.load(start.meta) if start.restored else hook.initialize(loop)
         for hook in run_hooks:

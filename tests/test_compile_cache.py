@@ -70,3 +70,17 @@ def test_a_rerun_loads_every_step_program_and_trains_the_same_bits(tmp_path):
                                                                                 "second"))
     for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_next_stage_compiled_ahead_trains_the_same_bits(tmp_path):
+    ahead = tiny_config(**{"mode": "fullmultiscale", "runtime.compile_ahead": "true"})
+    train.train_and_evaluate(ahead, tmp_path / "ahead")
+    train.train_and_evaluate(tiny_config(**{"mode": "fullmultiscale",
+                                            "runtime.compile_ahead": "false"}),
+                             tmp_path / "in_turn")
+    log = (tmp_path / "ahead" / "train.log").read_text()
+    assert log.count("compiled ahead in") == 2  # stages 2 and 3, while the one before trained
+    assert "compiled ahead" not in (tmp_path / "in_turn" / "train.log").read_text()
+    a, b = (runs.load_state(tmp_path / name, "latest")[0] for name in ("ahead", "in_turn"))
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -59,6 +59,8 @@ class Backend:
 
     convolution = None         # the models keep their default convolution
     sync_each_step = False
+    # A compile beside training takes host cores the accelerator's steps do not use.
+    compiles_beside_training = True
     unroll_steps = 1           # a k-step program's scan: a loop (1) or inlined (True)
 
     def __init__(self, runtime, mesh):
@@ -77,10 +79,12 @@ class Backend:
 
 
     def compile(self, fn: Callable, args: tuple, *, donate_argnums=(), out_shardings=None,
-                name: str = "", recorded: str = "") -> Compiled:
+                name: str = "", recorded: str = "", measure: bool = True) -> Compiled | None:
         """``jax.jit(fn)`` lowered on ``args`` and compiled. ``name`` says what it is (for the
-        CPU kernel verdicts); ``recorded`` is the kernel choice a checkpoint holds for it."""
-        del name, recorded
+        CPU kernel verdicts); ``recorded`` is the kernel choice a checkpoint holds for it.
+        ``measure=False``: None where the choice of kernels would need a measurement (which
+        must not run beside training)."""
+        del name, recorded, measure
         t0 = time.perf_counter()
         exe = jax.jit(fn, donate_argnums=donate_argnums,
                       out_shardings=out_shardings).lower(*args).compile()

@@ -28,6 +28,8 @@ from pathlib import Path
 import jax
 
 OFF = "none"
+# The thread that compiles programs ahead of their use (``loop.StepPrograms``).
+AHEAD_THREAD = "msjax-compile-ahead"
 # What compiling a program costs, as jax times it: tracing, lowering, and XLA's compile (or the
 # cache's load, which takes its place).
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
@@ -61,9 +63,15 @@ class CompileCache:
                 self._hits += 1
 
     def _on_duration(self, event: str, duration: float, *args, **kwargs) -> None:
-        if event in _COMPILE_EVENTS:
+        if event in _COMPILE_EVENTS and not threading.current_thread().name.startswith(
+                AHEAD_THREAD):  # compiles ahead happen beside training, not in its way
             with self._lock:
                 self._seconds += duration
+
+    def add_waited(self, seconds: float) -> None:
+        """Time spent waiting for a program compiled ahead: compile time after all."""
+        with self._lock:
+            self._seconds += seconds
 
     def counts(self) -> tuple[int, int]:
         """(programs loaded from the cache, programs compiled) by this process so far, among
@@ -82,7 +90,8 @@ class CompileCache:
         a share of the run's ``wall_seconds``, and what the cache gave."""
         loaded, compiled, seconds = (b - a for a, b in zip(start, self.snapshot()))
         share = seconds / wall_seconds if wall_seconds > 0 else 0.0
-        line = f"compiling: {seconds:.1f} s of the run's {wall_seconds:.1f} s ({share:.0%})"
+        line = (f"compiling: {seconds:.1f} s of the run's {wall_seconds:.1f} s ({share:.0%}) "
+                "waited for")
         if self.directory is None:
             return line + "; compilation cache off"
         line += f"; programs: {loaded} loaded from the compilation cache, {compiled} compiled"
