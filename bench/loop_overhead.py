@@ -135,4 +135,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from msjax.backend.hugepages import restart_with_huge_pages
+
+    restart_with_huge_pages()  # as train.py runs (msjax/backend/hugepages.py)
     sys.exit(main())
