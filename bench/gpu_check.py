@@ -130,13 +130,10 @@ def row_specs(tiny: bool) -> list[dict]:
 
 
 def set_fields(config, fields: dict):
-    for key, value in fields.items():
-        node, (*parents, leaf) = config, key.split(".")
-        for part in parents:
-            node = node[part]
-        with node.ignore_type():
-            node[leaf] = value
-    return config
+    """``config`` with ``{'section.field': value}`` set, as a method's phase is made."""
+    from msjax import build
+
+    return build.with_overrides(config, fields)
 
 
 def runtime_fields(args, scratch: Path) -> dict:
