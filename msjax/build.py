@@ -383,9 +383,10 @@ def make_validation(exp: Experiment, *, source=None) -> Validation:
     n = target.shape[0]
     pad = (-n) % exp.mesh.size  # pad with repeats to a multiple of the devices; dropped after
     batch = {"input": y, "target": target} | ({"t": t} if t is not None else {})
-    batch = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)]), batch)
-    return Validation(parallel.put_global_batch(jax.tree.map(np.asarray, batch), exp.mesh), n,
-                      scores)
+    # On the host: op by op on the device, each op would be a program to load or compile.
+    batch = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)]),
+                         jax.tree.map(np.asarray, batch))
+    return Validation(parallel.put_global_batch(batch, exp.mesh), n, scores)
 
 
 def device_batches(exp: Experiment, stage: int, dataset, seed_key, step) -> tuple:

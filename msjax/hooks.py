@@ -111,6 +111,14 @@ class TrainLog(Hook):
 
     def __init__(self, every: int, validation: "Validation"):
         self.every, self.validation = every, validation
+        self._schedule = self._lr = None
+
+    def learning_rate(self, schedule, step: int) -> float:
+        """``schedule`` at ``step`` as one compiled program (eagerly, each of its ops would be
+        a program of its own); an adaptive decision brings a new schedule."""
+        if schedule is not self._schedule:
+            self._schedule, self._lr = schedule, jax.jit(schedule)
+        return float(self._lr(step))
 
     def after_steps(self, loop) -> None:
         if loop.crossed(self.every) or loop.boundary:
@@ -119,7 +127,7 @@ class TrainLog(Hook):
     def on_metrics(self, loop, rows) -> None:
         last, m = rows[-1]
         loop.runlog.scalars("train", {
-            "step": last + 1, "stage": loop.stage, "lr": float(loop.exp.learning_rate(last)),
+            "step": last + 1, "stage": loop.stage, "lr": self.learning_rate(loop.exp.learning_rate, last),
             **{k: m[k] for k in ("loss", "finest_loss", "grad_norm")}, **loop.ledger.row()})
         loop.progress.update(last + 1, stage=loop.stage,
                              terms=loop.exp.stages[loop.stage].plan.num_terms, loss=m["loss"],

@@ -81,9 +81,9 @@ def read_csv(path) -> list[dict]:
 
 
 TRAIN_FIELDS = ["step", "stage", "loss", "finest_loss", "grad_norm", "lr", "work_units",
-                "flops", "seconds", "compile_seconds", "skipped"]
+                "flops", "seconds", "compile_seconds", "compile_hidden_seconds", "skipped"]
 VALID_FIELDS = ["step", "stage", "loss", "psnr", "ssim", "input_psnr", "input_ssim", "work_units",
-                "flops", "seconds", "compile_seconds", "skipped"]
+                "flops", "seconds", "compile_seconds", "compile_hidden_seconds", "skipped"]
 
 
 # Notices libraries print through absl that say nothing a user can act on. Orbax: a save without

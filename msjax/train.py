@@ -91,6 +91,7 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
         loop.programs = StepPrograms(exp, seed_key, lambda: loop.ledger, start.progress,
                                      start.meta, dataset=inp.dataset if batches_at.fused else None)
         start.progress.write(loop.programs.describe())
+        loop.programs.start_first(exp.stage_at(step), loop.state)
         cleanup.callback(lambda: loop.runlog.close())  # a fall back reopens the logs
         cleanup.callback(loop.programs.close)
         for hook in run_hooks:  # a resumed run's hooks take their saved state

@@ -1,17 +1,20 @@
 """The persistent compilation cache: a second process loads what the first compiled, a rerun of a
 run compiles nothing and trains the same bits, and a folder that cannot be used is a warning."""
 
+import csv
 import os
 import re
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from msjax import runs, train
+from msjax.backend import compile_cache
 from tests.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,8 +82,29 @@ def test_the_next_stage_compiled_ahead_trains_the_same_bits(tmp_path):
                                             "runtime.compile_ahead": "false"}),
                              tmp_path / "in_turn")
     log = (tmp_path / "ahead" / "train.log").read_text()
-    assert log.count("compiled ahead in") == 2  # stages 2 and 3, while the one before trained
+    # Stage 1 during the set-up, stages 2 and 3 while the one before trained.
+    assert log.count("compiled ahead in") == 3
     assert "compiled ahead" not in (tmp_path / "in_turn" / "train.log").read_text()
     a, b = (runs.load_state(tmp_path / name, "latest")[0] for name in ("ahead", "in_turn"))
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # The ledger keeps compile time waited for apart from compile time hidden behind training.
+    hidden = {name: [float(r["compile_hidden_seconds"]) for r in csv.DictReader(
+        open(tmp_path / name / "train.csv"))] for name in ("ahead", "in_turn")}
+    assert set(hidden["in_turn"]) == {0.0} and min(hidden["ahead"]) >= 0.0
+
+
+def test_compile_time_ahead_counts_only_where_it_was_waited_for():
+    cache = compile_cache.CompileCache()
+    start = cache.snapshot()
+    event = "/jax/core/compile/backend_compile_duration"
+    cache._on_duration(event, 1.0)  # in the training thread: waited for
+    ahead = threading.Thread(target=cache._on_duration, args=(event, 3.0),
+                             name=compile_cache.AHEAD_THREAD + "_0")
+    ahead.start(), ahead.join()
+    assert cache.snapshot()[2:] == (1.0, 3.0)
+    cache.add_waited(0.5)  # the loop then waited half a second for the program compiled ahead
+    assert cache.snapshot()[2:] == (1.5, 2.5)
+    line = cache.summary(start, wall_seconds=10.0)
+    assert line.startswith("compiling: 1.5 s of the run's 10.0 s (15%) waited for, 2.5 s more "
+                           "compiled ahead beside training")

@@ -49,6 +49,7 @@ class CompileCache:
         self.problems: list[str] = []
         self._requests = self._hits = 0
         self._seconds = 0.0
+        self._ahead = self._ahead_waited = 0.0  # compiled ahead in all; of that, waited for
         self._lock = threading.Lock()
         self._listening = False
 
@@ -63,15 +64,25 @@ class CompileCache:
                 self._hits += 1
 
     def _on_duration(self, event: str, duration: float, *args, **kwargs) -> None:
-        if event in _COMPILE_EVENTS and not threading.current_thread().name.startswith(
-                AHEAD_THREAD):  # compiles ahead happen beside training, not in its way
-            with self._lock:
+        if event not in _COMPILE_EVENTS:
+            return
+        with self._lock:
+            # Compiles ahead happen beside training, not in its way, unless it waits for them.
+            if threading.current_thread().name.startswith(AHEAD_THREAD):
+                self._ahead += duration
+            else:
                 self._seconds += duration
 
     def add_waited(self, seconds: float) -> None:
         """Time spent waiting for a program compiled ahead: compile time after all."""
         with self._lock:
             self._seconds += seconds
+            self._ahead_waited += seconds
+
+    def hidden_seconds(self) -> float:
+        """Compile time spent ahead of use, beside training, that nobody waited for."""
+        with self._lock:
+            return max(0.0, self._ahead - self._ahead_waited)
 
     def counts(self) -> tuple[int, int]:
         """(programs loaded from the cache, programs compiled) by this process so far, among
@@ -79,19 +90,23 @@ class CompileCache:
         with self._lock:
             return self._hits, self._requests - self._hits
 
-    def snapshot(self) -> tuple[int, int, float]:
-        """(loaded, compiled, seconds spent compiling or loading) so far: ``summary`` takes two
-        of these."""
+    def snapshot(self) -> tuple[int, int, float, float]:
+        """(loaded, compiled, seconds waited for compiling or loading, seconds compiled ahead
+        and not waited for) so far: ``summary`` takes two of these."""
+        hidden = self.hidden_seconds()
         with self._lock:
-            return self._hits, self._requests - self._hits, self._seconds
+            return self._hits, self._requests - self._hits, self._seconds, hidden
 
-    def summary(self, start: tuple[int, int, float], wall_seconds: float) -> str:
+    def summary(self, start: tuple, wall_seconds: float) -> str:
         """One line for the end of a run: what compiling cost since ``start`` (a snapshot), as
-        a share of the run's ``wall_seconds``, and what the cache gave."""
-        loaded, compiled, seconds = (b - a for a, b in zip(start, self.snapshot()))
+        a share of the run's ``wall_seconds``, what was compiled ahead unseen, and what the
+        cache gave."""
+        loaded, compiled, seconds, hidden = (b - a for a, b in zip(start, self.snapshot()))
         share = seconds / wall_seconds if wall_seconds > 0 else 0.0
         line = (f"compiling: {seconds:.1f} s of the run's {wall_seconds:.1f} s ({share:.0%}) "
                 "waited for")
+        if hidden > 0.05:
+            line += f", {hidden:.1f} s more compiled ahead beside training"
         if self.directory is None:
             return line + "; compilation cache off"
         line += f"; programs: {loaded} loaded from the compilation cache, {compiled} compiled"

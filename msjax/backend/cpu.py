@@ -52,9 +52,14 @@ class CpuBackend(Backend):
     # the top level of a program (Eigen kernels, jax 0.10 and 0.12): a k-step program inlines
     # its k steps instead of looping over them.
     unroll_steps = True
-    # On a few cores a compile thread takes them from training: 2 cores, the quickstart with a
-    # warm cache: the same wall time either way, ~1 s moved from compiling into training.
-    compiles_beside_training = (os.cpu_count() or 1) >= 8
+
+    @property
+    def compiles_beside_training(self) -> bool:
+        # Even on 2 cores, where a compile thread takes a core from training, the quickstart
+        # with a warm cache ends sooner with the next stage compiled ahead (docs/benchmarks.md:
+        # 45.5-47.0 s against 47.3-47.9 s, AMD EPYC). Not beside the collectives of simulated
+        # devices, which can stall when a few cores are oversubscribed.
+        return self.mesh.size == 1
 
     def __init__(self, runtime, mesh, verdicts: Verdicts | None = None, timer=None):
         super().__init__(runtime, mesh)
