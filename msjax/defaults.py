@@ -211,8 +211,8 @@ def get_config():
         # 50 ms, from the stage's measured step time) | a number; kept on resume unless given
         steps_per_call="auto",
         # The next stage's step compiles in a background thread while this one trains (device
-        # input path; never while CPU kernels are measured): auto | true | false; auto: not on
-        # a CPU of under 8 cores, where it competes with training for the cores
+        # input path; never while CPU kernels are measured): auto | true | false; auto: on,
+        # except beside simulated CPU devices
         compile_ahead="auto",
         nonfinite="stop",          # stop | skip: what a NaN/inf loss or gradient does
         max_skipped=0.2,           # skip: stop when more than this share of the last 50 steps

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msjax import build, data, logs, metrics, parallel, runs, steps
+from msjax.data import pairing
 from msjax.errors import DataError, RunDirError
 
 
@@ -263,14 +264,13 @@ def evaluate_folder(state, exp, *, input_dir: str = "", target_dir: str = "",
     restore = make_restorer(state, task, self_ensemble=self_ensemble, backend=exp.backend)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    targets = {p.stem: p for p in data.sources.list_images(target_dir)} if target_dir else {}
-    inputs = data.sources.list_images(input_dir) if input_dir else list(targets.values())
+    inputs, truths = pair_inputs(input_dir, target_dir, task.scale)
     stems = [p.stem for p in inputs]
     key = jax.random.fold_in(jax.random.PRNGKey(exp.seed), 2**31 - 2)
     rows = []
     for i, path in enumerate(inputs):
         time_value = t
-        gt_path = ground_truth_for(path.stem, targets)
+        gt_path = truths[i]
         image, problem = _read(path)
         x = None
         if image is not None and gt_path is not None:
@@ -320,13 +320,35 @@ def evaluate_folder(state, exp, *, input_dir: str = "", target_dir: str = "",
     return rows
 
 
-def ground_truth_for(stem: str, targets: dict):
-    """The target of an input file: the same stem, or else the longest target stem the input's
-    starts with (benchmark LR files carry suffixes: 'babyx2', 'Canon_001_LR2')."""
-    if stem in targets:
-        return targets[stem]
-    prefixes = [t for t in targets if stem.startswith(t)]
-    return targets[max(prefixes, key=len)] if prefixes else None
+def pair_inputs(input_dir: str, target_dir: str, scale: int) -> tuple[list, list]:
+    """(input files, each one's ground truth or None). With both folders every input must have
+    exactly one target, paired by name as in training (``data.pairing``; the folders may be one,
+    its LR files the inputs): the unpaired are named in one DataError before any work. With a
+    target folder alone the targets are the inputs' sources."""
+    list_images = data.sources.list_images
+    if not target_dir:
+        inputs = list_images(input_dir)
+        return inputs, [None] * len(inputs)
+    targets = list_images(target_dir)
+    if not input_dir:
+        return targets, targets
+    inputs = list_images(input_dir)
+    if Path(input_dir).expanduser().resolve() == Path(target_dir).expanduser().resolve():
+        targets, inputs = pairing.split_shared_folder(inputs, scale)
+    truths, unpaired = [], []
+    for path in inputs:
+        match, found = pairing.partner(path, targets, scale)
+        truths.append(match)
+        if match is None:
+            unpaired.append(f"{path.name} ({len(found)} candidates: "
+                            f"{', '.join(p.name for p in found)})" if found else path.name)
+    if unpaired:
+        raise DataError(f"{len(unpaired)} of {len(inputs)} inputs in {input_dir} have no single "
+                        f"ground truth in {target_dir}: {', '.join(unpaired[:10])}"
+                        f"{' ...' if len(unpaired) > 10 else ''}; targets pair by name "
+                        "('Canon_001_LR2' or 'babyx2' with 'Canon_001_HR' or 'baby'), or "
+                        "leave out --target_dir to restore without scores")
+    return inputs, truths
 
 
 def benchmark_sets(root: str, scale: int) -> list[tuple[str, str, str]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from msjax.data import pairing
 from msjax.data.sources import DataError, list_images
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,13 @@ class FolderSource:
         return [f.name for f in self.files]
 
 
-def scan_folder(folder: str, *, min_side: int = 0, bad_images: str = "skip") -> FolderSource:
+def scan_folder(folder: str, *, min_side: int = 0, bad_images: str = "skip",
+                files: list | None = None) -> FolderSource:
+    """The usable images of ``folder`` (or of ``files`` in it)."""
     if bad_images not in ("skip", "error"):
         raise DataError(f"data.bad_images must be 'skip' or 'error', not {bad_images!r}")
     good, skipped = [], {}
-    for path in list_images(folder):
+    for path in list_images(folder) if files is None else files:
         try:
             shape = decode(path).shape
             problem = (f"is {shape[0]}x{shape[1]}, smaller than the {min_side}-pixel patch"
@@ -139,15 +142,18 @@ class PairedSource:
 
 def scan_pairs(hr_folder: str, lr_folder: str, *, scale: int, min_side: int = 0,
                bad_images: str = "skip") -> PairedSource:
-    hr = scan_folder(hr_folder, min_side=min_side, bad_images=bad_images)
-    lr_by_stem = {p.stem: p for p in list_images(lr_folder)}
-    # LR files often carry a suffix such as 'x2' or '_LR2'; match on the HR stem as a prefix.
-    lr = []
-    for f in hr.files:
-        match = lr_by_stem.get(f.stem) or next(
-            (p for s, p in sorted(lr_by_stem.items()) if s.startswith(f.stem)), None)
-        if match is None:
-            raise DataError(f"no LR partner for {f} in {lr_folder}; paired folders need one LR "
-                            "image per HR image with the same file stem")
-        lr.append(match)
-    return PairedSource(hr, lr)
+    """HR images and their LR partners, paired by name (``pairing``); the two folders may be
+    one."""
+    if Path(hr_folder).expanduser().resolve() == Path(lr_folder).expanduser().resolve():
+        hr_files, lr_files = pairing.split_shared_folder(list_images(hr_folder), scale)
+        if not hr_files or not lr_files:
+            raise DataError(f"{hr_folder} holds both HR and LR images, but no "
+                            f"{'HR' if not hr_files else f'x{scale} LR'} ones: LR files are "
+                            f"named like 'name_LR{scale}' or 'namex{scale}', HR files 'name' "
+                            "or 'name_HR'")
+        hr = scan_folder(hr_folder, min_side=min_side, bad_images=bad_images, files=hr_files)
+    else:
+        hr = scan_folder(hr_folder, min_side=min_side, bad_images=bad_images)
+        lr_files = list_images(lr_folder)
+    return PairedSource(hr, pairing.pair_files(hr.files, lr_files, scale=scale,
+                                               lr_folder=lr_folder))
