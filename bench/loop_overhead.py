@@ -128,8 +128,8 @@ def main(argv=None) -> int:
         rate = flops / seconds
         print(f"| {j + 1} | {grid}x{grid} | {seconds * 1e3:.2f} ms | {rate / 1e9:.1f} "
               f"({rate / finest_rate:.2f}x) | {one[j] * 1e3:.2f} ms "
-              f"(+{one[j] / seconds - 1:.0%}) | {auto[j] * 1e3:.2f} ms "
-              f"(+{auto[j] / seconds - 1:.0%}) | {ks[j]} |")
+              f"({one[j] / seconds - 1:+.0%}) | {auto[j] * 1e3:.2f} ms "
+              f"({auto[j] / seconds - 1:+.0%}) | {ks[j]} |")
     print(f"on {common.machine()}; medians of the compiled step alone, wall time in the loop")
     return 0
 
