@@ -160,13 +160,18 @@ class StepPrograms:
         # Shapes only: the state itself is donated to the steps that run meanwhile.
         shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
                                                              sharding=a.sharding), state)
-        self._ahead[stage] = self._pool.submit(self._compile, stage, 1, shapes, batches,
-                                               measure=False)
+        self._ahead[stage] = (self._pool.submit(self._compile, stage, 1, shapes, batches,
+                                                measure=False), jax.tree.structure(state))
 
-    def _take_ahead(self, stage: int):
-        """The stage's program compiled ahead (waiting for it if it is not done), or None."""
-        future = self._ahead.pop(stage, None)
+    def _take_ahead(self, stage: int, state):
+        """The stage's program compiled ahead (waiting for it if it is not done), or None; None
+        too where the state changed its structure meanwhile (an adaptive decision gives it a
+        new optimizer schedule, part of its static structure)."""
+        future, structure = self._ahead.pop(stage, (None, None))
         if future is None:
+            return None
+        if structure != jax.tree.structure(state):
+            future.cancel()
             return None
         started = time.perf_counter()
         program = future.result()
@@ -190,7 +195,7 @@ class StepPrograms:
         if steps > 1 and (stage, 1) not in self.programs:
             self(stage, 1, state, batches)
         if (stage, steps) not in self.programs:
-            program = self._take_ahead(stage) if steps == 1 else None
+            program = self._take_ahead(stage, state) if steps == 1 else None
             if program is None:
                 self.progress.compiling(stage, terms=self.exp.stages[stage].plan.num_terms)
                 program = self._compile(stage, steps, state, batches)
