@@ -92,10 +92,11 @@ def open_official(spec, split: str, *, scale: int = 1):
         return celeba(root, _parts(parts, {"train": 0, "validation": 1, "valid": 1, "test": 2},
                                    name))
     pairs = urban100(root, _parts(parts, {"train": "train", "test": "test"}, name), scale)
-    side = spec.min_side(split) // max(scale, 1)
+    # Training windows must fit every pair (validation skips the images that are too small).
+    side = spec.patch // max(scale, 1)
     small = [i for i, lr in enumerate(pairs.lr) if min(lr.shape[:2]) < side]
     if split == "train" and small:
-        raise DataError(f"Urban100 {split} pair {small[0]} has a {pairs.lr[small[0]].shape[0]}x"
+        raise DataError(f"Urban100 training pair {small[0]} has a {pairs.lr[small[0]].shape[0]}x"
                         f"{pairs.lr[small[0]].shape[1]} LR image, smaller than the {side}-pixel "
                         f"LR window of data.patch={spec.patch}; lower data.patch")
     return pairs
