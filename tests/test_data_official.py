@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from msjax import build, data, train
-from msjax.data import official, torch_files
+from msjax.data import torch_files
 from msjax.errors import DataError
 from tests.helpers import tiny_config
 
