@@ -84,6 +84,9 @@ def validate(config) -> None:
     _check(c.data.valid_images > 0, f"data.valid_images={c.data.valid_images} must be positive")
     _check(not (c.data.resize_to and c.data.source == "paired_folders"),
            "data.resize_to would break LR/HR alignment of paired_folders; set it to 0")
+    _check(not (c.data.resize_to and c.data.source == "official" and c.data.name == "urban100"),
+           "data.resize_to would break LR/HR alignment of the official Urban100 pairs; set it "
+           "to 0")
     if c.data.source == "tfds":
         _check(bool(c.data.name), "data.source=tfds needs data.name, e.g. --config.data.name=stl10")
 

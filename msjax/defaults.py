@@ -51,11 +51,14 @@ def get_config():
     ))
 
     c.data = ml_collections.ConfigDict(dict(
-        source="builtin",          # builtin | tfds | folder | paired_folders
-        name="",                   # tfds dataset name, e.g. stl10
-        data_dir="",               # tfds data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)
+        # official: the official MGE code's data directory as it is (msjax/data/official.py)
+        source="builtin",          # builtin | tfds | folder | paired_folders | official
+        name="",                   # tfds: e.g. stl10; official: cifar10|stl10|celeba|urban100
+        # tfds: its data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets); official: the
+        # root holding cifar-10-batches-py/, stl10_binary/, CelebA/, Urban100/
+        data_dir="",
         download=True,             # tfds: prepare a missing dataset on first use (needs network)
-        train_split="train",
+        train_split="train",       # tfds and official: split names joined by '+'
         valid_split="test",
         train_dir="",              # folder / paired_folders: training images (HR for paired)
         valid_dir="",

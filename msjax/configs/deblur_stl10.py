@@ -3,6 +3,9 @@
     python train.py --config configs/deblur_stl10.py                  # runs/deblur_stl10
     python train.py --config configs/deblur_stl10.py --config.mode=fullmultiscale
     python train.py --config configs/deblur_stl10.py:official         # the official code's choices
+    # the official code's data directory as it is (DATA/stl10_binary/):
+    python train.py --config configs/deblur_stl10.py \
+        --config.data.source=official --config.data.data_dir=/path/to/DATA
     python eval.py --workdir runs/deblur_stl10
 
 STL-10 is downloaded and prepared on the first run (README, "Datasets"). Official schedule: Adam

@@ -3,6 +3,9 @@
     python train.py --config configs/inpaint_celeba.py                   # runs/inpaint_celeba
     python train.py --config configs/inpaint_celeba.py --config.mode=fullmultiscale
     python train.py --config configs/inpaint_celeba.py:official   # the official code's choices
+    # the official code's data directory as it is (DATA/CelebA/):
+    python train.py --config configs/inpaint_celeba.py \
+        --config.data.source=official --config.data.data_dir=/path/to/DATA
 
 CelebA is prepared on the first run (README, "Datasets"). Models: --config.model=unet|resnet.
 Official schedule: Adam 5e-4 cosine to 1e-6 over 8000 steps; full multiscale 2000/1000/500/250.

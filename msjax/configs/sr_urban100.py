@@ -2,6 +2,9 @@
 
     python train.py --config configs/sr_urban100.py --workdir runs/sr_urban100 \
         --config.data.train_dir=/data/Urban100/train --config.data.valid_dir=/data/Urban100/test
+    # the official code's data directory as it is (DATA/Urban100/{low,high}_res_{train,test}.pt):
+    python train.py --config configs/sr_urban100.py \
+        --config.data.source=official --config.data.data_dir=/path/to/DATA
     # the SR ResNet option (hidden 100, 9 blocks, no time, 1,622,503 parameters): the config
     # argument picks it, --config configs/sr_urban100.py:resnet
     # every MGE mode: --config.mode=single|multiscale|fullmultiscale
@@ -28,6 +31,7 @@ def get_config(model="srnet"):
     c.task.residual = True
     c.task.loss = "neg_ssim"           # the official SR loss (msjax.metrics.ssim_zero_padded_batch)
     c.data.source = "folder"
+    c.data.name = "urban100"             # what data.source=official reads
     c.data.patch = 128
     c.data.valid_images = 200
     c.model = model

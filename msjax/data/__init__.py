@@ -1,10 +1,10 @@
-"""Data: sources (built-in photos, TFDS, folders, paired folders) and stateless batching by one
-sampler (``sampler``), on the host (``host.HostBatches``) or inside the compiled step
-(``device``)."""
+"""Data: sources (built-in photos, TFDS, folders, paired folders, the official MGE code's data
+directory) and stateless batching by one sampler (``sampler``), on the host
+(``host.HostBatches``) or inside the compiled step (``device``)."""
 
 from __future__ import annotations
 
-from msjax.data import device, host, prepare, sampler
+from msjax.data import device, host, official, prepare, sampler, torch_files
 from msjax.data.folders import FolderSource, PairedSource, scan_folder, scan_pairs
 from msjax.data.host import DecodedImages, HostBatches
 from msjax.data.inputs import TrainingInput
@@ -56,7 +56,12 @@ def _paired_folders(spec, split: str, *, scale: int = 1):
                       bad_images=spec.bad_images)
 
 
+@SOURCES.register("official")
+def _official(spec, split: str, *, scale: int = 1):
+    return official.open_official(spec, split, scale=scale)
+
+
 __all__ = ["AlignedSource", "DataError", "DecodedImages", "FolderSource", "HostBatches",
-           "PairedSource", "SOURCES", "TrainingInput", "device", "host",
+           "PairedSource", "SOURCES", "TrainingInput", "device", "host", "official",
            "open_source", "prepare", "sampler", "scan_folder", "scan_pairs", "term_batch",
-           "to_float", "validation_crops"]
+           "to_float", "torch_files", "validation_crops"]

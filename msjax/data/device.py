@@ -94,6 +94,8 @@ def _image_shapes(source, sample: int = 16) -> tuple[list, bool]:
     from msjax.data.folders import FolderSource, image_size
     from msjax.data.sources import ArraySource, TfdsImages
 
+    if hasattr(source, "image_shapes"):  # sources that know their sizes without decoding
+        return source.image_shapes(), True
     if isinstance(source, ArraySource):
         return [(a.shape[0], a.shape[1], 1 if a.dtype == np.uint8 else 2)
                 for a in source.images], True
@@ -141,11 +143,14 @@ def estimate(source, *, resize_to: int = 0, resize_mode: str = "square",
     sized = [_resized_shape(h, w, resize_to, resize_mode) for h, w, _ in shapes]
     height, width = max(s[0] for s in sized), max(s[1] for s in sized)
     itemsize = max(1 if s[2] == 1 else 2 for s in shapes)
-    lr_bytes = 0
-    if isinstance(source, PairedSource):
+    lr_bytes, lr = 0, None
+    if hasattr(source, "lr_shapes"):
+        lr = source.lr_shapes()
+    elif isinstance(source, PairedSource):
         from msjax.data.folders import image_size
 
         lr = [image_size(p) for p in source.lr]
+    if lr:
         lr_bytes = (len(lr) * max(s[0] for s in lr) * max(s[1] for s in lr) * 3
                     * max(1 if s[2] == 1 else 2 for s in lr))
     return Footprint(len(hr), height, width, len(set(sized)) == 1, itemsize, lr_bytes)

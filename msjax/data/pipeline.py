@@ -3,9 +3,12 @@ validation crops. The random training patches are the sampler's (``sampler``).""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def to_float(img: np.ndarray) -> np.ndarray:
@@ -70,7 +73,9 @@ def _ensure_rgb(img: np.ndarray) -> np.ndarray:
 
 def validation_crops(source, count: int, patch: int, *, scale: int = 1,
                      resize=None) -> dict:
-    """``count`` fixed crops of ``patch`` (evenly spaced over the validation images)."""
+    """``count`` fixed crops of ``patch`` (evenly spaced over the validation images). A split
+    with fewer images than ``count`` gives each image several crops, distinct windows only (an
+    image the size of the patch gives one), and says how many it cut."""
     per_image = max(1, math.ceil(count / len(source)))
     targets, inputs = [], []
     for i in range(len(source)):
@@ -86,8 +91,9 @@ def validation_crops(source, count: int, patch: int, *, scale: int = 1,
         tops, lefts = ((np.linspace(0, n - patch, grid) if grid > 1
                         else np.array([(n - patch) / 2])).astype(int) // step * step
                        for n in (h, w))
-        for j in range(per_image):
-            top, left = int(tops[j // grid]), int(lefts[j % grid])
+        windows = list(dict.fromkeys((int(tops[j // grid]), int(lefts[j % grid]))
+                                     for j in range(per_image)))
+        for top, left in windows:
             targets.append(to_float(hr[top:top + patch, left:left + patch]))
             if isinstance(item, tuple):
                 lr = _ensure_rgb(item[1])
@@ -99,6 +105,10 @@ def validation_crops(source, count: int, patch: int, *, scale: int = 1,
             break
     if not targets:
         raise ValueError(f"no validation image is at least {patch} pixels on each side")
+    if len(source) < count:
+        log.warning("validation: the split has %d images, fewer than data.valid_images=%d; "
+                    "using %d crops of them (up to %d distinct windows each)",
+                    len(source), count, len(targets), per_image)
     out = {"target": np.stack(targets)}
     if inputs:
         out["input"] = np.stack(inputs)

@@ -177,7 +177,7 @@ def precompute(exp, teacher_state, teacher_task, teacher_id: dict, directory: Pa
     cached for the same teacher and data are reused (an interrupted precompute resumes)."""
     scale = teacher_task.scale
     source = data.open_source(exp.input, "train", scale=scale)
-    paired = exp.input.source == "paired_folders"
+    paired = isinstance(source[0], tuple)  # given LR images (paired folders, official Urban100)
     manifest = json.loads(json.dumps({"teacher": teacher_id,
                                       "data": dataclasses.asdict(exp.input),
                                       "scale": scale, "count": len(source)}))  # JSON's view
