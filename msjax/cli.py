@@ -94,13 +94,17 @@ def _parse(argv):
 
 
 def budget_over_stages(config, overridden: dict) -> None:
-    """An explicit --config.train.steps wins over the config's full-multiscale stage steps: the
-    budget is split in their proportions instead."""
-    if ("train.steps" in overridden and config.mode == "fullmultiscale"
-            and tuple(config.fms.stage_steps)):
+    """An explicit --config.train.steps wins over the config's own step counts: full-multiscale
+    stage steps, and a multiblock run's phase steps (``multiblock.*_steps``). The budget is
+    split in their proportions instead (the multiblock run says so in its first line)."""
+    if "train.steps" not in overridden:
+        return
+    if config.mode == "fullmultiscale" and tuple(config.fms.stage_steps):
         with config.unlocked():
             config.fms.stage_weights = tuple(config.fms.stage_steps)
             config.fms.stage_steps = ()
+    if config.method == "multiblock" and "multiblock.total_steps" not in overridden:
+        config.multiblock.total_steps = config.train.steps
 
 
 def resolve_config_file(name: str) -> str:

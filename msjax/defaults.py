@@ -187,6 +187,10 @@ def get_config():
         joint_low_lr=0.0,
         constant_lr=False,         # each phase at a constant rate (official) instead of a cosine
         inherit=False,             # N_i starts from N_{i-1}'s trained weights
+        # >0: every phase's steps scaled so that all phases together run this many (each at
+        # least one), in the proportions of the *_steps above. train.py sets it from an explicit
+        # --config.train.steps, which the phases' own steps would otherwise replace.
+        total_steps=0,
     ))
 
     # How this process runs the job. None of it changes the result of a run whose steps stay

@@ -12,6 +12,9 @@ Every phase is an ordinary run of the loop in ``<workdir>/<phase>``: ``build`` m
 Experiment per phase from ``Phase.overrides``, and a ``StartFrom`` hook starts it from the previous
 phase's best checkpoint; ``phase.json`` marks it finished. Running the same
 command again skips finished phases and resumes an interrupted one from its own checkpoint.
+Each phase runs its own ``multiblock.*_steps`` (``train.steps`` is not read), or, with
+``multiblock.total_steps`` (train.py sets it from an explicit ``--config.train.steps``), those
+scaled to that total.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class MultiblockSettings:
     joint_low_lr: float
     constant_lr: bool
     inherit: bool
+    total_steps: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +121,37 @@ def plan_phases(mb: MultiblockSettings, opt) -> list[Phase]:
             phases.append(phase("joint_low", mb.blocks, clamp=plus, clamp_last=plus,
                                 steps=mb.joint_low_steps, rate=mb.joint_low_lr or lr,
                                 init_from="joint"))
+    if mb.total_steps > 0:
+        steps = scaled_steps([p.steps for p in phases], mb.total_steps)
+        phases = [dataclasses.replace(p, steps=n) for p, n in zip(phases, steps)]
     return phases
+
+
+def scaled_steps(steps, total: int) -> list[int]:
+    """``steps`` scaled to sum to ``total``, each at least 1 (so fewer than one step per phase
+    gives one each): the exact shares rounded down, the rest handed out by largest remainder."""
+    if total <= len(steps):
+        return [1] * len(steps)
+    exact = [total * n / sum(steps) for n in steps]
+    out = [max(1, int(e)) for e in exact]
+    while sum(out) < total:
+        i = max(range(len(out)), key=lambda k: exact[k] - out[k])
+        out[i] += 1
+    while sum(out) > total:  # the minimum of one pushed the sum over: take from the largest
+        i = max((k for k in range(len(out)) if out[k] > 1), key=lambda k: out[k] - exact[k])
+        out[i] -= 1
+    return out
+
+
+def budget_line(mb: MultiblockSettings, phases) -> str:
+    """The start line of a run whose phases were scaled to ``multiblock.total_steps``."""
+    total = sum(p.steps for p in phases)
+    floor = (f" (one per phase: {mb.total_steps} cannot run every phase)"
+             if total > mb.total_steps else "")
+    count = f"{len(phases)} phase" + ("s" if len(phases) > 1 else "")
+    return (f"multiblock: {total} step{'s' if total > 1 else ''}{floor} over {count} in the "
+            "proportions of their multiblock.*_steps: "
+            + ", ".join(f"{p.name} {p.steps}" for p in phases))
 
 
 class StartFrom(Hook):
@@ -148,6 +182,8 @@ def check(mb: MultiblockSettings, exp) -> None:
          f"model is {exp.model_name!r}"),
         (mb.blocks >= 1, f"multiblock.blocks={mb.blocks} must be >= 1"),
         (mb.block_steps > 0, f"multiblock.block_steps={mb.block_steps} must be positive"),
+        (mb.total_steps >= 0, f"multiblock.total_steps={mb.total_steps} must be >= 0 (0: each "
+         "phase its own multiblock.*_steps)"),
         (not mb.inherit or mb.blocks > 1, "multiblock.inherit needs at least 2 blocks"),
         (mb.block_optimizer in ("", *optim.OPTIMIZERS),
          f"multiblock.block_optimizer={mb.block_optimizer!r} is unknown; choose one of "
@@ -173,10 +209,16 @@ def run(exp, workdir) -> dict:
     with ``phases`` (the summary rows, also in ``<workdir>/phases.csv``)."""
     workdir = rundir.open_for(workdir)
     build.resume(workdir, exp)  # a workdir holds one multiblock run, never two mixed
+    settings = exp.method_settings
+    if settings.total_steps > 0 and jax.process_index() == 0:
+        print(budget_line(settings, [phase for phase, _ in exp.phases]), flush=True)
     rows, result = [], {}
     for phase, phase_exp in exp.phases:
         marker = workdir / phase.name / "phase.json"
         if marker.exists():
+            # A finished phase counts only for the same run: another config (another step
+            # budget, say) is refused here rather than built on phases it did not train.
+            build.resume(workdir / phase.name, phase_exp)
             result = json.loads(marker.read_text())
         else:
             start = [StartFrom(workdir, phase)] if phase.init_from else []
