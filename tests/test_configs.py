@@ -94,3 +94,33 @@ def test_an_unknown_variant_is_one_error_naming_the_choices():
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "error: configs/rcan_div2k.py:x5 names no variant; choose one of :x2, :x3, :x4"]
+
+
+def test_the_default_workdir_names_a_model_mode_or_seed_given_on_the_command_line():
+    """Two experiments of one config never share a run directory; the plain command's stays
+    the config's name, so runs started before keep resuming."""
+    config_file = cli.resolve_config_file(str(REPO / "configs" / "deblur_stl10.py"))
+
+    def workdir(overridden):
+        c = module("deblur_stl10").get_config()
+        for key, value in overridden.items():
+            c[key] = value
+        return cli.default_workdir(config_file, c, overridden)
+
+    assert workdir({}) == rundir.RUNS / "deblur_stl10"
+    assert workdir({"model": "unet"}) == rundir.RUNS / "deblur_stl10_unet"
+    assert workdir({"model": "resnet"}) == rundir.RUNS / "deblur_stl10_resnet"
+    assert workdir({"model": "unet", "mode": "fullmultiscale", "seed": 7}) \
+        == rundir.RUNS / "deblur_stl10_unet_fullmultiscale_seed7"
+    assert workdir({"seed": 42}) == rundir.RUNS / "deblur_stl10"  # the config's own seed
+    # A config argument comes first, and the seed compares with that variant's.
+    config_file = cli.resolve_config_file(str(REPO / "configs" / "edsr_folder_x2.py"))
+    c = module("edsr_folder_x2").get_config()
+    c.model, c.seed = "rcan", 3
+    assert cli.default_workdir(config_file, c, {"model": "rcan", "seed": 3}) \
+        == rundir.RUNS / "edsr_folder_x2_rcan_seed3"
+    config_file = cli.resolve_config_file(str(REPO / "configs" / "edsr_div2k.py:x3"))
+    c = module("edsr_div2k").get_config("x3")
+    c.model = "msrn"
+    assert cli.default_workdir(config_file, c, {"model": "msrn"}) \
+        == rundir.RUNS / "edsr_div2k_x3_msrn"
