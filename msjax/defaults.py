@@ -68,7 +68,10 @@ def get_config():
         normalize=False,           # the model sees (x - mean) / std and the loss is taken there,
         mean=(0.5, 0.5, 0.5),      # as the official loaders' Normalize; data and metrics stay
         std=(0.5, 0.5, 0.5),       # in [0, 1]
-        augment=True,              # random flips and 90-degree rotations
+        # True: random flips and 90-degree rotations (8 orientations) | hflip: random left-right
+        # mirror only (upright content: faces) | False: none. Any type, so that the command line
+        # takes --config.data.augment=hflip as well as True / False.
+        augment=ml_collections.FieldReference(True, field_type=object),
         valid_images=8,            # how many validation images (fixed crops)
         valid_patch=0,             # validation crop side (0: same as patch)
         bad_images="skip",         # folder images that cannot be used: skip (warn, count) | error

@@ -74,7 +74,7 @@ class InputSpec:
     normalize: bool
     mean: tuple
     std: tuple
-    augment: bool
+    augment: Any                  # True | False | "hflip" (sampler.AUGMENTS)
     valid_images: int
     valid_patch: int
     bad_images: str
