@@ -260,3 +260,34 @@ def test_a_multiblock_run_with_an_explicit_budget_prints_its_phases(tmp_path, mo
     assert capsys.readouterr().out.splitlines() == [(
         "multiblock: 1 step over 1 phase in the proportions of their multiblock.*_steps: "
         "phase_1 1")]
+
+
+def test_whole_image_validation_scores_each_phases_best_checkpoint(tmp_path, capsys):
+    """multiblock.whole_valid: after the phase, its best checkpoint restores every whole
+    validation image (24 x 24 here, where training validates 16 x 16 crops) and phases.csv
+    carries the means, as eval.py computes them."""
+    from msjax import evaluate
+
+    config = multiblock_config(tmp_path / "data")
+    config.multiblock.update(dict(blocks=1, plus_steps=0, joint_steps=0, inherit=False,
+                                  whole_valid=True))
+    result = train.run(config, tmp_path / "run")
+    with open(tmp_path / "run" / "phases.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert int(row["whole_images"]) == 3 and np.isfinite(float(row["whole_psnr"]))
+    assert float(row["whole_psnr"]) == pytest.approx(result["whole_psnr"])
+    rows, _, _ = evaluate.run(str(tmp_path / "run" / "phase_1"), which="best",
+                              input_dir=config.data.valid_lr_dir,
+                              target_dir=config.data.valid_dir, output_dir=str(tmp_path / "e"))
+    assert [r["image"] for r in rows] == ["img00_LR2.png", "img01_LR2.png", "img02_LR2.png"]
+    assert result["whole_psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows]))
+    assert "phase_1: whole validation images: PSNR" in capsys.readouterr().out
+
+
+def test_whole_image_validation_needs_an_image_folder(tmp_path):
+    config = multiblock_config(tmp_path / "data")
+    config.task.name, config.data.source = "deblur", "builtin"  # a chain deblurring the photos
+    config.multiblock.whole_valid = True
+    with pytest.raises(config_check.ConfigError, match="multiblock.whole_valid scores the image "
+                                                       "folder data.valid_dir"):
+        build.experiment(config)

@@ -33,6 +33,8 @@ from msjax.registry import METHODS
 
 SUMMARY_FIELDS = ("phase", "blocks", "trained", "steps", "lr", "best_psnr", "best_step", "psnr",
                   "ssim", "input_psnr")
+# With multiblock.whole_valid: the phase's best checkpoint on the whole validation images.
+WHOLE_FIELDS = ("whole_psnr", "whole_ssim", "whole_input_psnr", "whole_images")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +56,7 @@ class MultiblockSettings:
     constant_lr: bool
     inherit: bool
     total_steps: int
+    whole_valid: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +187,11 @@ def check(mb: MultiblockSettings, exp) -> None:
         (mb.block_steps > 0, f"multiblock.block_steps={mb.block_steps} must be positive"),
         (mb.total_steps >= 0, f"multiblock.total_steps={mb.total_steps} must be >= 0 (0: each "
          "phase its own multiblock.*_steps)"),
+        (not mb.whole_valid or (exp.input.source in ("folder", "paired_folders")
+                                and exp.input.valid_dir),
+         "multiblock.whole_valid scores the image folder data.valid_dir (with data.valid_lr_dir "
+         f"for pairs); data.source is {exp.input.source!r}: set one or "
+         "--config.multiblock.whole_valid=False"),
         (not mb.inherit or mb.blocks > 1, "multiblock.inherit needs at least 2 blocks"),
         (mb.block_optimizer in ("", *optim.OPTIMIZERS),
          f"multiblock.block_optimizer={mb.block_optimizer!r} is unknown; choose one of "
@@ -194,13 +202,31 @@ def check(mb: MultiblockSettings, exp) -> None:
             raise ConfigError(message)
 
 
-def _summary_row(phase: Phase, result: dict) -> dict:
+def _summary_row(phase: Phase, result: dict, whole: bool = False) -> dict:
     trained = "all" if phase.name.startswith("joint") else f"block_{phase.blocks}" + (
         "+" if phase.clamp_last else "")
     row = {"phase": phase.name, "blocks": phase.blocks, "trained": trained, "steps": phase.steps,
            "lr": phase.lr}
-    row.update({k: result.get(k, float("nan")) for k in SUMMARY_FIELDS if k not in row})
+    fields = SUMMARY_FIELDS + (WHOLE_FIELDS if whole else ())
+    row.update({k: result.get(k, float("nan")) for k in fields if k not in row})
     return row
+
+
+def score_whole_images(phase_workdir: Path, phase_exp) -> dict:
+    """The phase's best checkpoint on every whole validation image (``evaluate.run``'s folder
+    scoring, outputs in ``<phase>/eval/``): mean PSNR / SSIM of the outputs and of the inputs.
+    The images keep their own sizes (``eval.tile`` tiles large ones), where training validates
+    on fixed crops of one size."""
+    from msjax import evaluate  # the method's other users never load the evaluator
+
+    spec = phase_exp.input
+    _, summary, _ = evaluate.run(str(phase_workdir), which="best",
+                                 input_dir=spec.valid_lr_dir, target_dir=spec.valid_dir,
+                                 overwrite=True)
+    nan = float("nan")  # no image scored (every one skipped as unreadable): said, not fatal
+    return {"whole_psnr": summary.get("psnr", nan), "whole_ssim": summary.get("ssim", nan),
+            "whole_input_psnr": summary.get("input_psnr", nan),
+            "whole_images": summary["images"]}
 
 
 @METHODS.register("multiblock", settings=MultiblockSettings, check=check, phases=plan_phases)
@@ -225,8 +251,14 @@ def run(exp, workdir) -> dict:
             result = train.train_and_evaluate(phase_exp, workdir / phase.name, hooks=start)
             result = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
             if jax.process_index() == 0:
+                if settings.whole_valid:  # before the marker: an interrupted phase scores again
+                    result.update(score_whole_images(workdir / phase.name, phase_exp))
+                    print(f"{phase.name}: whole validation images: PSNR "
+                          f"{result['whole_psnr']:.2f} dB, SSIM {result['whole_ssim']:.4f} "
+                          f"(input {result['whole_input_psnr']:.2f} dB; "
+                          f"{result['whole_images']} images)", flush=True)
                 marker.write_text(json.dumps(result, indent=1))
-        rows.append(_summary_row(phase, result))
+        rows.append(_summary_row(phase, result, settings.whole_valid))
         if jax.process_index() == 0:
             logs.write_csv(workdir / "phases.csv", rows)
     return {**result, "phases": rows}
