@@ -157,6 +157,10 @@ def get_config():
         tile=0,                    # >0: tiled inference with this tile side for large images
         tile_overlap=16,
         self_ensemble=False,       # x8 flips/rotations at evaluation
+        # method=multiblock: after each phase, its best checkpoint scored on the whole validation
+        # images (data.valid_lr_dir -> data.valid_dir, as eval.py scores folders) beside the
+        # training's fixed crops: whole_psnr / whole_ssim in phases.csv
+        whole_valid=False,
     ))
 
     # Training methods that wrap the loop (msjax/methods): "" (plain), "eco", "multiblock".
@@ -194,11 +198,6 @@ def get_config():
         # least one), in the proportions of the *_steps above. train.py sets it from an explicit
         # --config.train.steps, which the phases' own steps would otherwise replace.
         total_steps=0,
-        # After each phase, its best checkpoint scored on the whole validation images
-        # (data.valid_lr_dir -> data.valid_dir, as eval.py scores folders) beside the training's
-        # validation crops: whole_psnr / whole_ssim in phases.csv (the reference scores whole
-        # test images).
-        whole_valid=False,
     ))
 
     # How this process runs the job. None of it changes the result of a run whose steps stay

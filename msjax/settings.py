@@ -150,6 +150,7 @@ class EvalSettings:
     tile: int
     tile_overlap: int
     self_ensemble: bool
+    whole_valid: bool
 
     @property
     def metric_kw(self) -> dict:

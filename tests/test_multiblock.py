@@ -263,14 +263,14 @@ def test_a_multiblock_run_with_an_explicit_budget_prints_its_phases(tmp_path, mo
 
 
 def test_whole_image_validation_scores_each_phases_best_checkpoint(tmp_path, capsys):
-    """multiblock.whole_valid: after the phase, its best checkpoint restores every whole
+    """eval.whole_valid: after the phase, its best checkpoint restores every whole
     validation image (24 x 24 here, where training validates 16 x 16 crops) and phases.csv
     carries the means, as eval.py computes them."""
     from msjax import evaluate
 
     config = multiblock_config(tmp_path / "data")
-    config.multiblock.update(dict(blocks=1, plus_steps=0, joint_steps=0, inherit=False,
-                                  whole_valid=True))
+    config.multiblock.update(dict(blocks=1, plus_steps=0, joint_steps=0, inherit=False))
+    config.eval.whole_valid = True
     result = train.run(config, tmp_path / "run")
     with open(tmp_path / "run" / "phases.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
@@ -287,7 +287,7 @@ def test_whole_image_validation_scores_each_phases_best_checkpoint(tmp_path, cap
 def test_whole_image_validation_needs_an_image_folder(tmp_path):
     config = multiblock_config(tmp_path / "data")
     config.task.name, config.data.source = "deblur", "builtin"  # a chain deblurring the photos
-    config.multiblock.whole_valid = True
-    with pytest.raises(config_check.ConfigError, match="multiblock.whole_valid scores the image "
+    config.eval.whole_valid = True
+    with pytest.raises(config_check.ConfigError, match="eval.whole_valid scores the image "
                                                        "folder data.valid_dir"):
         build.experiment(config)

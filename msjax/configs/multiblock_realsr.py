@@ -15,9 +15,9 @@ phase_1_plus_low, phase_2, ..., joint, joint_low), keeps each phase's best check
 writes runs/multiblock/phases.csv, and resumes where it stopped. Training validates on the
 centre 256 x 256 crop of each of the 15 test pairs (the best checkpoint is chosen there); after
 each phase its best checkpoint is also scored on the 15 whole test images, as the reference
-scores them (multiblock.whole_valid: whole_psnr / whole_ssim in phases.csv, the restored images
+scores them (eval.whole_valid: whole_psnr / whole_ssim in phases.csv, the restored images
 in runs/multiblock/<phase>/eval/; the reference crops images to at most 1500 x 1500 from the top
-left, msjax scores them whole). Off: --config.multiblock.whole_valid=False. A short try:
+left, msjax scores them whole). Off: --config.eval.whole_valid=False. A short try:
 --config.train.steps=N scales every phase's steps to N in all (at least one each). Each block: conv, 16 RCAB (64 ch,
 attention 64->16), convs, input residual, orthogonal init (1.26M parameters).
 
@@ -66,7 +66,6 @@ def get_config(recipe="seed"):
     c.multiblock.joint_low_steps = 5000
     c.multiblock.joint_low_lr = 1e-5
     c.multiblock.constant_lr = True
-    c.multiblock.whole_valid = True    # the reference's score: whole test images, per phase
     c.mode = "multiscale"              # --config.mode=single for the reference (batch 16)
     c.batch_size = 16
     c.mge.levels = 2                   # 48 -> 24 -> 12
@@ -78,4 +77,5 @@ def get_config(recipe="seed"):
     c.log.checkpoint_every = 500
     c.eval.crop_border = 0
     c.eval.y_channel = False
+    c.eval.whole_valid = True          # the reference's score: whole test images, per phase
     return c

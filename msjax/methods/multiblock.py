@@ -33,7 +33,7 @@ from msjax.registry import METHODS
 
 SUMMARY_FIELDS = ("phase", "blocks", "trained", "steps", "lr", "best_psnr", "best_step", "psnr",
                   "ssim", "input_psnr")
-# With multiblock.whole_valid: the phase's best checkpoint on the whole validation images.
+# With eval.whole_valid: the phase's best checkpoint on the whole validation images.
 WHOLE_FIELDS = ("whole_psnr", "whole_ssim", "whole_input_psnr", "whole_images")
 
 
@@ -56,7 +56,6 @@ class MultiblockSettings:
     constant_lr: bool
     inherit: bool
     total_steps: int
-    whole_valid: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,11 +186,11 @@ def check(mb: MultiblockSettings, exp) -> None:
         (mb.block_steps > 0, f"multiblock.block_steps={mb.block_steps} must be positive"),
         (mb.total_steps >= 0, f"multiblock.total_steps={mb.total_steps} must be >= 0 (0: each "
          "phase its own multiblock.*_steps)"),
-        (not mb.whole_valid or (exp.input.source in ("folder", "paired_folders")
-                                and exp.input.valid_dir),
-         "multiblock.whole_valid scores the image folder data.valid_dir (with data.valid_lr_dir "
-         f"for pairs); data.source is {exp.input.source!r}: set one or "
-         "--config.multiblock.whole_valid=False"),
+        (not exp.eval.whole_valid or (exp.input.source in ("folder", "paired_folders")
+                                      and exp.input.valid_dir),
+         "eval.whole_valid scores the image folder data.valid_dir (with data.valid_lr_dir for "
+         f"pairs); data.source is {exp.input.source!r}: set one or "
+         "--config.eval.whole_valid=False"),
         (not mb.inherit or mb.blocks > 1, "multiblock.inherit needs at least 2 blocks"),
         (mb.block_optimizer in ("", *optim.OPTIMIZERS),
          f"multiblock.block_optimizer={mb.block_optimizer!r} is unknown; choose one of "
@@ -251,14 +250,14 @@ def run(exp, workdir) -> dict:
             result = train.train_and_evaluate(phase_exp, workdir / phase.name, hooks=start)
             result = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
             if jax.process_index() == 0:
-                if settings.whole_valid:  # before the marker: an interrupted phase scores again
+                if exp.eval.whole_valid:  # before the marker: an interrupted phase scores again
                     result.update(score_whole_images(workdir / phase.name, phase_exp))
                     print(f"{phase.name}: whole validation images: PSNR "
                           f"{result['whole_psnr']:.2f} dB, SSIM {result['whole_ssim']:.4f} "
                           f"(input {result['whole_input_psnr']:.2f} dB; "
                           f"{result['whole_images']} images)", flush=True)
                 marker.write_text(json.dumps(result, indent=1))
-        rows.append(_summary_row(phase, result, settings.whole_valid))
+        rows.append(_summary_row(phase, result, exp.eval.whole_valid))
         if jax.process_index() == 0:
             logs.write_csv(workdir / "phases.csv", rows)
     return {**result, "phases": rows}
