@@ -64,7 +64,7 @@ def param_count(c):
 
     from msjax.models import create_model
 
-    model = create_model(c.model, **c.model_kwargs)
+    model = create_model(c.model, **dict(c.model_kwargs))
     variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 12, 16, 3)))
     return sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
 

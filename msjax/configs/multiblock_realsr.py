@@ -18,8 +18,9 @@ each phase its best checkpoint is also scored on the 15 whole test images, as th
 scores them (eval.whole_valid: whole_psnr / whole_ssim in phases.csv, the restored images
 in runs/multiblock/<phase>/eval/; the reference crops images to at most 1500 x 1500 from the top
 left, msjax scores them whole). Off: --config.eval.whole_valid=False. A short try:
---config.train.steps=N scales every phase's steps to N in all (at least one each). Each block: conv, 16 RCAB (64 ch,
-attention 64->16), convs, input residual, orthogonal init (1.26M parameters).
+--config.train.steps=N scales every phase's steps to N in all (at least one each). Each block:
+conv, 16 RCAB (64 ch, attention 64->16), convs, input residual, orthogonal init (1.26M
+parameters).
 
 The Multiblock report's recipe (default): per
 block, N_i unclamped for 2000 steps of Adadelta (lr 1, rho 0.9, eps 1e-6, no weight decay), then
