@@ -262,16 +262,23 @@ def test_a_multiblock_run_with_an_explicit_budget_prints_its_phases(tmp_path, mo
         "phase_1 1")]
 
 
-def test_whole_image_validation_scores_each_phases_best_checkpoint(tmp_path, capsys):
+def test_whole_image_validation_scores_each_phases_best_checkpoint(tmp_path, monkeypatch,
+                                                                     capsys):
     """eval.whole_valid: after the phase, its best checkpoint restores every whole
     validation image (24 x 24 here, where training validates 16 x 16 crops) and phases.csv
-    carries the means, as eval.py computes them."""
+    carries the means, as eval.py computes them. Set when a finished run resumes, it scores
+    the finished phases without training them again."""
     from msjax import evaluate
 
     config = multiblock_config(tmp_path / "data")
     config.multiblock.update(dict(blocks=1, plus_steps=0, joint_steps=0, inherit=False))
+    train.run(config, tmp_path / "run")
+    with open(tmp_path / "run" / "phases.csv", newline="") as f:
+        assert "whole_psnr" not in next(csv.DictReader(f))
     config.eval.whole_valid = True
+    calls = _record_calls(monkeypatch)
     result = train.run(config, tmp_path / "run")
+    assert calls == []
     with open(tmp_path / "run" / "phases.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert int(row["whole_images"]) == 3 and np.isfinite(float(row["whole_psnr"]))

@@ -240,7 +240,8 @@ def run(exp, workdir) -> dict:
     rows, result = [], {}
     for phase, phase_exp in exp.phases:
         marker = workdir / phase.name / "phase.json"
-        if marker.exists():
+        finished = marker.exists()
+        if finished:
             # A finished phase counts only for the same run: another config (another step
             # budget, say) is refused here rather than built on phases it did not train.
             build.resume(workdir / phase.name, phase_exp)
@@ -249,13 +250,17 @@ def run(exp, workdir) -> dict:
             start = [StartFrom(workdir, phase)] if phase.init_from else []
             result = train.train_and_evaluate(phase_exp, workdir / phase.name, hooks=start)
             result = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
-            if jax.process_index() == 0:
-                if exp.eval.whole_valid:  # before the marker: an interrupted phase scores again
-                    result.update(score_whole_images(workdir / phase.name, phase_exp))
-                    print(f"{phase.name}: whole validation images: PSNR "
-                          f"{result['whole_psnr']:.2f} dB, SSIM {result['whole_ssim']:.4f} "
-                          f"(input {result['whole_input_psnr']:.2f} dB; "
-                          f"{result['whole_images']} images)", flush=True)
+        if jax.process_index() == 0:
+            # Before the marker, so an interrupted phase scores again; a phase finished before
+            # eval.whole_valid was set is scored when a run resumes with it.
+            scored = exp.eval.whole_valid and "whole_psnr" not in result
+            if scored:
+                result.update(score_whole_images(workdir / phase.name, phase_exp))
+                print(f"{phase.name}: whole validation images: PSNR "
+                      f"{result['whole_psnr']:.2f} dB, SSIM {result['whole_ssim']:.4f} "
+                      f"(input {result['whole_input_psnr']:.2f} dB; "
+                      f"{result['whole_images']} images)", flush=True)
+            if scored or not finished:
                 marker.write_text(json.dumps(result, indent=1))
         rows.append(_summary_row(phase, result, exp.eval.whole_valid))
         if jax.process_index() == 0:
