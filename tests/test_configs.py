@@ -139,7 +139,7 @@ def test_configs_without_variants_keep_their_workdir_name():
 
 def test_an_unknown_variant_is_one_error_naming_the_choices():
     with pytest.raises(ConfigError, match=r"edsr_div2k.py:x5 names no variant; choose one of "
-                                          r":x2, :x3, :x4$"):
+                                          r":x2, :x3, :x4, :full_x2, :full_x3, :full_x4$"):
         module("edsr_div2k").get_config("x5")
     env = dict(os.environ, PYTHONPATH=str(REPO), MSJAX_HUGE_PAGES="0", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", "rcan_div2k:x5"],
