@@ -246,7 +246,8 @@ def test_scaled_steps_sum_to_the_budget_with_at_least_one_each(total, expected):
 def test_a_multiblock_run_with_an_explicit_budget_prints_its_phases(tmp_path, monkeypatch,
                                                                       capsys):
     config = multiblock_config(tmp_path / "data")
-    config.multiblock.update(dict(blocks=1, plus_steps=0, joint_steps=0, total_steps=1))
+    config.multiblock.update(dict(blocks=1, plus_steps=0, joint_steps=0, inherit=False,
+                                  total_steps=1))
     ran = {}
 
     def fake_loop(exp, workdir, **plug):  # the phase's length, without training it
