@@ -17,7 +17,8 @@ TRAIN_USAGE = """Train a model with multiscale gradient estimation.
   python train.py --config configs/deblur_stl10.py --config.mode=fullmultiscale
 
 The workdir defaults to runs/<config name> (plus _<argument> for --config <file>.py:<argument>
-and for a config's default variant, plus _<mode> when --config.mode is given); running the same
+and for a config's default variant, then _<model> and _<mode> when --config.model and
+--config.mode are given, and _seed<N> for a seed other than the config's); running the same
 command again resumes there, a larger --config.train.steps extends a finished run.
 Override any field with --config.<section>.<field>=value. Sections:
 {sections}
@@ -94,13 +95,33 @@ def _parse(argv):
 
 
 def budget_over_stages(config, overridden: dict) -> None:
-    """An explicit --config.train.steps wins over the config's full-multiscale stage steps: the
-    budget is split in their proportions instead."""
-    if ("train.steps" in overridden and config.mode == "fullmultiscale"
-            and tuple(config.fms.stage_steps)):
+    """An explicit --config.train.steps wins over the config's own step counts: full-multiscale
+    stage steps, and a multiblock run's phase steps (``multiblock.*_steps``). The budget is
+    split in their proportions instead (the multiblock run says so in its first line)."""
+    if "train.steps" not in overridden:
+        return
+    if config.mode == "fullmultiscale" and tuple(config.fms.stage_steps):
         with config.unlocked():
             config.fms.stage_weights = tuple(config.fms.stage_steps)
             config.fms.stage_steps = ()
+    if config.method == "multiblock" and "multiblock.total_steps" not in overridden:
+        config.multiblock.total_steps = config.train.steps
+
+
+def default_workdir(config_file: str, config, overridden: dict):
+    """The run directory of a command without --workdir (``rundir.default_workdir``): the
+    model and mode where the command line gives them, the seed where it differs from the config
+    file's, so two experiments of one config never share a directory."""
+    from msjax import rundir
+
+    seed = None
+    if "seed" in overridden:
+        path, _, argument = config_file.partition(":")
+        get_config = _load_config_module(path).get_config
+        default = (get_config(argument) if argument else get_config()).seed
+        seed = config.seed if config.seed != default else None
+    return rundir.default_workdir(config_file, config.mode if "mode" in overridden else "",
+                                  config.model if "model" in overridden else "", seed)
 
 
 def resolve_config_file(name: str) -> str:
@@ -142,7 +163,8 @@ def train(argv=None) -> None:
     config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py), or "
                                     "the name of one (deblur_stl10)", lock_config=True)
     flags.DEFINE_string("workdir", None, "run directory for checkpoints and logs (default: "
-                        "runs/<config name>[_<argument>][_<mode>]); resumes if it holds the run")
+                        "runs/<config name>[_<argument>][_<model>][_<mode>][_seed<N>]); "
+                        "resumes if it holds the run")
     flags.mark_flags_as_required(["config"])
     argv = list(sys.argv if argv is None else argv)
     argv = [a if not a.startswith("--config=") else "--config=" + resolve_config_file(a[9:])
@@ -160,14 +182,13 @@ def train(argv=None) -> None:
 
 
 def _train(FLAGS, config_flags) -> None:
-    from msjax import errors, rundir
+    from msjax import errors
 
     config = FLAGS.config
     overridden = config_flags.get_override_values(FLAGS["config"])
     budget_over_stages(config, overridden)
-    workdir = FLAGS.workdir or str(rundir.default_workdir(
-        config_flags.get_config_filename(FLAGS["config"]),
-        config.mode if "mode" in overridden else ""))
+    workdir = FLAGS.workdir or str(default_workdir(
+        config_flags.get_config_filename(FLAGS["config"]), config, overridden))
     from msjax import backend
 
     backend.set_cpu_devices(config.runtime)

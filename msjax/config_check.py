@@ -8,6 +8,7 @@ from __future__ import annotations
 from msjax import damage, multiscale, optim, tasks
 from msjax.data import SOURCES
 from msjax.data.pipeline import RESIZE_METHODS, RESIZE_MODES
+from msjax.data.sampler import orientations
 from msjax.errors import ConfigError
 from msjax.models import MODELS, size_multiple
 from msjax.resize import RESTRICTIONS
@@ -39,6 +40,11 @@ def validate(config) -> None:
     _one_of(c.data.resize_mode, RESIZE_MODES, "data.resize_mode")
     _one_of(c.data.resize_method, RESIZE_METHODS, "data.resize_method")
     _one_of(str(c.data.on_device).lower(), ("auto", "true", "false"), "data.on_device")
+    try:
+        orientations(c.data.augment)
+    except ValueError as e:
+        raise ConfigError(f"{e} (True: flips and 90-degree rotations, hflip: left-right "
+                          "flips only, False: none)") from None
     _check(0 < c.data.device_fraction <= 1,
            f"data.device_fraction={c.data.device_fraction} must lie in (0, 1]")
     _check(c.data.host_prefetch >= 1, f"data.host_prefetch={c.data.host_prefetch} must be >= 1")

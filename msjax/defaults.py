@@ -71,7 +71,10 @@ def get_config():
         normalize=False,           # the model sees (x - mean) / std and the loss is taken there,
         mean=(0.5, 0.5, 0.5),      # as the official loaders' Normalize; data and metrics stay
         std=(0.5, 0.5, 0.5),       # in [0, 1]
-        augment=True,              # random flips and 90-degree rotations
+        # True: random flips and 90-degree rotations (8 orientations) | hflip: random left-right
+        # mirror only (upright content: faces) | False: none. Any type, so that the command line
+        # takes --config.data.augment=hflip as well as True / False.
+        augment=ml_collections.FieldReference(True, field_type=object),
         valid_images=8,            # how many validation images (fixed crops)
         valid_patch=0,             # validation crop side (0: same as patch)
         bad_images="skip",         # folder images that cannot be used: skip (warn, count) | error
@@ -157,6 +160,10 @@ def get_config():
         tile=0,                    # >0: tiled inference with this tile side for large images
         tile_overlap=16,
         self_ensemble=False,       # x8 flips/rotations at evaluation
+        # method=multiblock: after each phase, its best checkpoint scored on the whole validation
+        # images (data.valid_lr_dir -> data.valid_dir, as eval.py scores folders) beside the
+        # training's fixed crops: whole_psnr / whole_ssim in phases.csv
+        whole_valid=False,
     ))
 
     # Training methods that wrap the loop (msjax/methods): "" (plain), "eco", "multiblock".
@@ -190,6 +197,10 @@ def get_config():
         joint_low_lr=0.0,
         constant_lr=False,         # each phase at a constant rate (official) instead of a cosine
         inherit=False,             # N_i starts from N_{i-1}'s trained weights
+        # >0: every phase's steps scaled so that all phases together run this many (each at
+        # least one), in the proportions of the *_steps above. train.py sets it from an explicit
+        # --config.train.steps, which the phases' own steps would otherwise replace.
+        total_steps=0,
     ))
 
     # How this process runs the job. None of it changes the result of a run whose steps stay

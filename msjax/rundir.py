@@ -42,13 +42,18 @@ LEGACY_NAMES = {
 }
 
 
-def default_workdir(config_file: str, mode: str = "") -> Path:
+def default_workdir(config_file: str, mode: str = "", model: str = "",
+                    seed: int | None = None) -> Path:
     """``runs/<config name>``, plus ``_<argument>`` for a config argument
-    (``configs/sr_urban100.py:resnet``), plus ``_<mode>`` when the command line overrode the
-    mode (so the README's ``--config.mode=fullmultiscale`` variant gets its own directory)."""
+    (``configs/sr_urban100.py:resnet``), then what the command line changed that makes another
+    experiment of the same config: ``_<model>`` (``--config.model``), ``_<mode>``
+    (``--config.mode``, so the README's ``--config.mode=fullmultiscale`` variant gets its own
+    directory) and ``_seed<seed>`` (a seed other than the config's), in the official code's
+    order (task_dataset_network_mode, then the run). Without them the name stays the config's,
+    so a run started before they were named resumes where it is."""
     path, _, argument = str(config_file).partition(":")
-    name = Path(path).stem + (f"_{argument}" if argument else "")
-    return RUNS / (name + (f"_{mode}" if mode else ""))
+    parts = [Path(path).stem, argument, model, mode, "" if seed is None else f"seed{seed}"]
+    return RUNS / "_".join(p for p in parts if p)
 
 
 def flat(tree) -> dict:

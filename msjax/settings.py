@@ -74,7 +74,7 @@ class InputSpec:
     normalize: bool
     mean: tuple
     std: tuple
-    augment: bool
+    augment: Any                  # True | False | "hflip" (sampler.AUGMENTS)
     valid_images: int
     valid_patch: int
     bad_images: str
@@ -150,6 +150,7 @@ class EvalSettings:
     tile: int
     tile_overlap: int
     self_ensemble: bool
+    whole_valid: bool
 
     @property
     def metric_kw(self) -> dict:

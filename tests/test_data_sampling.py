@@ -116,6 +116,25 @@ def test_all_eight_flips_and_rotations_occur_and_none_without_augment(draws):
     assert plain == {0}
 
 
+def test_hflip_mirrors_left_right_only_at_the_windows_full_augmentation_draws(draws):
+    """data.augment=hflip (the pyramidal reference's RandomHorizontalFlip): half the patches
+    mirrored left-right, none rotated, transposed or flipped upside down, cut from the same
+    images and windows as with every orientation."""
+    _, sampler, reads = draws
+    mirrored = [read_patch(p) for step in range(10) for term in range(2)
+                for p in sampler(0, step, term, 60, augment="hflip")["target"]]
+    counts = np.bincount([o for *_, o in mirrored], minlength=8)
+    assert counts[2:].sum() == 0 and counts[:2].min() > 500, counts  # 1200 patches
+    assert [r[:3] for r in mirrored] == [r[:3] for r in reads]
+
+
+def test_an_unknown_augment_is_refused():
+    with pytest.raises(ValueError, match=r"data.augment='vflip' is unknown; choose one of "
+                                         r"True, hflip, False"):
+        sampler.orientations("vflip")
+    assert [sampler.orientations(a) for a in (True, "hflip", False)] == [8, 2, 1]
+
+
 def test_terms_and_steps_draw_independent_batches(draws):
     _, sampler, _ = draws
     first, second, later = ([read_patch(p) for p in sampler(0, step, term, 64)["target"]]
@@ -243,7 +262,7 @@ def test_device_batches_stay_those_runs_trained_on(kind):
 def test_host_and_device_paths_cut_the_same_batches(kind):
     make, scale = KINDS[kind]
     on_host, on_device = (PATHS[p](make(), scale=scale) for p in ("host", "device"))
-    for augment in (True, False):
+    for augment in (True, False, "hflip"):
         for seed, step, term, n in ((0, 0, 0, 7), (1, 5, 2, 40), (2, 123456, 1, 3)):
             a, b = on_host(seed, step, term, n, augment), on_device(seed, step, term, n, augment)
             assert a.keys() == b.keys() and a["target"].shape[0] == n

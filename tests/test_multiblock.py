@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from msjax import build, checkpoints, config_check, runs, train
+from msjax.errors import RunDirError
 from msjax.hooks import Hook
 from msjax.methods import multiblock
 from msjax.settings import from_section
@@ -121,6 +122,11 @@ def test_two_block_run_completes_every_phase_and_resumes(tmp_path, monkeypatch):
     again = train.run(config, workdir)  # all finished: nothing runs, same result
     assert calls == [] and again["best_psnr"] == result["best_psnr"]
 
+    config.multiblock.total_steps = 4  # another budget: refused, never mixed with these phases
+    with pytest.raises(RunDirError, match=r"multiblock.total_steps: 0 -> 4"):
+        train.run(config, workdir)
+    assert calls == []
+
 
 @pytest.mark.parametrize("recipe", ["seed", "adam_only"])
 def test_reference_schedule_two_constant_rates_per_clamped_block_and_for_the_chain(recipe):
@@ -196,3 +202,100 @@ def test_one_block_runs_its_adadelta_warm_phase_then_adam(tmp_path, monkeypatch)
     _, plus = best("phase_1_plus")
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(plus),
                                                         jax.tree.leaves(warm)))
+
+
+def test_an_explicit_step_budget_scales_every_phase_and_says_so():
+    """``--config.train.steps`` on a multiblock config: the phases keep their proportions and
+    sum to it (each at least one step); without it the phases run their own steps."""
+    from msjax import cli
+    from msjax.configs import multiblock_realsr
+
+    c = multiblock_realsr.get_config()
+    cli.budget_over_stages(c, {})
+    assert c.multiblock.total_steps == 0 and sum(p.steps for p in plan_phases(c)) == 55000
+
+    c.train.steps = 1100
+    cli.budget_over_stages(c, {"train.steps": 1100})
+    plan = plan_phases(c)
+    assert sum(p.steps for p in plan) == 1100
+    assert [p.steps for p in plan[:3]] == [40, 60, 200] and plan[-1].steps == 100  # 1 : 50
+    mb = from_section(multiblock.MultiblockSettings, c.multiblock)
+    assert multiblock.budget_line(mb, plan).startswith(
+        "multiblock: 1100 steps over 11 phases in the proportions of their multiblock.*_steps: "
+        "phase_1 40, phase_1_plus 60, phase_1_plus_low 200, phase_2 40,")
+
+    c = multiblock_realsr.get_config()
+    c.train.steps = 10  # fewer steps than phases: one each
+    cli.budget_over_stages(c, {"train.steps": 10})
+    plan = plan_phases(c)
+    assert [p.steps for p in plan] == [1] * 11
+    mb = from_section(multiblock.MultiblockSettings, c.multiblock)
+    assert multiblock.budget_line(mb, plan).startswith(
+        "multiblock: 11 steps (one per phase: 10 cannot run every phase) over 11 phases")
+    # Each phase's own run is that long (the phase overrides train.steps).
+    assert [build.with_overrides(c, p.overrides).train.steps for p in plan] == [1] * 11
+
+
+@pytest.mark.parametrize("total, expected", [(7, [1, 2, 4]), (3, [1, 1, 1]), (1, [1, 1, 1]),
+                                             (100, [14, 29, 57]), (4, [1, 1, 2])])
+def test_scaled_steps_sum_to_the_budget_with_at_least_one_each(total, expected):
+    steps = multiblock.scaled_steps([1, 2, 4], total)
+    assert steps == expected and sum(steps) == max(total, 3)
+
+
+def test_a_multiblock_run_with_an_explicit_budget_prints_its_phases(tmp_path, monkeypatch,
+                                                                      capsys):
+    config = multiblock_config(tmp_path / "data")
+    config.multiblock.update(dict(blocks=1, plus_steps=0, joint_steps=0, inherit=False,
+                                  total_steps=1))
+    ran = {}
+
+    def fake_loop(exp, workdir, **plug):  # the phase's length, without training it
+        workdir.mkdir(parents=True)
+        ran[workdir.name] = exp.total_steps
+        return {"psnr": 1.0}
+
+    monkeypatch.setattr(train, "train_and_evaluate", fake_loop)
+    train.run(config, tmp_path / "run")
+    assert ran == {"phase_1": 1}
+    assert capsys.readouterr().out.splitlines() == [(
+        "multiblock: 1 step over 1 phase in the proportions of their multiblock.*_steps: "
+        "phase_1 1")]
+
+
+def test_whole_image_validation_scores_each_phases_best_checkpoint(tmp_path, monkeypatch,
+                                                                     capsys):
+    """eval.whole_valid: after the phase, its best checkpoint restores every whole
+    validation image (24 x 24 here, where training validates 16 x 16 crops) and phases.csv
+    carries the means, as eval.py computes them. Set when a finished run resumes, it scores
+    the finished phases without training them again."""
+    from msjax import evaluate
+
+    config = multiblock_config(tmp_path / "data")
+    config.multiblock.update(dict(blocks=1, plus_steps=0, joint_steps=0, inherit=False))
+    train.run(config, tmp_path / "run")
+    with open(tmp_path / "run" / "phases.csv", newline="") as f:
+        assert "whole_psnr" not in next(csv.DictReader(f))
+    config.eval.whole_valid = True
+    calls = _record_calls(monkeypatch)
+    result = train.run(config, tmp_path / "run")
+    assert calls == []
+    with open(tmp_path / "run" / "phases.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert int(row["whole_images"]) == 3 and np.isfinite(float(row["whole_psnr"]))
+    assert float(row["whole_psnr"]) == pytest.approx(result["whole_psnr"])
+    rows, _, _ = evaluate.run(str(tmp_path / "run" / "phase_1"), which="best",
+                              input_dir=config.data.valid_lr_dir,
+                              target_dir=config.data.valid_dir, output_dir=str(tmp_path / "e"))
+    assert [r["image"] for r in rows] == ["img00_LR2.png", "img01_LR2.png", "img02_LR2.png"]
+    assert result["whole_psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows]))
+    assert "phase_1: whole validation images: PSNR" in capsys.readouterr().out
+
+
+def test_whole_image_validation_needs_an_image_folder(tmp_path):
+    config = multiblock_config(tmp_path / "data")
+    config.task.name, config.data.source = "deblur", "builtin"  # a chain deblurring the photos
+    config.eval.whole_valid = True
+    with pytest.raises(config_check.ConfigError, match="eval.whole_valid scores the image "
+                                                       "folder data.valid_dir"):
+        build.experiment(config)

@@ -191,6 +191,7 @@ def test_step_schedule_rejects_a_zero_period():
 # --- the configs follow their papers -----------------------------------------------------------
 
 STEP_DECAY = ["edsr_div2k:x2", "edsr_div2k:x3", "edsr_div2k:x4", "edsr_folder_x2",
+              "edsr_div2k:full_x2", "edsr_div2k:full_x3", "edsr_div2k:full_x4",
               "rcan_div2k:x2", "rcan_div2k:x3", "rcan_div2k:x4",
               "msrn_div2k:x2", "msrn_div2k:x3", "msrn_div2k:x4"]
 

@@ -5,7 +5,7 @@ msjax departs from the official code on purpose in a few places (README, "Differ
 official code"); the ``official`` variant of every paper config (``--config
 configs/deblur_stl10.py:official``) restores the official code's choices where they are not
 defects: nearest restriction, a constant batch of 16 per term, one shared batch for inpainting,
-whole images resized to 128 x 128 and normalised as its loaders do.
+whole images resized to 128 x 128 and normalised as its loaders do, and no flips or rotations.
 """
 
 from msjax import defaults
@@ -61,4 +61,5 @@ def official_code(c, dataset: str):
     c.data.patch = 128
     c.data.normalize = True
     c.data.mean, c.data.std = NORMALIZE.get(dataset, HALF)
+    c.data.augment = False                   # the official loaders neither flip nor rotate
     return c

@@ -4,6 +4,18 @@ from msjax import defaults
 
 # The variants of the DIV2K SR configs (configs/edsr_div2k.py:x3) and their scale factors.
 SCALES = {"x2": 2, "x3": 3, "x4": 4}
+# Full EDSR (32 blocks x 256, residual scale 0.1; 40.7M parameters at x2) in place of the
+# EDSR-baseline defaults: the ``full_`` variants (configs/edsr_div2k.py:full_x2), ECO's EDSR.
+FULL_EDSR = dict(n_resblocks=32, n_feats=256, res_scale=0.1)
+FULL_SCALES = {f"full_{name}": scale for name, scale in SCALES.items()}
+
+
+def edsr_variant(variant: str):
+    """(scale, model_kwargs, x2 variant of the same network) of an EDSR config's variant:
+    ``x3`` (EDSR-baseline) or ``full_x3`` (full EDSR)."""
+    if variant in FULL_SCALES:
+        return FULL_SCALES[variant], FULL_EDSR, "full_x2"
+    return SCALES[variant], {}, "x2"
 
 
 def div2k(model: str, scale: int = 2, **model_kwargs):

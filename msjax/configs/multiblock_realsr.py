@@ -12,8 +12,15 @@
 
 One command runs every phase into runs/multiblock/<phase> (phase_1, phase_1_plus,
 phase_1_plus_low, phase_2, ..., joint, joint_low), keeps each phase's best checkpoint and metrics,
-writes runs/multiblock/phases.csv, and resumes where it stopped. Each block: conv, 16 RCAB (64 ch,
-attention 64->16), convs, input residual, orthogonal init (1.26M parameters).
+writes runs/multiblock/phases.csv, and resumes where it stopped. Training validates on the
+centre 256 x 256 crop of each of the 15 test pairs (the best checkpoint is chosen there); after
+each phase its best checkpoint is also scored on the 15 whole test images, as the reference
+scores them (eval.whole_valid: whole_psnr / whole_ssim in phases.csv, the restored images
+in runs/multiblock/<phase>/eval/; the reference crops images to at most 1500 x 1500 from the top
+left, msjax scores them whole). Off: --config.eval.whole_valid=False. A short try:
+--config.train.steps=N scales every phase's steps to N in all (at least one each). Each block:
+conv, 16 RCAB (64 ch, attention 64->16), convs, input residual, orthogonal init (1.26M
+parameters).
 
 The Multiblock report's recipe (default): per
 block, N_i unclamped for 2000 steps of Adadelta (lr 1, rho 0.9, eps 1e-6, no weight decay), then
@@ -71,4 +78,5 @@ def get_config(recipe="seed"):
     c.log.checkpoint_every = 500
     c.eval.crop_border = 0
     c.eval.y_channel = False
+    c.eval.whole_valid = True          # the reference's score: whole test images, per phase
     return c

@@ -5,9 +5,11 @@
 
 The reference's four CelebA experiments are --config.task.damage=noise|pixelate|block|squares
 (grid, blur and jpeg work too). 64x64 crops of aligned faces: each 218x178 image is resized to
-87x71 (bicubic, the shorter side to 71 keeping the aspect, as the reference) and cropped at random
-(the reference centre-crops after a small random affine); validation takes the centre crop of 256
-validation faces with the fixed damage, as the reference.
+87x71 (bicubic, the shorter side to 71 keeping the aspect, as the reference), cropped at random
+and mirrored left-right with probability 1/2 (data.augment=hflip, the reference's
+RandomHorizontalFlip; it centre-crops after a small random affine and a colour jitter, which
+msjax does not do); validation takes the centre crop of 256 validation faces with the fixed
+damage, as the reference.
 The model sees [-1, 1] data like the reference (task.model_range=signed) and ends in tanh.
 Adam at the reference's constant rate 3e-4 (it has no schedule); to change the rate, set
 train.lr and train.lr_end together. The reference's other transitions:
@@ -31,7 +33,7 @@ def get_config():
     c.data.resize_to = 71
     c.data.resize_mode = "short_side"
     c.data.patch = 64
-    c.data.augment = False           # faces stay upright (the reference only flips)
+    c.data.augment = "hflip"         # the reference's RandomHorizontalFlip: faces stay upright
     c.data.valid_images = 256
     c.model = "pyramidal"
     c.model_kwargs = dict(variant="pyramidal103", features=48, growth=16, output="tanh",

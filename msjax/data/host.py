@@ -114,7 +114,7 @@ class HostBatches:
 
     def __init__(self, source, *, seed: int, patch: int,
                  batch_sizes: Callable[[int], Sequence[int]], start: int, stop: int,
-                 scale: int = 1, augment: bool = True, resize=None,
+                 scale: int = 1, augment=True, resize=None,
                  rows: Callable[[int], slice | None] | None = None, transform=None,
                  workers: int = 0, prefetch: int = 4, cache_bytes: int = 4 * 2**30,
                  fill: bool = True):

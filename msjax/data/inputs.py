@@ -21,7 +21,7 @@ def term_sizes(plan) -> tuple[int, ...]:
 
 
 def device_batches(dataset: device.DeviceImages, seed_key, step, plan, *, patch: int,
-                   augment: bool, scale: int, mesh) -> tuple:
+                   augment, scale: int, mesh) -> tuple:
     """Inside the compiled step: every term's batch of ``step``, sharded on the batch axis."""
     return sampler.step_batches(dataset, seed_key, step, term_sizes(plan), patch=patch,
                                 augment=augment, scale=scale,

@@ -6,7 +6,8 @@ A term's choices come from 4 x batch random 32-bit words drawn from ``term_key(s
 term)``: word 0 picks the image, words 1 and 2 the window's top and left inside that image's own
 (h, w), word 3 one of 8 flips / 90-degree rotations. The host draws the same words (on the CPU)
 and applies the same functions to them, so both paths cut the same batches, bit for bit, and a
-resumed run sees the batches of the uninterrupted one without any iterator state.
+resumed run sees the batches of the uninterrupted one without any iterator state. ``augment``
+(``AUGMENTS``) says how many of the 8 orientations word 3 picks from.
 
 An item is one image (the target), a pair (HR target, LR input) or a dict of arrays by batch key
 (``fields``). Every array of an item is cut at the same window: arrays on the LR grid
@@ -33,6 +34,19 @@ DATA_STREAM = 2**31 - 2
 LR_GRID = frozenset({"input", "teacher_input"})
 # Host samples cut per vectorised choice: bounds the decoded images a raw source holds at once.
 _CHUNK = 32
+# data.augment -> how many orientations (``source_pixel``'s transform ids 0..n-1) a patch draws
+# from: all 8 flips / 90-degree rotations, ids 0 and 1 (bit 0 alone mirrors the columns: a
+# left-right flip, as torchvision's RandomHorizontalFlip), or the identity.
+AUGMENTS = {True: 8, "hflip": 2, False: 1}
+
+
+def orientations(augment) -> int:
+    """The number of orientations ``augment`` draws from (``AUGMENTS``)."""
+    for key, count in AUGMENTS.items():
+        if augment is key or (isinstance(key, str) and augment == key):
+            return count
+    raise ValueError(f"data.augment={augment!r} is unknown; choose one of "
+                     f"{', '.join(map(str, AUGMENTS))}")
 
 
 # --- the choices (numpy or jax.numpy: ``xp``) ---------------------------------------------------
@@ -54,13 +68,15 @@ def image_choice(bits, count: int):
     return (bits[0] % count).astype(np.int32)
 
 
-def window_choice(bits, sizes, window: int, augment: bool, xp):
+def window_choice(bits, sizes, window: int, augment, xp):
     """(top, left, transform) of each sample's ``window``-pixel window inside its image's own
-    ``sizes`` (B, 2) = (h, w), and its orientation id (0 without augmentation)."""
+    ``sizes`` (B, 2) = (h, w), and its orientation id (``augment``: ``AUGMENTS``; 0 without
+    augmentation)."""
     sizes = sizes.astype(np.uint32)
     top = (bits[1] % (sizes[:, 0] - window + 1)).astype(np.int32)
     left = (bits[2] % (sizes[:, 1] - window + 1)).astype(np.int32)
-    transform = ((bits[3] % 8).astype(np.int32) if augment
+    count = orientations(augment)
+    transform = ((bits[3] % count).astype(np.int32) if count > 1
                  else xp.zeros(bits.shape[1:], np.int32))
     return top, left, transform
 
@@ -120,7 +136,7 @@ def _gather(pixels, index, top, left, size: int, transform):
     return patches.astype(jnp.float32) / pixel_scale(pixels.dtype)
 
 
-def sample_batch(dataset, key: jax.Array, *, batch: int, patch: int, augment: bool = True,
+def sample_batch(dataset, key: jax.Array, *, batch: int, patch: int, augment=True,
                  scale: int = 1, sharding=None) -> dict:
     """One term's batch from a ``device.DeviceImages``: ``{'target': float32 [batch, patch,
     patch, 3]}`` in [0, 1], plus every other array of its items cut at the same windows (the
@@ -143,7 +159,7 @@ def sample_batch(dataset, key: jax.Array, *, batch: int, patch: int, augment: bo
 
 
 def step_batches(dataset, seed_key: jax.Array, step, batch_sizes: Sequence[int], *, patch: int,
-                 augment: bool = True, scale: int = 1, sharding=None) -> tuple:
+                 augment=True, scale: int = 1, sharding=None) -> tuple:
     """Every term's batch of one step (``batch_sizes`` finest first; one entry for a shared
     batch), equal to the host path's. ``sharding``: one for every term, or a function of the
     term's batch size."""
@@ -223,7 +239,7 @@ def _to_float_into(view: np.ndarray, out: np.ndarray) -> None:
 
 
 def term_batch(source, *, seed: int, step: int, term: int, batch: int, patch: int,
-               scale: int = 1, augment: bool = True, rows: slice | None = None,
+               scale: int = 1, augment=True, rows: slice | None = None,
                resize=None) -> dict:
     """Term ``term``'s batch at ``step`` from the images of ``source``: ``{'target': N x P x P x
     3}`` float32 plus every other array of the items (``'input'`` for paired data), equal to

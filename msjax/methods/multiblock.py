@@ -12,6 +12,9 @@ Every phase is an ordinary run of the loop in ``<workdir>/<phase>``: ``build`` m
 Experiment per phase from ``Phase.overrides``, and a ``StartFrom`` hook starts it from the previous
 phase's best checkpoint; ``phase.json`` marks it finished. Running the same
 command again skips finished phases and resumes an interrupted one from its own checkpoint.
+Each phase runs its own ``multiblock.*_steps`` (``train.steps`` is not read), or, with
+``multiblock.total_steps`` (train.py sets it from an explicit ``--config.train.steps``), those
+scaled to that total.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from msjax.registry import METHODS
 
 SUMMARY_FIELDS = ("phase", "blocks", "trained", "steps", "lr", "best_psnr", "best_step", "psnr",
                   "ssim", "input_psnr")
+# With eval.whole_valid: the phase's best checkpoint on the whole validation images.
+WHOLE_FIELDS = ("whole_psnr", "whole_ssim", "whole_input_psnr", "whole_images")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +55,7 @@ class MultiblockSettings:
     joint_low_lr: float
     constant_lr: bool
     inherit: bool
+    total_steps: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +123,37 @@ def plan_phases(mb: MultiblockSettings, opt) -> list[Phase]:
             phases.append(phase("joint_low", mb.blocks, clamp=plus, clamp_last=plus,
                                 steps=mb.joint_low_steps, rate=mb.joint_low_lr or lr,
                                 init_from="joint"))
+    if mb.total_steps > 0:
+        steps = scaled_steps([p.steps for p in phases], mb.total_steps)
+        phases = [dataclasses.replace(p, steps=n) for p, n in zip(phases, steps)]
     return phases
+
+
+def scaled_steps(steps, total: int) -> list[int]:
+    """``steps`` scaled to sum to ``total``, each at least 1 (so fewer than one step per phase
+    gives one each): the exact shares rounded down, the rest handed out by largest remainder."""
+    if total <= len(steps):
+        return [1] * len(steps)
+    exact = [total * n / sum(steps) for n in steps]
+    out = [max(1, int(e)) for e in exact]
+    while sum(out) < total:
+        i = max(range(len(out)), key=lambda k: exact[k] - out[k])
+        out[i] += 1
+    while sum(out) > total:  # the minimum of one pushed the sum over: take from the largest
+        i = max((k for k in range(len(out)) if out[k] > 1), key=lambda k: out[k] - exact[k])
+        out[i] -= 1
+    return out
+
+
+def budget_line(mb: MultiblockSettings, phases) -> str:
+    """The start line of a run whose phases were scaled to ``multiblock.total_steps``."""
+    total = sum(p.steps for p in phases)
+    floor = (f" (one per phase: {mb.total_steps} cannot run every phase)"
+             if total > mb.total_steps else "")
+    count = f"{len(phases)} phase" + ("s" if len(phases) > 1 else "")
+    return (f"multiblock: {total} step{'s' if total > 1 else ''}{floor} over {count} in the "
+            "proportions of their multiblock.*_steps: "
+            + ", ".join(f"{p.name} {p.steps}" for p in phases))
 
 
 class StartFrom(Hook):
@@ -148,6 +184,13 @@ def check(mb: MultiblockSettings, exp) -> None:
          f"model is {exp.model_name!r}"),
         (mb.blocks >= 1, f"multiblock.blocks={mb.blocks} must be >= 1"),
         (mb.block_steps > 0, f"multiblock.block_steps={mb.block_steps} must be positive"),
+        (mb.total_steps >= 0, f"multiblock.total_steps={mb.total_steps} must be >= 0 (0: each "
+         "phase its own multiblock.*_steps)"),
+        (not exp.eval.whole_valid or (exp.input.source in ("folder", "paired_folders")
+                                      and exp.input.valid_dir),
+         "eval.whole_valid scores the image folder data.valid_dir (with data.valid_lr_dir for "
+         f"pairs); data.source is {exp.input.source!r}: set one or "
+         "--config.eval.whole_valid=False"),
         (not mb.inherit or mb.blocks > 1, "multiblock.inherit needs at least 2 blocks"),
         (mb.block_optimizer in ("", *optim.OPTIMIZERS),
          f"multiblock.block_optimizer={mb.block_optimizer!r} is unknown; choose one of "
@@ -158,13 +201,31 @@ def check(mb: MultiblockSettings, exp) -> None:
             raise ConfigError(message)
 
 
-def _summary_row(phase: Phase, result: dict) -> dict:
+def _summary_row(phase: Phase, result: dict, whole: bool = False) -> dict:
     trained = "all" if phase.name.startswith("joint") else f"block_{phase.blocks}" + (
         "+" if phase.clamp_last else "")
     row = {"phase": phase.name, "blocks": phase.blocks, "trained": trained, "steps": phase.steps,
            "lr": phase.lr}
-    row.update({k: result.get(k, float("nan")) for k in SUMMARY_FIELDS if k not in row})
+    fields = SUMMARY_FIELDS + (WHOLE_FIELDS if whole else ())
+    row.update({k: result.get(k, float("nan")) for k in fields if k not in row})
     return row
+
+
+def score_whole_images(phase_workdir: Path, phase_exp) -> dict:
+    """The phase's best checkpoint on every whole validation image (``evaluate.run``'s folder
+    scoring, outputs in ``<phase>/eval/``): mean PSNR / SSIM of the outputs and of the inputs.
+    The images keep their own sizes (``eval.tile`` tiles large ones), where training validates
+    on fixed crops of one size."""
+    from msjax import evaluate  # the method's other users never load the evaluator
+
+    spec = phase_exp.input
+    _, summary, _ = evaluate.run(str(phase_workdir), which="best",
+                                 input_dir=spec.valid_lr_dir, target_dir=spec.valid_dir,
+                                 overwrite=True)
+    nan = float("nan")  # no image scored (every one skipped as unreadable): said, not fatal
+    return {"whole_psnr": summary.get("psnr", nan), "whole_ssim": summary.get("ssim", nan),
+            "whole_input_psnr": summary.get("input_psnr", nan),
+            "whole_images": summary["images"]}
 
 
 @METHODS.register("multiblock", settings=MultiblockSettings, check=check, phases=plan_phases)
@@ -173,18 +234,35 @@ def run(exp, workdir) -> dict:
     with ``phases`` (the summary rows, also in ``<workdir>/phases.csv``)."""
     workdir = rundir.open_for(workdir)
     build.resume(workdir, exp)  # a workdir holds one multiblock run, never two mixed
+    settings = exp.method_settings
+    if settings.total_steps > 0 and jax.process_index() == 0:
+        print(budget_line(settings, [phase for phase, _ in exp.phases]), flush=True)
     rows, result = [], {}
     for phase, phase_exp in exp.phases:
         marker = workdir / phase.name / "phase.json"
-        if marker.exists():
+        finished = marker.exists()
+        if finished:
+            # A finished phase counts only for the same run: another config (another step
+            # budget, say) is refused here rather than built on phases it did not train.
+            build.resume(workdir / phase.name, phase_exp)
             result = json.loads(marker.read_text())
         else:
             start = [StartFrom(workdir, phase)] if phase.init_from else []
             result = train.train_and_evaluate(phase_exp, workdir / phase.name, hooks=start)
             result = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
-            if jax.process_index() == 0:
+        if jax.process_index() == 0:
+            # Before the marker, so an interrupted phase scores again; a phase finished before
+            # eval.whole_valid was set is scored when a run resumes with it.
+            scored = exp.eval.whole_valid and "whole_psnr" not in result
+            if scored:
+                result.update(score_whole_images(workdir / phase.name, phase_exp))
+                print(f"{phase.name}: whole validation images: PSNR "
+                      f"{result['whole_psnr']:.2f} dB, SSIM {result['whole_ssim']:.4f} "
+                      f"(input {result['whole_input_psnr']:.2f} dB; "
+                      f"{result['whole_images']} images)", flush=True)
+            if scored or not finished:
                 marker.write_text(json.dumps(result, indent=1))
-        rows.append(_summary_row(phase, result))
+        rows.append(_summary_row(phase, result, exp.eval.whole_valid))
         if jax.process_index() == 0:
             logs.write_csv(workdir / "phases.csv", rows)
     return {**result, "phases": rows}
