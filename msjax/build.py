@@ -347,6 +347,7 @@ class Validation:
     batch: dict
     count: int
     input_scores: dict
+    line: str = ""           # what it is, for the start of a run
 
 
 # fold_in constant of the validation corruption's key (apart from the steps' and the sampler's).
@@ -386,7 +387,9 @@ def make_validation(exp: Experiment, *, source=None) -> Validation:
     # On the host: op by op on the device, each op would be a program to load or compile.
     batch = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)]),
                          jax.tree.map(np.asarray, batch))
-    return Validation(parallel.put_global_batch(batch, exp.mesh), n, scores)
+    line = (f"validation: {n} crop{'s' if n != 1 else ''} of {target.shape[1]} px from "
+            f"{data.validation_origin(spec)}")
+    return Validation(parallel.put_global_batch(batch, exp.mesh), n, scores, line)
 
 
 def device_batches(exp: Experiment, stage: int, dataset, seed_key, step) -> tuple:

@@ -61,6 +61,8 @@ def get_config():
         train_split="train",       # tfds and official: split names joined by '+'
         valid_split="test",
         train_dir="",              # folder / paired_folders: training images (HR for paired)
+        # folder / paired_folders: validation images; builtin / tfds / official: a folder to
+        # validate on instead of the dataset's split (a benchmark set such as Set5)
         valid_dir="",
         train_lr_dir="",           # paired_folders: LR images named like their HR partners
         valid_lr_dir="",

@@ -69,6 +69,7 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
                                  stop=exp.total_steps, path=start.meta.get("input", ""))
         cleanup.callback(inp.close)
         start.progress.write(inp.line)
+        start.progress.write(valid.line)
         runlog = logs.RunLog(workdir, resume_step=step if start.restored else None,
                              image_count=exp.log.image_count, image_size=exp.log.image_size,
                              **exp.eval.metric_kw)

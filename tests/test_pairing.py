@@ -1,6 +1,7 @@
 """LR / HR pairing by file name, as RealSR, DIV2K and the benchmark sets name their files: whole
 stems once the resolution token is off, never a prefix (img1 must not take img10_LR2), in
-separate folders and in one shared folder; training and eval.py pair alike."""
+separate folders and in one shared folder; training and eval.py pair alike. And a benchmark
+folder validated on in place of a dataset's own split."""
 
 from pathlib import Path
 
@@ -130,3 +131,20 @@ def test_multiblock_trains_on_a_shared_realsr_folder_and_eval_pairs_every_image(
     with pytest.raises(DataError, match="1 of 12 inputs .* img13_LR2.png"):
         evaluate.run(str(final), which="latest", input_dir=str(apart_lr),
                      target_dir=str(apart_hr), output_dir=str(tmp_path / "eval" / "x"))
+
+
+def test_a_benchmark_folder_replaces_the_datasets_validation_split(tmp_path):
+    """data.valid_dir beside a source with splits of its own (builtin here, DIV2K through TFDS
+    for ECO): the run validates on the folder's images, as SR papers validate on Set5, and its
+    first lines say so."""
+    from tests.helpers import write_images
+
+    folder = write_images(tmp_path / "Set5", 3, size=(16, 16))  # one 16 px crop each
+    c = tiny_config(**{"train.steps": 2, "log.eval_every": 2, "data.valid_dir": str(folder)})
+    train.train_and_evaluate(c, tmp_path / "run")
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"validation: 3 crops of 16 px from {folder}" in log
+    plain = tiny_config(**{"train.steps": 2, "log.eval_every": 2})
+    train.train_and_evaluate(plain, tmp_path / "plain")
+    assert "validation: 4 crops of 16 px from builtin images" in \
+        (tmp_path / "plain" / "train.log").read_text()

@@ -18,6 +18,7 @@ steps from a frozen teacher, official recipe.
     python train.py --config configs/eco_edsr.py:full_x3   # teacher runs/edsr_div2k_full_x3
     python train.py --config configs/eco_edsr.py:full_x4   # teacher runs/edsr_div2k_full_x4
     # --config.eco.schedule=linear | --config.eco.mix=sample | --config.eco.precompute=True
+    # validate on Set5 as ECO does: --config.data.valid_dir=/data/benchmark/Set5/HR
     # x3 / x4 from scratch: --config.train.init_from=
     # RCAN students and teachers: configs/eco_rcan.py
 

@@ -20,8 +20,26 @@ SOURCES = Registry("data source", field="data.source")
 
 def open_source(spec, split: str, *, scale: int = 1):
     """The images of ``split`` ('train' or 'valid') of ``spec`` (``settings.InputSpec``) as a
-    random-access source."""
+    random-access source. ``data.valid_dir`` given with a source of its own splits (builtin,
+    tfds, official) validates on that folder instead: a benchmark set such as Set5, as the SR
+    papers validate, beside training on DIV2K."""
+    if split == "valid" and spec.valid_dir and spec.source in FOLDER_VALIDATED:
+        return scan_folder(spec.valid_dir, min_side=spec.min_side(split),
+                           bad_images=spec.bad_images)
     return SOURCES.get(spec.source)(spec, split, scale=scale)
+
+
+# Sources whose validation split ``data.valid_dir`` may replace by a folder of images.
+FOLDER_VALIDATED = ("builtin", "tfds", "official")
+
+
+def validation_origin(spec) -> str:
+    """Where the validation images come from, in words, for the start of a run."""
+    if spec.valid_dir:
+        return spec.valid_dir
+    if spec.source in ("tfds", "official"):
+        return f"{spec.source} {spec.name}, split {spec.valid_split}"
+    return f"{spec.source} images"
 
 
 @SOURCES.register("builtin")
@@ -64,4 +82,4 @@ def _official(spec, split: str, *, scale: int = 1):
 __all__ = ["AlignedSource", "DataError", "DecodedImages", "FolderSource", "HostBatches",
            "PairedSource", "SOURCES", "TrainingInput", "device", "host", "official",
            "open_source", "prepare", "sampler", "scan_folder", "scan_pairs", "term_batch",
-           "to_float", "torch_files", "validation_crops"]
+           "to_float", "torch_files", "validation_crops", "validation_origin"]
