@@ -160,7 +160,7 @@ def get_config():
         crop_border=0,             # pixels cut from each edge before PSNR/SSIM (SR: the scale)
         y_channel=False,           # PSNR/SSIM on BT.601 Y (MATLAB convention) instead of RGB
         tile=0,                    # >0: tiled inference with this tile side for large images
-        tile_overlap=16,
+        tile_overlap=16,           # tile margin for image-wide models (others: measured)
         self_ensemble=False,       # x8 flips/rotations at evaluation
         # method=multiblock: after each phase, its best checkpoint scored on the whole validation
         # images (data.valid_lr_dir -> data.valid_dir, as eval.py scores folders) beside the

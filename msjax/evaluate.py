@@ -2,16 +2,18 @@
 target into its own folder (``output_folder``), never overwriting an earlier evaluation unasked.
 
 PSNR / SSIM follow the SR literature's conventions (``msjax.metrics``): RGB or Y (BT.601), border
-crop, float64. Large images run through fixed-shape tiles, so one compiled program serves all.
+crop, float64. Large images run through fixed-shape tiles (``restore_image``), exact for models
+without image-wide operations.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 import shutil
+import sys
+import weakref
 from pathlib import Path
 
 import jax
@@ -33,7 +35,21 @@ def _ensemble_views(x):
                                                             axes=(1, 2)))
 
 
-def make_restorer(state, task, *, self_ensemble: bool = False, backend=None):
+class Restorer:
+    """A jitted NHWC corrupted batch (+ t) -> restored batch in [0, 1]; ``unclipped`` is the same
+    single-view prediction before clipping, which ``receptive_margin`` probes."""
+
+    def __init__(self, program, unclipped):
+        self._program, self._unclipped = program, unclipped
+
+    def __call__(self, y, t):
+        return self._program(y, t)
+
+    def unclipped(self, y, t):
+        return self._unclipped(y, t)
+
+
+def make_restorer(state, task, *, self_ensemble: bool = False, backend=None) -> Restorer:
     """A jitted function NHWC corrupted batch (+ t) -> restored batch in [0, 1], compiled by the
     run's ``backend`` (training's kernels) where given."""
 
@@ -43,42 +59,165 @@ def make_restorer(state, task, *, self_ensemble: bool = False, backend=None):
         outs = [undo(steps.predict(state, v, t, task=task)) for v, undo in _ensemble_views(y)]
         return jnp.clip(sum(outs) / len(outs), 0, 1)
 
+    def unclipped(state, y, t):
+        return steps.predict(state, y, t, task=task)
+
     # The state is an argument: closed-over arrays would be compiled in as constants.
-    program = backend.jit(restore) if backend is not None else jax.jit(restore)
-    return lambda y, t: program(state, y, t)
+    jit = backend.jit if backend is not None else jax.jit
+    program, probe = jit(restore), jit(unclipped)
+    return Restorer(lambda y, t: program(state, y, t), lambda y, t: probe(state, y, t))
 
 
-def restore_image(restore, image: np.ndarray, *, scale: int = 1, tile: int = 0,
-                  overlap: int = 16, multiple: int = 8, t: float | None = None) -> np.ndarray:
-    """Restores one HxWx3 float image. With ``tile`` > 0 the image is cut into overlapping
-    tile x tile pieces (padded by mirroring), restored in fixed-shape batches and blended."""
+# ---- tiled restoration ---------------------------------------------------------------------------
+#
+# A model whose output pixel depends only on a bounded neighbourhood of the input (convolutions
+# without image-wide statistics: residual_cnn, EDSR, MSRN, ...) restores an image tile by tile
+# exactly as it restores it whole: the image is padded once as whole-image restoration pads it,
+# tiles are cut from the padded image at origins that are multiples of ``multiple``, each tile
+# overlaps its neighbours by the model's receptive-field margin, and every output pixel is taken
+# from the one tile whose interior (the tile less its margin, except where the margin is the
+# image's own edge) holds it. No averaging. The margin is measured once per restorer.
+
+# The probe images' sides, tried in turn until a perturbation's effect stays inside one.
+PROBE_SIDES = (64, 128, 256)
+# An output change below this (on a [0, 1] scale) does not count as a dependence.
+PROBE_TOLERANCE = 1e-6
+_MARGINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def receptive_margin(restore, *, channels: int = 3, scale: int = 1, multiple: int = 8,
+                     t: float | None = None) -> int | None:
+    """How far (in input pixels) a change of the input reaches into the output, measured: a
+    random probe image and the same image with a frame around a central square darkened (the
+    frame an eighth of the side, the square's corners on multiples of ``multiple``) are
+    restored, and the deepest output pixel inside the square that moves by more than
+    ``PROBE_TOLERANCE`` gives the reach. None when the change reaches the square's middle at
+    every side in ``PROBE_SIDES``: the model has image-wide operations (layer / group norm,
+    attention, channel attention: the darker frame shifts their statistics everywhere) or a
+    receptive field beyond the probe. Cached per restorer (and channels, scale, multiple)."""
+    cache = _MARGINS.setdefault(restore, {})
+    key = (channels, scale, multiple, t is None)
+    if key in cache:
+        return cache[key]
+    probe = getattr(restore, "unclipped", restore)
+    rng = np.random.default_rng(0)
+    step = max(1, multiple)
+    margin = None
+    for side in PROBE_SIDES:
+        side = -(-side // step) * step
+        frame = -(-side // 8 // step) * step
+        base = rng.uniform(0.25, 0.75, (side, side, channels)).astype(np.float32)
+        changed = base * np.float32(0.3)
+        changed[frame:side - frame, frame:side - frame] = base[frame:side - frame,
+                                                               frame:side - frame]
+        tt = None if t is None else jnp.full((2,), t, jnp.float32)
+        out = np.asarray(probe(jnp.asarray(np.stack([base, changed])), tt), np.float64)
+        moved = np.abs(out[0] - out[1]).max(axis=-1) > PROBE_TOLERANCE
+        r = np.arange(side * scale) // scale - frame + 1  # depth from the square's near edges
+        depth_1d = np.minimum(r, side - 2 * frame + 1 - r)
+        depth = np.minimum(depth_1d[:, None], depth_1d[None, :])
+        inside = moved & (depth > 0)
+        reach = int(depth[inside].max()) if inside.any() else 0
+        if reach < (side - 2 * frame) // 2:
+            margin = reach
+            break
+    cache[key] = margin
+    return margin
+
+
+def _windows(n: int, window: int, margin: int) -> list[tuple[int, int, int]]:
+    """(window start, core start, core end) along one padded axis of length ``n``: windows of
+    ``window`` whose cores tile [0, n), each core at least ``margin`` inside its window except at
+    the axis's ends."""
+    if window >= n:
+        return [(0, 0, n)]
+    core = window - 2 * margin
+    out = []
+    for a in range(0, n, core):
+        s = min(max(a - margin, 0), n - window)
+        out.append((s, a, min(a + core, n)))
+    return out
+
+
+def _pad(image, multiple):
     h, w = image.shape[:2]
-    tt = None if t is None else jnp.full((1,), t, jnp.float32)
-    if not tile:
-        ph, pw = (-h) % multiple, (-w) % multiple
-        padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
-        out = np.asarray(restore(jnp.asarray(padded[None]), tt))[0]
-        return out[:h * scale, :w * scale]
-    if overlap >= tile:
-        raise ValueError(f"tile overlap {overlap} must be smaller than the tile {tile}")
-    stride = tile - overlap
-    ny, nx = (max(1, math.ceil((n - overlap) / stride)) for n in (h, w))
-    hp, wp = (ny - 1) * stride + tile, (nx - 1) * stride + tile
-    padded = np.pad(image, ((0, hp - h), (0, wp - w), (0, 0)), mode="symmetric")
-    out = np.zeros((hp * scale, wp * scale, image.shape[2]), np.float64)
-    weight = np.zeros((hp * scale, wp * scale, 1), np.float64)
-    corners = [(i * stride, j * stride) for i in range(ny) for j in range(nx)]
-    chunk = 8  # a fixed batch of tiles: one compile for every image
-    for c in range(0, len(corners), chunk):
-        part = corners[c:c + chunk]
-        tiles = np.stack([padded[a:a + tile, b:b + tile] for a, b in part])
+    return np.pad(image, ((0, (-h) % multiple), (0, (-w) % multiple), (0, 0)), mode="symmetric")
+
+
+def _tiled(restore, padded, *, scale, tile, margin, multiple, t, chunk):
+    hp, wp, ch = padded.shape
+    win = tile // multiple * multiple
+    th, tw = min(win, hp), min(win, wp)
+    for n, window in ((hp, th), (wp, tw)):
+        if window < n and window - 2 * margin < multiple:
+            raise ValueError(
+                f"tile {tile} is too small for this model: its receptive-field margin is "
+                f"{margin} px (rounded up to a multiple of {multiple}), so a tile must be at least "
+                f"{2 * margin + multiple} px")
+    spans = [(ys, xs) for ys in _windows(hp, th, margin) for xs in _windows(wp, tw, margin)]
+    out = np.zeros((hp * scale, wp * scale, ch), np.float32)
+    for c in range(0, len(spans), chunk):
+        part = spans[c:c + chunk]
+        tiles = np.stack([padded[ys[0]:ys[0] + th, xs[0]:xs[0] + tw] for ys, xs in part])
         tiles = np.concatenate([tiles, np.repeat(tiles[-1:], chunk - len(part), 0)])
         tc = None if t is None else jnp.full((chunk,), t, jnp.float32)
         restored = np.asarray(restore(jnp.asarray(tiles), tc))
-        for (a, b), r in zip(part, restored):
-            out[a * scale:(a + tile) * scale, b * scale:(b + tile) * scale] += r
-            weight[a * scale:(a + tile) * scale, b * scale:(b + tile) * scale] += 1
-    return (out / weight)[:h * scale, :w * scale].astype(np.float32)
+        for ((s, a, e), (u, b, f)), r in zip(part, restored):
+            out[a * scale:e * scale, b * scale:f * scale] = \
+                r[(a - s) * scale:(e - s) * scale, (b - u) * scale:(f - u) * scale]
+    return out
+
+
+def restore_image(restore, image: np.ndarray, *, scale: int = 1, tile: int = 0,
+                  overlap: int = 16, multiple: int = 8, t: float | None = None,
+                  chunk: int = 8, report=None) -> np.ndarray:
+    """Restores one HxWxC float image (LR for SR; the result is ``scale`` times larger).
+
+    The image is padded by mirroring to a multiple of ``multiple`` and restored whole, or with
+    ``tile`` > 0 in tile x tile pieces (``chunk`` tiles per call, one shape, so bounded memory):
+
+    - a model whose output pixel depends on a bounded neighbourhood (``receptive_margin``
+      measures it once) gives exactly its whole-image result: tiles overlap by that margin and
+      each output pixel comes from the tile whose interior holds it; a tile smaller than twice
+      the margin plus ``multiple`` is refused with a ValueError naming the least tile;
+    - a model with image-wide operations (per-sample layer norm in resnet / srnet, GroupNorm and
+      attention in unet, channel attention in rcan / multiblock) is tiled all the same, with
+      ``overlap`` as its margin, but its result is not the whole-image one: tiles change its
+      image-wide statistics. ``report`` (default: print to stderr) gets one warning line with the
+      largest difference from whole-image restoration measured on a crop of this image
+      (1.5 tiles a side).
+    """
+    h, w = image.shape[:2]
+    padded = _pad(image, multiple)
+    hp, wp = padded.shape[:2]
+    if not tile or (hp <= tile and wp <= tile):
+        tt = None if t is None else jnp.full((1,), t, jnp.float32)
+        out = np.asarray(restore(jnp.asarray(padded[None]), tt))[0]
+        return out[:h * scale, :w * scale]
+    if tile < multiple:
+        raise ValueError(f"tile {tile} is smaller than the size multiple {multiple}")
+    margin = receptive_margin(restore, channels=image.shape[2], scale=scale, multiple=multiple,
+                              t=t)
+    local = margin is not None
+    # Tile origins stay on multiples of ``multiple`` (strided models see the same grid).
+    margin = -(-(margin if local else max(overlap, 0)) // multiple) * multiple
+    options = {"scale": scale, "tile": tile, "margin": margin, "multiple": multiple, "t": t,
+               "chunk": chunk}
+    out = _tiled(restore, padded, **options)[:h * scale, :w * scale]
+    if not local:
+        side = tile + tile // 2
+        crop = image[:side, :side]
+        whole = restore_image(restore, crop, scale=scale, multiple=multiple, t=t)
+        tiled = _tiled(restore, _pad(crop, multiple), **options)[:whole.shape[0], :whole.shape[1]]
+        deviation = float(np.abs(tiled - whole).max())
+        line = (f"warning: this model has image-wide operations (normalization or attention "
+                f"over the whole image, or a receptive field over "
+                f"{PROBE_SIDES[-1] * 3 // 8} px), so "
+                f"tiles change its image-wide statistics: on a {crop.shape[0]}x{crop.shape[1]} "
+                f"crop of this image, tiles of {tile} differ from whole-image restoration by up "
+                f"to {deviation:.3g} (on [0, 1])")
+        (report or (lambda s: print(s, file=sys.stderr)))(line)
+    return out
 
 
 # ---- where an evaluation's results go ----------------------------------------------------------
