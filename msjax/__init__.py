@@ -2,7 +2,7 @@
 
     import msjax
     run = msjax.load_run("runs/quickstart")      # best checkpoint, ready to restore images
-    restored = run.restore(corrupted)            # NHWC float32 in [0, 1], jit-compiled
+    restored = run.restore(corrupted)            # HWC or NHWC in, float32 in [0, 1] out
 
 Submodules import JAX; ``import msjax`` alone does not, so tools that only read run logs stay fast.
 """
