@@ -51,6 +51,12 @@ class Signals:
             signal.signal(sig, handler)
 
 
+def progress_plan(stages, reference_batch: int) -> tuple[list[int], list[float]]:
+    """What the progress line's ETA needs: each stage's end step and work units per step."""
+    return ([s.end_step for s in stages],
+            [multiscale.work_units(s.plan, reference_batch) for s in stages])
+
+
 @dataclasses.dataclass
 class Ledger:
     """Costs so far: ``seconds`` is training wall time without compiling (which a longer run
@@ -360,6 +366,7 @@ class Loop:
         self.state = self.state.replace(tx=self.exp.make_optimizer())
         self.inp.replan(self.exp.stages)
         self.progress.total = self.exp.total_steps
+        self.progress.plan(*progress_plan(self.exp.stages, self.exp.batch_size))
         self.boundary = True
 
     def rewind(self, restored) -> None:

@@ -166,7 +166,8 @@ def stage_costs(run: Run) -> list[dict]:
 def stage_table(runs: list[Run]) -> str:
     """What each stage's step costs: seconds per step and per work unit, and the speed of a work
     unit relative to the first run's (1.0: a coarse stage's pixels are as cheap as the fine ones;
-    below 1: fixed per-step costs, which do not shrink with the image, dominate)."""
+    below 1: fixed per-step costs, which do not shrink with the image, dominate). Stages are
+    numbered from 1, as the progress line says them (the CSVs keep 0-based indices)."""
     ref = None
     lines = ["| run | stage | steps | wall s | work units | ms / step | ms / work unit | "
              "work-unit speed |", "|---|---|---|---|---|---|---|---|"]
@@ -174,7 +175,7 @@ def stage_table(runs: list[Run]) -> str:
         for r in stage_costs(run):
             per_wu = r["seconds"] / r["work_units"] if r["work_units"] else math.nan
             ref = per_wu if ref is None else ref
-            lines.append(f"| {run.label} | {r['stage']} | {r['steps']} | {r['seconds']:.1f} | "
+            lines.append(f"| {run.label} | {r['stage'] + 1} | {r['steps']} | {r['seconds']:.1f} | "
                          f"{r['work_units']:.1f} | {1e3 * r['seconds'] / max(r['steps'], 1):.1f} | "
                          f"{1e3 * per_wu:.1f} | {_ratio(ref, per_wu)} |")
     return "\n".join(lines)

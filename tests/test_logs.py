@@ -44,7 +44,7 @@ def test_off_a_terminal_each_update_is_one_plain_line(tmp_path, clock):
     progress.close()
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue() and len(lines) == 3
-    assert lines[1].startswith("step 20/40 (50%)  stage 1/1, 3 terms  loss 0.0123  best -")
+    assert lines[1].startswith("step 20/40 (50%)  stage 1/1, 3 terms  mge loss 0.0123  best -")
     assert lines[1].endswith("5.00 step/s  ETA 0:04")
 
 
@@ -72,6 +72,44 @@ def test_eta_leaves_the_compile_time_out(tmp_path, clock):
     assert lines[0] == "compiling stage 2/3, 2 terms"
     assert lines[1] == "compiled stage 2/3 in 10.0 s; convolutions onednn"
     assert lines[2].endswith("10.00 step/s  ETA 0:09")
+
+
+def test_eta_sums_each_remaining_stage_at_its_own_cost(tmp_path, clock):
+    """Three stages of 100 steps, each step 4x dearer than the last (work units 1, 4, 16 per
+    step, and so in seconds); each stage compiles first. At every log line the ETA is within
+    25% of the training time truly left (compiles apart); extrapolating the current stage's
+    rate would say 0.7 s at step 100 where 2 s are left."""
+    out = io.StringIO()
+    costs, seconds_per_step = (1.0, 4.0, 16.0), (0.001, 0.004, 0.016)
+    progress = logs.Progress(300, 0, tmp_path, stages=3, stream=out,
+                             plan=((100, 200, 300), costs))
+    errors = []
+    for stage in range(3):
+        progress.compiling(stage, terms=stage + 1)
+        clock.now += 5.0
+        progress.compiled(stage, 5.0)
+        for step in range(100 * stage + 10, 100 * stage + 101, 10):
+            clock.now += 10 * seconds_per_step[stage]
+            progress.update(step, stage=stage, terms=stage + 1, loss=0.1)
+            true_left = sum(100 * t for t in seconds_per_step) - sum(
+                min(max(step - 100 * j, 0), 100) * t for j, t in enumerate(seconds_per_step))
+            eta = progress.eta_seconds(step)
+            errors.append(abs(eta - true_left) / max(true_left, 1e-9) if true_left else eta)
+    assert max(errors) <= 0.25, errors
+    assert progress.eta_seconds(100) == pytest.approx(2.0)  # 100 x 4 ms + 100 x 16 ms
+
+
+def test_eta_of_a_stage_follows_its_measured_step_time_over_its_cost(tmp_path, clock):
+    """A stage that runs slower per unit of cost than the first is measured, and its own rate
+    (not the cost ratio) then counts for its remaining steps."""
+    progress = logs.Progress(200, 0, tmp_path, stages=2, stream=io.StringIO(),
+                             plan=((100, 200), (1.0, 2.0)))
+    clock.now += 1.0
+    progress.update(100, stage=0, loss=0.1)
+    assert progress.eta_seconds(100) == pytest.approx(2.0)  # 100 steps x 2 x 10 ms
+    clock.now += 3.0
+    progress.update(150, stage=1, loss=0.1)                 # 60 ms a step, not 20
+    assert progress.eta_seconds(150) == pytest.approx(3.0)
 
 
 def test_train_log_holds_every_line_and_is_appended_on_resume(tmp_path, clock):

@@ -143,6 +143,8 @@ def test_stage_costs_split_the_cumulative_ledger(tmp_path):
     # Stage 0: 0.2 s per work unit against stage 1's 0.4: its work units run at 1.0 (the
     # reference is the first row) and stage 1's at 0.5.
     assert "| 200.0 | 1.00 |" in lines[2] and "| 400.0 | 0.50 |" in lines[3]
+    # Stages as a person reads them, from 1 (train.csv's column keeps 0 and 1).
+    assert [line.split(" | ")[1] for line in lines[2:]] == ["1", "2"]
 
 
 def test_a_single_lucky_evaluation_does_not_reach_a_smoothed_target(tmp_path):
