@@ -231,7 +231,9 @@ benchmark sets (Set5/Set14/B100/Urban100/Manga109 layout: one HR folder per set,
 
 Each target gets its own folder, RUN/eval/<checkpoint>-<step>/<target> (valid, folder-<dir>,
 targets-<dir>, bench-<dir>): per_image.csv, summary.json, the outputs, input/ and compare/ (side
-by side). Evaluating the same target again writes <target>-2, ... unless --overwrite.
+by side); the name also says what differs from the run's default evaluation (valid-tile128,
+valid-ensemble, valid-crop4-y). Repeating an evaluation exactly writes <target>-2, ... unless
+--overwrite.
 """
 
 
