@@ -94,12 +94,15 @@ LIBRARY_NOTICES = (
     "Requested `tracked_metric`; did not provide metrics.",
     "CheckpointManagerOptions.read_only=True, setting",
     "Given directory is read only",
-    # TFDS, looking for a dataset that is not prepared yet (msjax then prepares it or says how).
-    "Variant folder %s has no dataset_info.json",
+    # TFDS, looking for a dataset that is not prepared yet (msjax then prepares it or says how):
+    # its format string, whose arguments are the folder and "dataset_info.json".
+    "Variant folder %s has no %s",
 )
 
 
 class _DropNotices(logging.Filter):
+    """Matches a record's format string (``record.msg``, before its arguments are put in)."""
+
     def filter(self, record):
         return not (isinstance(record.msg, str) and record.msg.startswith(LIBRARY_NOTICES))
 

@@ -168,9 +168,33 @@ def test_orbax_notices_are_dropped_and_other_warnings_kept(tmp_path, caplog):
     reader.close()
     from absl import logging as absl_logging
 
+    # TFDS's notice, as tensorflow_datasets' file_utils logs it, before msjax's own error.
+    absl_logging.warning("Variant folder %s has no %s", "/tmp/none/stl10/1.0.0",
+                         "dataset_info.json")
     absl_logging.warning("a warning someone should read")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["a warning someone should read"]
+
+
+def test_an_unprepared_tfds_dataset_gives_one_error_line_and_no_library_notice(tmp_path):
+    """The offline path: no TFDS notice about dataset_info.json, only msjax's error."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        pytest.skip("needs tensorflow_datasets")
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("with TensorFlow installed the run would try to download STL-10")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/deblur_stl10.py",
+         f"--config.data.data_dir={tmp_path / 'none'}", "--workdir", str(tmp_path / "run")],
+        cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "dataset_info.json" not in proc.stderr + proc.stdout
+    assert proc.stderr.startswith("error: TFDS dataset 'stl10' is not prepared"), proc.stderr
 
 
 def _crops(n, side, seed=0):
