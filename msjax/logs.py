@@ -289,7 +289,8 @@ class Progress:
         steps, seconds = step - self._mark_step, now - self._mark_time - self._compile_in_interval
         if steps > 0 and seconds > 0:
             rate = steps / seconds
-            if isinstance(stage, int):
+            if isinstance(stage, (int, np.integer)) and not isinstance(stage, bool):
+                stage = int(stage)
                 n, spent = self._measured.get(stage, (0, 0.0))
                 self._measured[stage] = (n + steps, spent + seconds)
                 before = self._per_step.get(stage)
