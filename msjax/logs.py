@@ -157,7 +157,7 @@ class Progress:
     look slower. The ETA (``eta_seconds``), given the stages' plan (``plan``: each stage's end
     step and cost per step, e.g. work units or FLOPs), sums each remaining stage's steps at that
     stage's measured step time; a stage not run yet takes its cost per step times the seconds per
-    unit of cost measured so far. Compiles are left out. Without a plan it extrapolates the rate.
+    unit of cost measured on the dearest stage run so far. Compiles are left out. Without a plan it extrapolates the rate.
     ``stage`` is the 0-based index the CSVs hold; lines show it as ``stage k/J``. ``loss`` is
     the step's MGE estimate (the telescoped sum over the stage's terms, which can be negative),
     shown as ``mge loss``.
@@ -256,10 +256,14 @@ class Progress:
         """Seconds of training left after ``step`` (compiles apart); NaN before any rate."""
         if not self.ends or len(self.costs) != len(self.ends):
             return (self.total - step) / self.rate if self.rate else math.nan
-        spent = sum(seconds for _, seconds in self._measured.values())
-        units = sum(n * self.costs[j] for j, (n, _) in self._measured.items()
-                    if j < len(self.costs))
-        per_unit = spent / units if units > 0 else None
+        # Seconds per unit of cost from the dearest stage measured so far: a step's fixed costs
+        # (which do not shrink with the grid) weigh least there, as in the dearer stages ahead.
+        measured = [j for j in self._measured if j < len(self.costs) and self.costs[j] > 0]
+        dearest = max(measured, key=lambda j: self.costs[j], default=None)
+        per_unit = None
+        if dearest is not None:
+            n, spent = self._measured[dearest]
+            per_unit = spent / (n * self.costs[dearest])
         left, begin = 0.0, 0
         for j, (end, cost) in enumerate(zip(self.ends, self.costs)):
             steps = end - max(step, begin)

@@ -99,6 +99,18 @@ def test_eta_sums_each_remaining_stage_at_its_own_cost(tmp_path, clock):
     assert progress.eta_seconds(100) == pytest.approx(2.0)  # 100 x 4 ms + 100 x 16 ms
 
 
+def test_eta_of_an_unrun_stage_scales_the_dearest_stage_measured(tmp_path, clock):
+    """Steps with a fixed cost (10 ms) beside the part that scales (10 ms per unit of cost):
+    the cheap first stage is the worst guide to the dearest one, so once stage 2 has run the
+    estimate for stage 3 comes from it (within 25%; the mean over both stages: 32% off)."""
+    progress = logs.Progress(300, 0, tmp_path, stages=3, stream=io.StringIO(),
+                             plan=((100, 200, 300), (1.0, 4.0, 16.0)))
+    for stage, step_time in enumerate((0.02, 0.05)):
+        clock.now += 100 * step_time
+        progress.update(100 * (stage + 1), stage=stage, loss=0.1)
+    assert progress.eta_seconds(200) == pytest.approx(17.0, rel=0.25)  # 100 x 170 ms
+
+
 def test_eta_of_a_stage_follows_its_measured_step_time_over_its_cost(tmp_path, clock):
     """A stage that runs slower per unit of cost than the first is measured, and its own rate
     (not the cost ratio) then counts for its remaining steps."""
