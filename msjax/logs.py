@@ -239,6 +239,11 @@ class Progress:
         self.write(f"compiled {self.stage_label(stage)} in {seconds:.1f} s"
                    + (f"; {detail}" if detail else ""))
 
+    def set_up(self, seconds: float):
+        """``seconds`` of set-up other than a reported compile (e.g. timing a stage's steps per
+        call), left out of the rate as compiles are."""
+        self._compile_in_interval += max(0.0, seconds)
+
     def line(self, step: int, *, stage=0, terms=None, loss=None, best_psnr=None) -> str:
         pct = 100.0 * step / self.total if self.total else 100.0
         parts = [f"step {step}/{self.total} ({pct:.0f}%)", self.stage_label(stage, terms)]

@@ -133,9 +133,12 @@ class StepPrograms:
                 k, seconds = self.exp.backend.steps_per_call(
                     one, lambda k: self(stage, k, state, batches),
                     (state, batches, self.seed_key), divides=self.exp.log.every)
-                # The timing is set-up, like a compile (which the ledger has counted already).
-                ledger.compile_seconds += (time.perf_counter() - started
-                                           - (ledger.compile_seconds - compiled_before))
+                # The timing is set-up, like a compile (which the ledger has counted already),
+                # and the progress line's rate leaves it out too.
+                timing = (time.perf_counter() - started
+                          - (ledger.compile_seconds - compiled_before))
+                ledger.compile_seconds += timing
+                self.progress.set_up(timing)
                 self.progress.write(f"{self.progress.stage_label(stage)}: {k} step"
                                     f"{'s' if k > 1 else ''} per call (a step takes "
                                     f"{seconds * 1e3:.1f} ms)")

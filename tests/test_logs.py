@@ -68,10 +68,15 @@ def test_eta_leaves_the_compile_time_out(tmp_path, clock):
     clock.now += 1.0             # then 10 training steps take 1 s
     progress.update(10, stage=1, terms=2, loss=0.5)
     assert progress.rate == pytest.approx(10.0)  # not 10 / 11
+    progress.set_up(2.0)         # e.g. timing the stage's steps per call
+    clock.now += 3.0
+    progress.update(20, stage=1, terms=2, loss=0.5)
+    assert progress.rate == pytest.approx(10.0)  # not 10 / 3
     lines = out.getvalue().splitlines()
     assert lines[0] == "compiling stage 2/3, 2 terms"
     assert lines[1] == "compiled stage 2/3 in 10.0 s; convolutions onednn"
     assert lines[2].endswith("10.00 step/s  ETA 0:09")
+    assert lines[3].endswith("10.00 step/s  ETA 0:08")
 
 
 def test_eta_sums_each_remaining_stage_at_its_own_cost(tmp_path, clock):
