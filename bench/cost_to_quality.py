@@ -14,7 +14,7 @@ is its final validation PSNR minus ``--margin`` dB; the cost of a run to reach i
 point where the trailing mean of ``--smooth`` validation PSNRs does, interpolated between
 evaluations. Wall time counts training steps only (compiling is listed apart).
 
-Per budget and seed, OUT/<budget>/<seed>/report.{md,png} (msjax.report: PSNR against wall time
+Per budget and seed, OUT/<budget>/<seed>/report-<runs>.{md,png} (msjax.report: PSNR against wall time
 and FLOPs, the target marked); over seeds, OUT/summary.md: per budget and setting the median and
 range of the final PSNR against single's, and of the wall-time and FLOP gains to the target. A
 rerun with the same flags reuses finished runs, so budgets and seeds can be added later.
@@ -228,7 +228,7 @@ def main(argv=None):
     (out / "summary.md").write_text(f"# Cost to single-scale quality\n\nOverrides for every "
                                     f"setting: {common_text}\n\n{table}\n")
     print(f"\n{table}\n\nsummary: {out / 'summary.md'}; per budget and seed: "
-          f"{out}/<budget>/<seed>/report.md")
+          f"{out}/<budget>/<seed>/report-<runs>.md")
 
 
 if __name__ == "__main__":

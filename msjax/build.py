@@ -292,7 +292,8 @@ def resume(workdir: Path, exp: Experiment) -> rundir.Resume:
 # --- the run's pieces -------------------------------------------------------------------------
 
 def schedule_table(exp: Experiment) -> list[str]:
-    """stage | grid | terms | batch per term | steps | work units, one line each."""
+    """stage | grid | terms | batch per term | steps | work units, one line each (stages
+    numbered from 1, as the progress line says them)."""
     side = exp.input.patch // exp.task.scale
     rows = [f"{'stage':>5}  {'grid':>9}  {'terms':>5}  {'batch per term':<18} {'steps':>7}  "
             f"{'work units':>10}"]
@@ -303,7 +304,7 @@ def schedule_table(exp: Experiment) -> list[str]:
                       if parallel.devices_per_batch(exp.mesh, n) < exp.mesh.size else "")
             for n in s.plan.batch_sizes)
         units = s.steps * multiscale.work_units(s.plan, exp.batch_size)
-        rows.append(f"{i:>5}  {f'{grid}x{grid}':>9}  {s.plan.num_terms:>5}  {batches:<18} "
+        rows.append(f"{i + 1:>5}  {f'{grid}x{grid}':>9}  {s.plan.num_terms:>5}  {batches:<18} "
                     f"{s.steps:>7}  {units:>10.0f}")
     total = multiscale.schedule_work_units(exp.stages, exp.batch_size)
     rows.append(f"{'total':>5}  {'':>9}  {'':>5}  {'':<18} {exp.total_steps:>7}  {total:>10.0f}"

@@ -149,6 +149,16 @@ def _default_variant(path: str) -> str:
         return ""
 
 
+def _key_flags(names, argv) -> None:
+    """``names`` (defined here, in msjax.cli) as key flags of the script that runs: absl's
+    ``--help`` lists only the main module's key flags (the rest only under ``--helpfull``)."""
+    from absl import flags
+
+    for module in {sys.argv[0], argv[0]} if argv else {sys.argv[0]}:
+        for name in names:
+            flags.FLAGS.register_key_flag_for_module(module, flags.FLAGS[name])
+
+
 def train(argv=None) -> None:
     from msjax.backend.hugepages import restart_with_huge_pages
 
@@ -173,6 +183,7 @@ def train(argv=None) -> None:
         i = argv.index("--config")
         argv[i + 1] = resolve_config_file(argv[i + 1])
     sys.argv = argv  # ml_collections reads the --config.* overrides from sys.argv
+    _key_flags(["config", "workdir"], argv)
 
     def main(_):
         logging.set_verbosity(logging.WARNING)
@@ -220,7 +231,9 @@ benchmark sets (Set5/Set14/B100/Urban100/Manga109 layout: one HR folder per set,
 
 Each target gets its own folder, RUN/eval/<checkpoint>-<step>/<target> (valid, folder-<dir>,
 targets-<dir>, bench-<dir>): per_image.csv, summary.json, the outputs, input/ and compare/ (side
-by side). Evaluating the same target again writes <target>-2, ... unless --overwrite.
+by side); the name also says what differs from the run's default evaluation (valid-tile128,
+valid-ensemble, valid-crop4-y). Repeating an evaluation exactly writes <target>-2, ... unless
+--overwrite.
 """
 
 
@@ -249,12 +262,16 @@ def evaluate(argv=None) -> None:
     flags.DEFINE_string("benchmark_root", "", "SR benchmark sets: one HR folder per set, or "
                         "<set>/HR (+ <set>/LR_bicubic/X<scale>); per-image and per-set tables")
     flags.mark_flag_as_required("workdir")
+    argv = list(sys.argv if argv is None else argv)
+    _key_flags(["workdir", "checkpoint", "input_dir", "target_dir", "output_dir", "overwrite",
+                "bad_images", "tile", "self_ensemble", "t", "crop_border", "y_channel",
+                "benchmark_root"], argv)
 
     def main(_):
         logging.set_verbosity(logging.ERROR)
         _evaluate(flags.FLAGS)
 
-    app.run(main, argv=list(sys.argv if argv is None else argv), flags_parser=_parse)
+    app.run(main, argv=argv, flags_parser=_parse)
 
 
 def _fmt(row: dict) -> str:

@@ -223,10 +223,12 @@ def restore_image(restore, image: np.ndarray, *, scale: int = 1, tile: int = 0,
 # ---- where an evaluation's results go ----------------------------------------------------------
 #
 # <workdir>/eval/<checkpoint>-<step>/<target>/ : one folder per evaluated target, named from it
-# ('valid', 'folder-<dir>', 'targets-<dir>', 'bench-<dir>', '-ensemble' with self-ensemble) and
-# holding target.json (what was evaluated). A second evaluation of the same target gets the next
-# free name (<target>-2, ...) unless it asks to overwrite; two different targets whose names
-# coincide (two folders called LR) never share a folder.
+# ('valid', 'folder-<dir>', 'targets-<dir>', 'bench-<dir>', '-ensemble' with self-ensemble), then
+# for folders and benchmarks by what differs from the run's default evaluation ('-tile128',
+# '-whole', '-t0.05', '-crop4', '-y' / '-rgb': ``variant``), and holding target.json (what was evaluated). An evaluation that
+# repeats an earlier one exactly gets the next free name (<target>-2, ...) unless it asks to
+# overwrite; two different targets whose names coincide (two folders called LR) never share a
+# folder.
 
 EVAL_FILES = ("per_image.csv", "per_set.csv", "summary.json", "target.json")
 
@@ -254,6 +256,22 @@ def evaluation_target(*, input_dir: str = "", target_dir: str = "", benchmark_ro
     if self_ensemble:
         name += "-ensemble"
     return name, {**identity, "self_ensemble": bool(self_ensemble)}
+
+
+def variant(options: dict, defaults: dict) -> list[str]:
+    """What an evaluation's ``options`` change from the run's default evaluation (``defaults``:
+    the same keys), as parts of its folder name: ``tile128`` (``whole`` for untiled), ``t0.05``,
+    ``crop4``, ``y`` / ``rgb``; [] when nothing differs."""
+    parts = []
+    if options.get("tile") != defaults.get("tile"):
+        parts.append("whole" if not options["tile"] else f"tile{options['tile']}")
+    if options.get("t") is not None:
+        parts.append(f"t{options['t']:g}")
+    if options.get("crop_border") != defaults.get("crop_border"):
+        parts.append(f"crop{options['crop_border']}")
+    if bool(options.get("y_channel")) != bool(defaults.get("y_channel")):
+        parts.append("y" if options["y_channel"] else "rgb")
+    return parts
 
 
 def _identity_of(folder: Path):
@@ -574,8 +592,9 @@ def run(workdir: str, *, which: str = "best", input_dir: str = "", target_dir: s
                                        benchmark_root=benchmark_root, self_ensemble=ensemble)
     checkpoint = f"{which}-{step}"
     identity = {"checkpoint": checkpoint, **identity}
-    out_dir, replaced = output_folder(workdir, checkpoint, name, identity, output_dir=output_dir,
-                                      overwrite=overwrite)
+    defaults = {"tile": exp.eval.tile, "t": None,
+                "crop_border": task.scale if benchmark_root else exp.eval.crop_border,
+                "y_channel": True if benchmark_root else exp.eval.y_channel}
     if benchmark_root:
         crop_border = task.scale if crop_border is None else crop_border
         y_channel = True if y_channel is None else y_channel
@@ -584,6 +603,13 @@ def run(workdir: str, *, which: str = "best", input_dir: str = "", target_dir: s
                "crop_border": exp.eval.crop_border if crop_border is None else crop_border,
                "y_channel": exp.eval.y_channel if y_channel is None else y_channel,
                "bad_images": exp.input.bad_images if bad_images is None else bad_images}
+    # The validation set is scored exactly as training did, whatever the options.
+    parts = variant(options, defaults) if (input_dir or target_dir or benchmark_root) else []
+    if parts:  # a default evaluation's identity stays what it always was
+        name = "-".join([name, *parts])
+        identity = {**identity, "variant": parts}
+    out_dir, replaced = output_folder(workdir, checkpoint, name, identity, output_dir=output_dir,
+                                      overwrite=overwrite)
     (out_dir / "target.json").write_text(json.dumps({"identity": identity, "options": options},
                                                     indent=1))
     results = Results(out_dir, {"checkpoint": which, "step": step, "target": name,

@@ -6,6 +6,7 @@ What the training loop calls::
 
     quiet_library_logs()                         # once, before checkpoints are opened
     progress = Progress(total, start, workdir, enabled=is_process_0, stages=len(stages))
+    progress.plan(end_steps, cost_per_step)     # the ETA sums each stage's steps at its cost
     progress.compiling(stage); ...; progress.compiled(stage, seconds)
     progress.update(step, stage=stage, terms=plan.num_terms, loss=loss, best_psnr=best)
     progress.write("step 100 stage 0: valid PSNR ...")   # a line above the bar and in train.log
@@ -93,12 +94,15 @@ LIBRARY_NOTICES = (
     "Requested `tracked_metric`; did not provide metrics.",
     "CheckpointManagerOptions.read_only=True, setting",
     "Given directory is read only",
-    # TFDS, looking for a dataset that is not prepared yet (msjax then prepares it or says how).
-    "Variant folder %s has no dataset_info.json",
+    # TFDS, looking for a dataset that is not prepared yet (msjax then prepares it or says how):
+    # its format string, whose arguments are the folder and "dataset_info.json".
+    "Variant folder %s has no %s",
 )
 
 
 class _DropNotices(logging.Filter):
+    """Matches a record's format string (``record.msg``, before its arguments are put in)."""
+
     def filter(self, record):
         return not (isinstance(record.msg, str) and record.msg.startswith(LIBRARY_NOTICES))
 
@@ -148,15 +152,25 @@ class Progress:
     """The run's status: a tqdm bar on a terminal, else one plain line per ``update``; every line
     also goes to ``workdir/train.log``.
 
-    The rate (and so the ETA) is measured on the time between updates minus the compile time
-    reported in it, smoothed over recent updates: it follows the current stage, and a stage's
-    compile does not make the rest of the run look slower. ``stage`` is the 0-based index the
-    CSVs hold; lines show it as ``stage k/J``.
+    The rate is measured on the time between updates minus the compile time reported in it,
+    smoothed over recent updates, per stage: a stage's compile does not make the rest of the run
+    look slower. The ETA (``eta_seconds``), given the stages' plan (``plan``: each stage's end
+    step and cost per step, e.g. work units or FLOPs), sums each remaining stage's steps at that
+    stage's measured step time; a stage not run yet takes its cost per step times the seconds per
+    unit of cost measured on the dearest stage run so far. Compiles are left out. Without a plan it extrapolates the rate.
+    ``stage`` is the 0-based index the CSVs hold; lines show it as ``stage k/J``. ``loss`` is
+    the step's MGE estimate (the telescoped sum over the stage's terms, which can be negative),
+    shown as ``mge loss``.
     """
 
     def __init__(self, total: int, start: int = 0, workdir=None, enabled: bool = True, *,
-                 stages: int = 1, stream=None, smoothing: float = 0.3):
+                 stages: int = 1, stream=None, smoothing: float = 0.3, plan=None):
         self.total, self.stages, self.enabled = total, stages, enabled
+        self.ends, self.costs = (), ()
+        self._per_step = {}    # stage -> measured seconds per step (smoothed)
+        self._measured = {}    # stage -> [steps, seconds] measured in it
+        if plan is not None:
+            self.plan(*plan)
         self.stream = sys.stdout if stream is None else stream
         self.smoothing = smoothing
         self.rate = None  # training steps per second
@@ -175,6 +189,14 @@ class Progress:
                              dynamic_ncols=sized, ncols=None if sized else 120,
                              nrows=None if sized else 24,
                              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}{postfix}")
+
+    def plan(self, ends, costs) -> None:
+        """The stages' end steps (cumulative, the last one ``total``) and each one's cost per step
+        (any unit: work units, FLOPs); an adaptive decision brings new ones."""
+        self.ends, self.costs = tuple(int(e) for e in ends), tuple(float(c) for c in costs)
+        self.stages = len(self.ends)
+        if self.ends:
+            self.total = self.ends[-1]
 
     @property
     def start(self) -> int:
@@ -217,18 +239,52 @@ class Progress:
         self.write(f"compiled {self.stage_label(stage)} in {seconds:.1f} s"
                    + (f"; {detail}" if detail else ""))
 
+    def set_up(self, seconds: float):
+        """``seconds`` of set-up other than a reported compile (e.g. timing a stage's steps per
+        call), left out of the rate as compiles are."""
+        self._compile_in_interval += max(0.0, seconds)
+
     def line(self, step: int, *, stage=0, terms=None, loss=None, best_psnr=None) -> str:
         pct = 100.0 * step / self.total if self.total else 100.0
         parts = [f"step {step}/{self.total} ({pct:.0f}%)", self.stage_label(stage, terms)]
         if loss is not None:
-            parts.append(f"loss {loss:.4g}")
+            parts.append(f"mge loss {loss:.4g}")
         parts.append(f"best {_db(best_psnr)}")
         parts.append(f"{self.rate:.2f} step/s" if self.rate else "- step/s")
         parts.append(f"ETA {self.eta(step)}")
         return "  ".join(parts)
 
     def eta(self, step: int) -> str:
-        return hms((self.total - step) / self.rate) if self.rate else "-"
+        return hms(self.eta_seconds(step))
+
+    def eta_seconds(self, step: int) -> float:
+        """Seconds of training left after ``step`` (compiles apart); NaN before any rate."""
+        if not self.ends or len(self.costs) != len(self.ends):
+            return (self.total - step) / self.rate if self.rate else math.nan
+        # Seconds per unit of cost from the dearest stage measured so far: a step's fixed costs
+        # (which do not shrink with the grid) weigh least there, as in the dearer stages ahead.
+        measured = [j for j in self._measured if j < len(self.costs) and self.costs[j] > 0]
+        dearest = max(measured, key=lambda j: self.costs[j], default=None)
+        per_unit = None
+        if dearest is not None:
+            n, spent = self._measured[dearest]
+            per_unit = spent / (n * self.costs[dearest])
+        left, begin = 0.0, 0
+        for j, (end, cost) in enumerate(zip(self.ends, self.costs)):
+            steps = end - max(step, begin)
+            begin = end
+            if steps <= 0:
+                continue
+            if j in self._per_step:
+                per_step = self._per_step[j]
+            elif per_unit is not None:
+                per_step = cost * per_unit
+            elif self.rate:
+                per_step = 1.0 / self.rate
+            else:
+                return math.nan
+            left += steps * per_step
+        return left
 
     def update(self, step: int, *, stage=0, terms: int | None = None, loss: float | None = None,
                best_psnr: float | None = None, psnr: float | None = None):
@@ -242,8 +298,17 @@ class Progress:
         steps, seconds = step - self._mark_step, now - self._mark_time - self._compile_in_interval
         if steps > 0 and seconds > 0:
             rate = steps / seconds
-            self.rate = rate if self.rate is None else (
-                self.smoothing * rate + (1 - self.smoothing) * self.rate)
+            if isinstance(stage, (int, np.integer)) and not isinstance(stage, bool):
+                stage = int(stage)
+                n, spent = self._measured.get(stage, (0, 0.0))
+                self._measured[stage] = (n + steps, spent + seconds)
+                before = self._per_step.get(stage)
+                self._per_step[stage] = seconds / steps if before is None else (
+                    self.smoothing * seconds / steps + (1 - self.smoothing) * before)
+                self.rate = 1.0 / self._per_step[stage]
+            else:
+                self.rate = rate if self.rate is None else (
+                    self.smoothing * rate + (1 - self.smoothing) * self.rate)
         self._mark_step, self._mark_time, self._compile_in_interval = step, now, 0.0
         line = self.line(step, stage=stage, terms=terms, loss=loss, best_psnr=best_psnr)
         if self.log:
@@ -252,7 +317,7 @@ class Progress:
             self._bar.n = step
             postfix = [self.stage_label(stage, terms)]
             if loss is not None:
-                postfix.append(f"loss {loss:.4g}")
+                postfix.append(f"mge loss {loss:.4g}")
             postfix += [f"best {_db(best_psnr)}",
                         f"{self.rate:.2f} step/s" if self.rate else "- step/s",
                         f"ETA {self.eta(step)}"]

@@ -51,6 +51,12 @@ class Signals:
             signal.signal(sig, handler)
 
 
+def progress_plan(stages, reference_batch: int) -> tuple[list[int], list[float]]:
+    """What the progress line's ETA needs: each stage's end step and work units per step."""
+    return ([s.end_step for s in stages],
+            [multiscale.work_units(s.plan, reference_batch) for s in stages])
+
+
 @dataclasses.dataclass
 class Ledger:
     """Costs so far: ``seconds`` is training wall time without compiling (which a longer run
@@ -127,9 +133,12 @@ class StepPrograms:
                 k, seconds = self.exp.backend.steps_per_call(
                     one, lambda k: self(stage, k, state, batches),
                     (state, batches, self.seed_key), divides=self.exp.log.every)
-                # The timing is set-up, like a compile (which the ledger has counted already).
-                ledger.compile_seconds += (time.perf_counter() - started
-                                           - (ledger.compile_seconds - compiled_before))
+                # The timing is set-up, like a compile (which the ledger has counted already),
+                # and the progress line's rate leaves it out too.
+                timing = (time.perf_counter() - started
+                          - (ledger.compile_seconds - compiled_before))
+                ledger.compile_seconds += timing
+                self.progress.set_up(timing)
                 self.progress.write(f"{self.progress.stage_label(stage)}: {k} step"
                                     f"{'s' if k > 1 else ''} per call (a step takes "
                                     f"{seconds * 1e3:.1f} ms)")
@@ -360,6 +369,7 @@ class Loop:
         self.state = self.state.replace(tx=self.exp.make_optimizer())
         self.inp.replan(self.exp.stages)
         self.progress.total = self.exp.total_steps
+        self.progress.plan(*progress_plan(self.exp.stages, self.exp.batch_size))
         self.boundary = True
 
     def rewind(self, restored) -> None:

@@ -3,8 +3,9 @@
     python -m msjax.report runs/single runs/multiscale runs/fullmultiscale [--target 25.5]
 
 Reads each run's ``valid.csv``, ``train.csv`` and ``config.json``; writes ``report.png`` and
-``report.md`` next to the runs (in the run directory for one run, in the runs' common parent
-for several, or under ``--out``) and prints the table. Ratios are to the first run (put the
+``report.md`` in the run directory for one run, and for several ``report-<runs>.png`` and
+``.md`` named after the runs in their common parent (or under ``--out``), and prints the table.
+The markdown names each run by its path relative to the report. Ratios are to the first run (put the
 single-scale run first). Costs are the loop's ledger: wall time of the training steps only
 (validation, checkpoints and compiling excluded; compile time is listed apart), work units and
 XLA-counted FLOPs. The plot marks the input's own PSNR (the corrupted image, or for SR its
@@ -166,7 +167,8 @@ def stage_costs(run: Run) -> list[dict]:
 def stage_table(runs: list[Run]) -> str:
     """What each stage's step costs: seconds per step and per work unit, and the speed of a work
     unit relative to the first run's (1.0: a coarse stage's pixels are as cheap as the fine ones;
-    below 1: fixed per-step costs, which do not shrink with the image, dominate)."""
+    below 1: fixed per-step costs, which do not shrink with the image, dominate). Stages are
+    numbered from 1, as the progress line says them (the CSVs keep 0-based indices)."""
     ref = None
     lines = ["| run | stage | steps | wall s | work units | ms / step | ms / work unit | "
              "work-unit speed |", "|---|---|---|---|---|---|---|---|"]
@@ -174,7 +176,7 @@ def stage_table(runs: list[Run]) -> str:
         for r in stage_costs(run):
             per_wu = r["seconds"] / r["work_units"] if r["work_units"] else math.nan
             ref = per_wu if ref is None else ref
-            lines.append(f"| {run.label} | {r['stage']} | {r['steps']} | {r['seconds']:.1f} | "
+            lines.append(f"| {run.label} | {r['stage'] + 1} | {r['steps']} | {r['seconds']:.1f} | "
                          f"{r['work_units']:.1f} | {1e3 * r['seconds'] / max(r['steps'], 1):.1f} | "
                          f"{1e3 * per_wu:.1f} | {_ratio(ref, per_wu)} |")
     return "\n".join(lines)
@@ -291,11 +293,37 @@ def default_out(run_dirs) -> Path:
     return Path(os.path.commonpath(paths))
 
 
-def write_report(run_dirs, out=None, target: float | None = None, smooth: int = 1) -> str:
-    """Writes report.png and report.md under ``out`` (default: ``default_out``); returns the
-    markdown table."""
-    runs = [load_run(d) for d in run_dirs]
+def report_stem(run_dirs) -> str:
+    """``report`` for one run; for several, ``report-`` and the runs' names (their paths below
+    their common parent, '+' between them), so that reports over different runs never replace
+    one another; a very long name is cut and ends in a digest of the whole."""
+    paths = [Path(d).expanduser().resolve() for d in run_dirs]
+    if len(set(paths)) == 1:
+        return "report"
+    parent = default_out(run_dirs)
+    names = ["_".join(p.relative_to(parent).parts) or p.name for p in paths]
+    stem = "report-" + "+".join(names)
+    if len(stem) > 120:
+        import hashlib
+
+        stem = stem[:100] + "-" + hashlib.sha1(stem.encode()).hexdigest()[:8]
+    return stem
+
+
+def report_paths(run_dirs, out=None) -> tuple[Path, Path]:
+    """Where ``write_report`` writes: (the markdown, the plot)."""
     out = default_out(run_dirs) if out is None else Path(out)
+    stem = report_stem(run_dirs)
+    return out / f"{stem}.md", out / f"{stem}.png"
+
+
+def write_report(run_dirs, out=None, target: float | None = None, smooth: int = 1) -> str:
+    """Writes the plot and the markdown (``report_paths``: report.png and report.md for one run,
+    named after the runs for several) under ``out`` (default: ``default_out``); the markdown
+    names each run by its path relative to it. Returns the markdown table."""
+    runs = [load_run(d) for d in run_dirs]
+    md_path, png_path = report_paths(run_dirs, out)
+    out = md_path.parent
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -306,11 +334,13 @@ def write_report(run_dirs, out=None, target: float | None = None, smooth: int = 
         table += (f"\n\nCost to target: first time the trailing mean of {smooth} validation "
                   "PSNRs reaches it.")
     table += "\n\nPer stage:\n\n" + stage_table(runs)
-    plot(runs, out / "report.png", target)
-    sources = "\n".join(f"- {r.label}: `{Path(d).expanduser().resolve()}`"
-                        for r, d in zip(runs, run_dirs))
-    (out / "report.md").write_text(
-        f"# {title(runs)}\n\n{sources}\n\n![validation PSNR against cost](report.png)\n\n"
+    plot(runs, png_path, target)
+    here = out.expanduser().resolve()
+    sources = "\n".join(
+        f"- {r.label}: `{Path(os.path.relpath(Path(d).expanduser().resolve(), here)).as_posix()}`"
+        for r, d in zip(runs, run_dirs))
+    md_path.write_text(
+        f"# {title(runs)}\n\n{sources}\n\n![validation PSNR against cost]({png_path.name})\n\n"
         f"{table}\n")
     return table
 
@@ -319,8 +349,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", help="training workdirs; ratios are to the first")
-    p.add_argument("--out", default=None, help="where report.png and report.md go (default: the "
-                   "run directory, or the runs' common parent)")
+    p.add_argument("--out", default=None, help="where the report goes (default: the run "
+                   "directory, or the runs' common parent); for several runs its files are "
+                   "named after them, report-<run>+<run>.md and .png")
     p.add_argument("--target", type=float, default=None,
                    help="also report the cost to reach this validation PSNR (dB)")
     p.add_argument("--smooth", type=int, default=1,
@@ -331,9 +362,9 @@ def main(argv=None):
     except MsjaxError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    out = default_out(args.run_dirs) if args.out is None else Path(args.out)
+    md_path, png_path = report_paths(args.run_dirs, args.out)
     print(table)
-    print(f"\nwrote {out / 'report.md'} and {out / 'report.png'}")
+    print(f"\nwrote {md_path} and {png_path}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from clu import parameter_overview
 from msjax import build, checkpoints, data, hooks as loop_hooks, logs, parallel, rundir
 from msjax.backend.compile_cache import CACHE
 from msjax.loop import (Batches, FallBack, Ledger, Loop, Panels, Preempted, Signals, StepPrograms,
-                        call_length)
+                        call_length, progress_plan)
 from msjax.registry import METHODS
 
 __all__ = ["Preempted", "run", "train_and_evaluate"]
@@ -162,7 +162,8 @@ def restore_or_start(exp, workdir: Path, resume, sample_shape) -> Start:
     if primary:
         rundir.write_config(workdir, exp.record)
     progress = logs.Progress(exp.total_steps, 0, workdir, enabled=primary,
-                             stages=len(exp.stages))
+                             stages=len(exp.stages), plan=progress_plan(exp.stages,
+                                                                        exp.batch_size))
     ckpt.on_message = progress.write
     params = parameter_overview.count_parameters(state.params)
     for line in exp.describe() + [f"model: {exp.model_name}, {params:,} parameters"] + notes:
@@ -177,7 +178,8 @@ def restore_or_start(exp, workdir: Path, resume, sample_shape) -> Start:
                        "the estimator is biased; equal mge.batch_sizes avoid it")
     if restored is None:
         return Start(state, {}, False, ckpt, progress)
-    progress.write(f"resumed from step {restored.meta['step']} (stage {restored.meta['stage']}) "
+    progress.write(f"resumed from step {restored.meta['step']} "
+                   f"(stage {int(restored.meta['stage']) + 1}/{len(exp.stages)}) "
                    f"in {workdir}")
     if resume.kind == "extended":
         progress.write(f"extending the run from {resume.previous_steps} to {exp.total_steps} "

@@ -67,6 +67,26 @@ def test_a_second_evaluation_never_overwrites_the_first(run, tmp_path):
     assert not (first.parent / "folder-LR-3").exists()
 
 
+def test_an_evaluation_with_other_options_is_named_by_what_differs(run, tmp_path):
+    inputs = str(write_images(tmp_path / "photos", 1, size=(20, 24)))
+    _, _, plain = evaluate.run(str(run), input_dir=inputs)
+    _, _, tiled = evaluate.run(str(run), input_dir=inputs, tile=32)
+    _, _, ensemble = evaluate.run(str(run), input_dir=inputs, self_ensemble=True)
+    _, _, metric = evaluate.run(str(run), input_dir=inputs, crop_border=2, y_channel=True)
+    _, _, tiled_again = evaluate.run(str(run), input_dir=inputs, tile=32)
+    assert plain.name == "folder-photos"
+    assert tiled.name == "folder-photos-tile32" and ensemble.name == "folder-photos-ensemble"
+    assert metric.name == "folder-photos-crop2-y"
+    # Only an exact repeat takes a number, and nothing is replaced unasked.
+    assert tiled_again.name == "folder-photos-tile32-2"
+    assert json.loads((tiled / "target.json").read_text())["identity"]["variant"] == ["tile32"]
+    _, summary, replaced = evaluate.run(str(run), input_dir=inputs, tile=32, overwrite=True)
+    assert replaced == tiled and summary["replaced_earlier"] is True
+    # The validation set is scored as training did, whatever the options: one name.
+    assert evaluate.run(str(run), which="latest", tile=32)[2].name.startswith("valid")
+    assert "tile" not in evaluate.run(str(run), which="latest", tile=32)[2].name
+
+
 def test_two_different_folders_with_one_name_never_share_an_output(run, tmp_path):
     a = write_images(tmp_path / "a" / "LR", 1, size=(20, 20), seed=1)
     b = write_images(tmp_path / "b" / "LR", 1, size=(20, 20), seed=2)

@@ -114,7 +114,8 @@ def test_an_adaptive_run_records_its_decisions_and_resumes_them_exactly(tmp_path
     assert max(rundir.checkpoint_steps(tmp_path / "resumed")) == 7
     assert rundir.checkpoint_meta(tmp_path / "resumed", 7)["adaptive"]["ends"] == [4]
     resumed = train.train_and_evaluate(c, tmp_path / "resumed", transform=lambda s, b: b)
-    assert "resumed from step 7" in capsys.readouterr().out
+    # Stage numbers as the progress line says them, from 1 (the checkpoint holds stage 1).
+    assert "resumed from step 7 (stage 2/3)" in capsys.readouterr().out
     assert resumed["step"] == total
     a = runs.load_state(tmp_path / "straight", "latest")[0]
     b = runs.load_state(tmp_path / "resumed", "latest")[0]

@@ -44,7 +44,7 @@ def test_off_a_terminal_each_update_is_one_plain_line(tmp_path, clock):
     progress.close()
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue() and len(lines) == 3
-    assert lines[1].startswith("step 20/40 (50%)  stage 1/1, 3 terms  loss 0.0123  best -")
+    assert lines[1].startswith("step 20/40 (50%)  stage 1/1, 3 terms  mge loss 0.0123  best -")
     assert lines[1].endswith("5.00 step/s  ETA 0:04")
 
 
@@ -68,10 +68,65 @@ def test_eta_leaves_the_compile_time_out(tmp_path, clock):
     clock.now += 1.0             # then 10 training steps take 1 s
     progress.update(10, stage=1, terms=2, loss=0.5)
     assert progress.rate == pytest.approx(10.0)  # not 10 / 11
+    progress.set_up(2.0)         # e.g. timing the stage's steps per call
+    clock.now += 3.0
+    progress.update(20, stage=1, terms=2, loss=0.5)
+    assert progress.rate == pytest.approx(10.0)  # not 10 / 3
     lines = out.getvalue().splitlines()
     assert lines[0] == "compiling stage 2/3, 2 terms"
     assert lines[1] == "compiled stage 2/3 in 10.0 s; convolutions onednn"
     assert lines[2].endswith("10.00 step/s  ETA 0:09")
+    assert lines[3].endswith("10.00 step/s  ETA 0:08")
+
+
+def test_eta_sums_each_remaining_stage_at_its_own_cost(tmp_path, clock):
+    """Three stages of 100 steps, each step 4x dearer than the last (work units 1, 4, 16 per
+    step, and so in seconds); each stage compiles first. At every log line the ETA is within
+    25% of the training time truly left (compiles apart); extrapolating the current stage's
+    rate would say 0.7 s at step 100 where 2 s are left."""
+    out = io.StringIO()
+    costs, seconds_per_step = (1.0, 4.0, 16.0), (0.001, 0.004, 0.016)
+    progress = logs.Progress(300, 0, tmp_path, stages=3, stream=out,
+                             plan=((100, 200, 300), costs))
+    errors = []
+    for stage in range(3):
+        progress.compiling(stage, terms=stage + 1)
+        clock.now += 5.0
+        progress.compiled(stage, 5.0)
+        for step in range(100 * stage + 10, 100 * stage + 101, 10):
+            clock.now += 10 * seconds_per_step[stage]
+            progress.update(step, stage=stage, terms=stage + 1, loss=0.1)
+            true_left = sum(100 * t for t in seconds_per_step) - sum(
+                min(max(step - 100 * j, 0), 100) * t for j, t in enumerate(seconds_per_step))
+            eta = progress.eta_seconds(step)
+            errors.append(abs(eta - true_left) / max(true_left, 1e-9) if true_left else eta)
+    assert max(errors) <= 0.25, errors
+    assert progress.eta_seconds(100) == pytest.approx(2.0)  # 100 x 4 ms + 100 x 16 ms
+
+
+def test_eta_of_an_unrun_stage_scales_the_dearest_stage_measured(tmp_path, clock):
+    """Steps with a fixed cost (10 ms) beside the part that scales (10 ms per unit of cost):
+    the cheap first stage is the worst guide to the dearest one, so once stage 2 has run the
+    estimate for stage 3 comes from it (within 25%; the mean over both stages: 32% off)."""
+    progress = logs.Progress(300, 0, tmp_path, stages=3, stream=io.StringIO(),
+                             plan=((100, 200, 300), (1.0, 4.0, 16.0)))
+    for stage, step_time in enumerate((0.02, 0.05)):
+        clock.now += 100 * step_time
+        progress.update(100 * (stage + 1), stage=stage, loss=0.1)
+    assert progress.eta_seconds(200) == pytest.approx(17.0, rel=0.25)  # 100 x 170 ms
+
+
+def test_eta_of_a_stage_follows_its_measured_step_time_over_its_cost(tmp_path, clock):
+    """A stage that runs slower per unit of cost than the first is measured, and its own rate
+    (not the cost ratio) then counts for its remaining steps."""
+    progress = logs.Progress(200, 0, tmp_path, stages=2, stream=io.StringIO(),
+                             plan=((100, 200), (1.0, 2.0)))
+    clock.now += 1.0
+    progress.update(100, stage=0, loss=0.1)
+    assert progress.eta_seconds(100) == pytest.approx(2.0)  # 100 steps x 2 x 10 ms
+    clock.now += 3.0
+    progress.update(150, stage=1, loss=0.1)                 # 60 ms a step, not 20
+    assert progress.eta_seconds(150) == pytest.approx(3.0)
 
 
 def test_train_log_holds_every_line_and_is_appended_on_resume(tmp_path, clock):
@@ -130,9 +185,33 @@ def test_orbax_notices_are_dropped_and_other_warnings_kept(tmp_path, caplog):
     reader.close()
     from absl import logging as absl_logging
 
+    # TFDS's notice, as tensorflow_datasets' file_utils logs it, before msjax's own error.
+    absl_logging.warning("Variant folder %s has no %s", "/tmp/none/stl10/1.0.0",
+                         "dataset_info.json")
     absl_logging.warning("a warning someone should read")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["a warning someone should read"]
+
+
+def test_an_unprepared_tfds_dataset_gives_one_error_line_and_no_library_notice(tmp_path):
+    """The offline path: no TFDS notice about dataset_info.json, only msjax's error."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        pytest.skip("needs tensorflow_datasets")
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("with TensorFlow installed the run would try to download STL-10")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/deblur_stl10.py",
+         f"--config.data.data_dir={tmp_path / 'none'}", "--workdir", str(tmp_path / "run")],
+        cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "dataset_info.json" not in proc.stderr + proc.stdout
+    assert proc.stderr.startswith("error: TFDS dataset 'stl10' is not prepared"), proc.stderr
 
 
 def _crops(n, side, seed=0):

@@ -64,10 +64,29 @@ def test_table_reports_totals_and_ratios_to_the_first_run(runs):
 def test_cli_writes_plot_and_markdown(runs, tmp_path, capsys):
     out = tmp_path / "report"
     report.main([str(r) for r in runs] + ["--out", str(out), "--target", "24.5"])
-    png = (out / "report.png").read_bytes()
+    # Several runs: the files are named after them.
+    png = (out / "report-single+fms.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
-    assert "report.png" in (out / "report.md").read_text()
-    assert "single" in capsys.readouterr().out
+    text = (out / "report-single+fms.md").read_text()
+    assert "](report-single+fms.png)" in text
+    # Runs by their paths relative to the report, never absolute ones.
+    assert "`../single`" in text and "`../fms`" in text and str(tmp_path) not in text
+    printed = capsys.readouterr().out
+    assert "single" in printed and f"wrote {out / 'report-single+fms.md'}" in printed
+
+
+def test_a_report_over_other_runs_never_replaces_an_earlier_one(tmp_path):
+    made = {name: write_run(tmp_path / name, "single", [{"step": 10, "stage": 0, "psnr": 24.0,
+                                                        "input_psnr": 20.0, "seconds": 1.0,
+                                                        "flops": 1e9, "work_units": 1.0}], [])
+            for name in ("a", "b", "c")}
+    report.main([str(made["a"]), str(made["b"])])
+    first = (tmp_path / "report-a+b.md").read_text()
+    report.main([str(made["a"]), str(made["c"])])
+    assert (tmp_path / "report-a+b.md").read_text() == first
+    assert (tmp_path / "report-a+c.md").exists() and not (tmp_path / "report.md").exists()
+    report.main([str(made["a"])])  # one run: report.md in the run, naming it "."
+    assert "`.`" in (made["a"] / "report.md").read_text()
 
 
 def test_missing_logs_say_what_is_wrong(tmp_path):
@@ -95,7 +114,8 @@ def test_the_report_goes_next_to_the_runs_never_into_the_current_directory(
     report.main([str(runs[0])])
     assert (runs[0] / "report.png").exists() and (runs[0] / "report.md").exists()
     report.main([str(r) for r in runs])  # several runs: their common parent
-    assert (tmp_path / "report.md").exists() and "single" in (tmp_path / "report.md").read_text()
+    both = tmp_path / "report-single+fms.md"
+    assert both.exists() and "single" in both.read_text()
     assert list(elsewhere.iterdir()) == []
 
 
@@ -143,6 +163,8 @@ def test_stage_costs_split_the_cumulative_ledger(tmp_path):
     # Stage 0: 0.2 s per work unit against stage 1's 0.4: its work units run at 1.0 (the
     # reference is the first row) and stage 1's at 0.5.
     assert "| 200.0 | 1.00 |" in lines[2] and "| 400.0 | 0.50 |" in lines[3]
+    # Stages as a person reads them, from 1 (train.csv's column keeps 0 and 1).
+    assert [line.split(" | ")[1] for line in lines[2:]] == ["1", "2"]
 
 
 def test_a_single_lucky_evaluation_does_not_reach_a_smoothed_target(tmp_path):
