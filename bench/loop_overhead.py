@@ -10,8 +10,8 @@ device-resident data, called back to back on the state it returns, as the loop c
 for each call) and its FLOP rate, relative to the finest
 stage's (a coarse step dearer per FLOP shows there); then the loop's seconds per step at k=1 and
 at k=auto (wall time from the stage's second call to its last but one, every hook included,
-validation and checkpoints moved to the stage ends), with what it adds to the compiled step. The runs use
-Eigen convolutions (one kernel for every program) and a fresh compilation cache folder.
+validation and checkpoints moved to the stage ends), with what it adds to the compiled step.
+The runs use Eigen convolutions (one kernel for every program) and a fresh compilation cache folder.
 """
 
 from __future__ import annotations

@@ -225,10 +225,10 @@ def restore_image(restore, image: np.ndarray, *, scale: int = 1, tile: int = 0,
 # <workdir>/eval/<checkpoint>-<step>/<target>/ : one folder per evaluated target, named from it
 # ('valid', 'folder-<dir>', 'targets-<dir>', 'bench-<dir>', '-ensemble' with self-ensemble), then
 # for folders and benchmarks by what differs from the run's default evaluation ('-tile128',
-# '-whole', '-t0.05', '-crop4', '-y' / '-rgb': ``variant``), and holding target.json (what was evaluated). An evaluation that
-# repeats an earlier one exactly gets the next free name (<target>-2, ...) unless it asks to
-# overwrite; two different targets whose names coincide (two folders called LR) never share a
-# folder.
+# '-whole', '-t0.05', '-crop4', '-y' / '-rgb': ``variant``), and holding target.json (what
+# was evaluated). An evaluation that repeats an earlier one exactly gets the next free name
+# (<target>-2, ...) unless it asks to overwrite; two different targets whose names coincide (two
+# folders called LR) never share a folder.
 
 EVAL_FILES = ("per_image.csv", "per_set.csv", "summary.json", "target.json")
 

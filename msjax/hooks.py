@@ -127,7 +127,8 @@ class TrainLog(Hook):
     def on_metrics(self, loop, rows) -> None:
         last, m = rows[-1]
         loop.runlog.scalars("train", {
-            "step": last + 1, "stage": loop.stage, "lr": self.learning_rate(loop.exp.learning_rate, last),
+            "step": last + 1, "stage": loop.stage,
+            "lr": self.learning_rate(loop.exp.learning_rate, last),
             **{k: m[k] for k in ("loss", "finest_loss", "grad_norm")}, **loop.ledger.row()})
         loop.progress.update(last + 1, stage=loop.stage,
                              terms=loop.exp.stages[loop.stage].plan.num_terms, loss=m["loss"],

@@ -6,8 +6,8 @@ is the HR image of ``Canon_001``, ``Canon_001_LR2`` its x2 LR image, ``0001x2`` 
 whole bases agree (or one's whole stem is the other's base), never on a prefix, so ``img1`` does
 not take ``img10_LR2``. A token's scale must be the run's where it names one, so RealSR's LR2, LR3
 and LR4 files can share a folder; a same-size task (``task.scale=1``, RealSR's LR at HR size)
-takes any, and two candidates at different scales are then named, not guessed. HR and LR may share one folder: the LR files are then those
-whose stem carries an LR token.
+takes any, and two candidates at different scales are then named, not guessed. HR and LR may
+share one folder: the LR files are then those whose stem carries an LR token.
 
 Training (``data.source=paired_folders``) and ``eval.py --input_dir LR --target_dir HR`` pair
 alike; a file without a partner is an error naming the stems looked for.
@@ -15,6 +15,7 @@ alike; a file without a partner is an error naming the stems looked for.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -24,6 +25,7 @@ _HR_TOKEN = re.compile(r"(?i)[_\-.]?(?:hr|gt)$")
 _LR_TOKEN = re.compile(r"(?i)[_\-.]?(?:lr(?:bi|bd|de)?[_\-]?x?(?P<lr>\d+)?|x(?P<x>\d+))$")
 
 
+@functools.lru_cache(maxsize=None)  # every HR file is matched against every LR file's stem
 def split_stem(stem: str) -> tuple[str, str, int | None]:
     """(base, role, scale): role 'hr', 'lr' or '' (no token); scale the LR token's, if any."""
     m = _LR_TOKEN.search(stem)
@@ -65,7 +67,7 @@ def partner(path: Path, candidates: list[Path], scale: int) -> tuple[Path | None
 
 
 def is_lr(path: Path, scale: int) -> bool:
-    base, role, token_scale = split_stem(path.stem)
+    _, role, token_scale = split_stem(path.stem)
     return role == "lr" and _fits(token_scale, scale)
 
 
