@@ -54,3 +54,35 @@ def test_summary_gains_are_single_over_setting_and_misses_are_named(ctq):
 def test_a_misspelt_field_is_refused_with_the_nearest_one(ctq):
     with pytest.raises(SystemExit, match="did you mean fms.stage_weights"):
         ctq.make_config({"fms.stage_weight": (8, 4, 4)}, 1800, 7, 50)
+
+
+def test_receptive_field_is_measured_from_the_network(ctq):
+    # 3x3 convolutions: 1 + 2 * depth pixels; the paper's ResNet (two blocks of two 3x3 convs
+    # between 1x1 convs) sees 9x9 locally, and its per-sample layer norm the whole image.
+    assert ctq.receptive_field(ctq.make_config({}, 10, 0, 10)) == "11x11"
+    deeper = ctq.make_config({"model_kwargs.depth": 10}, 10, 0, 10)
+    assert ctq.receptive_field(deeper) == "21x21"
+    resnet = ctq.make_config({"model": "resnet", "model_kwargs": {"hidden": 16}}, 10, 0, 10)
+    assert dict(resnet.model_kwargs) == {"hidden": 16}  # not the quickstart's depth / features
+    assert ctq.receptive_field(resnet) == "9x9 + image-wide statistics"
+
+
+def test_lower_target_is_a_share_of_single_gain_and_gets_its_own_table(ctq):
+    ref = {"input_psnr": 20.0, "final_psnr": 30.0}
+    assert ctq.lower_target(ref, 0.9) == pytest.approx(29.0)
+
+    def row(final, seconds, flops):
+        return {"final_psnr": final, "seconds_to_target": seconds, "flops_to_target": flops}
+
+    results = {(100, 1, "single"): row(30.0, 40.0, 8.0), (100, 1, "fms"): row(29.5, math.inf,
+                                                                              math.inf),
+               (100, 1, "single", "lower"): row(30.0, 20.0, 4.0),
+               (100, 1, "fms", "lower"): row(29.5, 2.0, 0.25)}
+    table = ctq.summarize(results, ["single", "fms"], 0.1, 0.9, {"single": "11x11",
+                                                                  "fms": "11x11"})
+    fms = [line for line in table.splitlines() if line.startswith("| 100 | fms |")]
+    assert len(fms) == 2  # one row per target
+    final, lower = ([c.strip() for c in line.strip("|").split("|")] for line in fms)
+    assert final[2] == "11x11" and final[4].startswith("0/1")
+    assert lower[4] == "1/1" and lower[7] == "10.00" and lower[8] == "16.00"
+    assert "90% of single's final gain" in table
