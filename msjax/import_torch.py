@@ -131,10 +131,12 @@ def official_variant(config_file: str, scheme: str) -> str:
     if scheme != "official" or argument:
         return config_file
     try:
-        cli._load_config_module(path).get_config("official")
-    except Exception:  # the config has no official variant (sr_urban100's argument is a model)
+        get_config = cli._load_config_module(path).get_config
+        # A config whose argument is something else (sr_urban100's is the model) is no variant.
+        same_model = get_config("official").model == get_config().model
+    except Exception:  # the config takes no argument, or refuses this one
         return config_file
-    return f"{path}:official"
+    return f"{path}:official" if same_model else config_file
 
 
 def score(state, exp, write=print) -> float | None:

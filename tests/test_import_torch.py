@@ -250,9 +250,18 @@ def test_command_line_imports_and_refuses_in_one_line(tmp_path):
                                 "--workdir", str(tmp_path / "run")],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "imported 10 tensors (basicsr scheme, params)" in ok.stdout
+    assert "imported 16 tensors (basicsr scheme, params)" in ok.stdout
     again = subprocess.run(base + [str(FIXTURES / "basicsr_edsr_x2.pth"), "--config",
                                    "configs/sr_builtin_x2.py", "--workdir", str(tmp_path / "run")],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2
     assert again.stderr.strip().count("\n") == 0 and again.stderr.startswith("error: ")
+
+
+def test_official_checkpoints_take_the_official_variant_of_their_config():
+    paper = str(ROOT / "configs" / "denoise_cifar10.py")
+    assert import_torch.official_variant(paper, "official") == paper + ":official"
+    assert import_torch.official_variant(paper + ":official", "official") == paper + ":official"
+    assert import_torch.official_variant(paper, "edsr") == paper
+    sr = str(ROOT / "configs" / "sr_urban100.py")  # its argument is the model: no such variant
+    assert import_torch.official_variant(sr, "official") == sr
