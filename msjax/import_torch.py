@@ -21,8 +21,6 @@ names them all, before anything is written. An official checkpoint is imported w
 from __future__ import annotations
 
 import math
-import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,23 +120,6 @@ def map_tensors(tensors: dict, entries, template: dict, source: str) -> dict:
     return out
 
 
-def official_variant(config_file: str, scheme: str) -> str:
-    """``config_file`` with ``:official`` where the weights are an official MGE checkpoint, the
-    config has that variant and no other was named."""
-    from msjax import cli
-
-    path, _, argument = config_file.partition(":")
-    if scheme != "official" or argument:
-        return config_file
-    try:
-        get_config = cli._load_config_module(path).get_config
-        # A config whose argument is something else (sr_urban100's is the model) is no variant.
-        same_model = get_config("official").model == get_config().model
-    except Exception:  # the config takes no argument, or refuses this one
-        return config_file
-    return f"{path}:official" if same_model else config_file
-
-
 def score(state, exp, write=print) -> float | None:
     """Mean validation PSNR of ``state``, or None (said with ``write``) when the validation data
     is not at hand."""
@@ -212,93 +193,7 @@ def import_file(path, config, workdir, *, scheme: str | None = None, write=print
             **meta}
 
 
-USAGE = """Import trained PyTorch weights into an msjax run directory.
-
-  python -m msjax.import_torch FILE --config CONFIG [--workdir RUN] [--scheme official|edsr|basicsr]
-
-FILE: a .pt / .pth state dict (zip or legacy format), a .safetensors file, an official MGE
-checkpoint (best_model.pt) or a BasicSR params / params_ema file. CONFIG names the msjax model
-and its hyperparameters (--config.model_kwargs.* overrides as for train.py); an official
-checkpoint takes its config's :official variant unless another is named. The run directory
-defaults to runs/<config name>_<file stem>; eval.py, train.init_from and eco.teacher_workdir
-take it, and train.py --workdir on it fine-tunes from the imported weights.
-"""
-
-
-def _positional(argv) -> str | None:
-    for i, a in enumerate(argv[1:], 1):
-        if not a.startswith("-") and not (i > 1 and argv[i - 1] in ("--config", "--workdir",
-                                                                   "--scheme")):
-            return a
-    return None
-
-
-def main(argv=None) -> None:
-    from absl import app, flags, logging
-    from ml_collections import config_flags
-
-    from msjax import cli, errors
-
-    argv = list(sys.argv if argv is None else argv)
-    sys.modules["__main__"].__doc__ = USAGE
-    file = _positional(argv)
-    scheme_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--scheme=")), None)
-    if scheme_arg is None and "--scheme" in argv[:-1]:
-        scheme_arg = argv[argv.index("--scheme") + 1]
-    scheme = scheme_arg
-    if file is not None and scheme is None:
-        try:
-            scheme = torch_keys.detect_scheme(read_state_dict(file)[0])
-        except errors.MsjaxError as e:
-            cli._error(str(e))
-    for i, a in enumerate(argv):
-        name = a[len("--config="):] if a.startswith("--config=") else (
-            argv[i + 1] if a == "--config" and i + 1 < len(argv) else None)
-        if name is not None:
-            resolved = cli.resolve_config_file(name)
-            chosen = resolved if ":" in name else official_variant(resolved, scheme or "")
-            if chosen != resolved:
-                print(f"official checkpoint: importing with {chosen}", flush=True)
-            argv[i:i + 2] = ["--config", chosen] if a == "--config" else ["--config=" + chosen,
-                                                                          *argv[i + 1:i + 2]]
-            break
-    config_flags.DEFINE_config_file("config", None, "msjax config of the model (configs/*.py)",
-                                    lock_config=True)
-    flags.DEFINE_string("workdir", None, "run directory to write (default: runs/<config "
-                        "name>_<file stem>); must not hold a run")
-    flags.DEFINE_enum("scheme", None, list(torch_keys.SCHEMES), "the file's key names (default: "
-                      "detected from them)")
-    flags.mark_flags_as_required(["config"])
-    sys.argv = argv
-
-    def run(args):
-        logging.set_verbosity(logging.WARNING)
-        F = flags.FLAGS
-        if len(args) != 2:
-            cli._error("name one weights file: python -m msjax.import_torch FILE --config "
-                       "CONFIG (--help for more)")
-        config_file = config_flags.get_config_filename(F["config"])
-        stem = re.sub(r"[^\w.-]", "_", Path(args[1]).stem)
-        workdir = F.workdir or str(rundir_default(config_file, stem))
-        from msjax import backend
-
-        backend.set_cpu_devices(F.config.runtime)
-        try:
-            import_file(args[1], F.config, workdir, scheme=F.scheme)
-        except errors.MsjaxError as e:
-            cli._error(str(e))
-        print(f"evaluate: python eval.py --workdir {workdir}; fine-tune: python train.py "
-              f"--config {config_file} --workdir {workdir}")
-
-    app.run(run, argv=argv, flags_parser=cli._parse)
-
-
-def rundir_default(config_file: str, stem: str) -> Path:
-    from msjax import rundir
-
-    base = rundir.default_workdir(config_file)
-    return base.with_name(f"{base.name}_{stem}")
-
-
 if __name__ == "__main__":
-    main()
+    from msjax import cli
+
+    cli.import_torch()

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from msjax import checkpoints, errors, import_torch, runs, warmstart
+from msjax import checkpoints, cli, errors, import_torch, runs, warmstart
 from msjax.configs import denoise_cifar10, sr_builtin_x2, sr_urban100
 from msjax.models import create_model, torch_keys
 
@@ -246,8 +246,8 @@ def test_command_line_imports_and_refuses_in_one_line(tmp_path):
     base = [sys.executable, "-m", "msjax.import_torch"]
     ok = subprocess.run(base + [str(FIXTURES / "basicsr_edsr_x2.pth"), "--config",
                                 "configs/sr_builtin_x2.py", "--config.model_kwargs.n_feats=16",
-                                "--config.model_kwargs.n_resblocks=2", "--config.data.valid_images=2",
-                                "--workdir", str(tmp_path / "run")],
+                                "--config.model_kwargs.n_resblocks=2",
+                                "--config.data.valid_images=2", "--workdir", str(tmp_path / "run")],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "imported 16 tensors (basicsr scheme, params)" in ok.stdout
@@ -260,8 +260,8 @@ def test_command_line_imports_and_refuses_in_one_line(tmp_path):
 
 def test_official_checkpoints_take_the_official_variant_of_their_config():
     paper = str(ROOT / "configs" / "denoise_cifar10.py")
-    assert import_torch.official_variant(paper, "official") == paper + ":official"
-    assert import_torch.official_variant(paper + ":official", "official") == paper + ":official"
-    assert import_torch.official_variant(paper, "edsr") == paper
+    assert cli.official_variant(paper, "official") == paper + ":official"
+    assert cli.official_variant(paper + ":official", "official") == paper + ":official"
+    assert cli.official_variant(paper, "edsr") == paper
     sr = str(ROOT / "configs" / "sr_urban100.py")  # its argument is the model: no such variant
-    assert import_torch.official_variant(sr, "official") == sr
+    assert cli.official_variant(sr, "official") == sr
