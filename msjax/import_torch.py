@@ -30,13 +30,11 @@ from msjax.errors import ConfigError, DataError, RunDirError
 from msjax.models import torch_keys
 
 WRAPPERS = ("params_ema", "params", "state_dict", "model")  # the first present wins
-# An official MGE checkpoint: the model next to these (multiscale/utils.py).
-OFFICIAL_KEYS = ("epoch", "iter", "model_state_dict", "optimizer_state_dict")
 # Relative agreement a file's fixed mean-shift layers must have with msjax's constants.
 MEAN_SHIFT_RTOL = 1e-4
 
 
-def _shown(keys, limit: int = 12) -> str:
+def _shown(keys, limit: int = 40) -> str:
     keys = list(keys)
     return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
