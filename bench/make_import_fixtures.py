@@ -13,6 +13,10 @@ input is a crop of scikit-image's astronaut photo; its output went through what 
 does: official MGE models normalise, run ``net(x, t)`` and denormalise (SRNet: bilinear x2, net,
 add back), the SR models take 0..255 images and return them, /255 here; all clipped to [0, 1].
 
+- Files: ``unet_official.pt`` (an official checkpoint dict, zip), ``resnet_official_legacy.pth``
+  (the same, legacy format, float16 tensors), ``srnet_official_module.pth`` (``module.``
+  keys), ``edsr_x2.safetensors``, ``edsr_x4.pt``, ``basicsr_edsr_x{2,4}.pth`` (``params`` /
+  ``params_ema``), ``rcan_x{2,4}.pt``, ``msrn_x{2,4}.pt``.
 - ``expected.npz``: '<name>/input' (HxWx3 float32 in [0, 1]), '<name>/output', '<name>/t'.
 - ``full_shapes.json``: the key -> shape lists of the full-size PyTorch networks (the MGE paper
   sizes, EDSR-baseline, RCAN, MSRN at x2 and x4), which the tests compare against msjax's

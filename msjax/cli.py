@@ -408,7 +408,8 @@ def import_torch(argv=None) -> None:
         except errors.MsjaxError as e:
             _error(str(e))
         print(f"evaluate: python eval.py --workdir {workdir}; fine-tune: python train.py "
-              f"--config {config_file} --workdir {workdir}")
+              f"--config {config_file} (with the same --config.* overrides) --workdir "
+              f"{workdir}, or start another run from it with --config.train.init_from={workdir}")
 
     app.run(run, argv=argv, flags_parser=_parse)
 
