@@ -78,9 +78,11 @@ def read_state_dict(path) -> tuple[dict[str, np.ndarray], dict]:
             else v for k, v in obj.items()}, meta
 
 
-def map_tensors(tensors: dict, entries, template: dict, source: str) -> dict:
+def map_tensors(tensors: dict, entries, template: dict, source: str,
+                revealed: dict | None = None) -> dict:
     """{msjax path: array} for ``template`` (flat {path: array}) from ``tensors`` by ``entries``;
-    one DataError naming every missing key, wrong shape and tensor left over."""
+    one DataError naming every missing key, wrong shape and tensor left over (and the
+    ``revealed`` model_kwargs the file shows)."""
     missing, shapes, values, used, out = [], [], [], set(), {}
     for e in entries:
         a = tensors.get(e.key)
@@ -112,9 +114,11 @@ def map_tensors(tensors: dict, entries, template: dict, source: str) -> dict:
         ("mean shift that disagrees (model_kwargs.rgb_range)", values),
         ("left over in the file", left)) if items]
     if problems:
+        shown = ", ".join(f"{k}={v}" for k, v in (revealed or {}).items())
+        shown = f" (the file shows {shown})" if shown else ""
         raise DataError(f"{source} does not fit the configured model: {'; '.join(problems)}; "
                         "the config's model_kwargs (blocks, features, scale) must be those the "
-                        "weights were trained with; nothing was written")
+                        f"weights were trained with{shown}; nothing was written")
     return out
 
 
@@ -161,7 +165,8 @@ def import_file(path, config, workdir, *, scheme: str | None = None, write=print
     side = exp.input.patch // exp.task.scale
     template = build.initial_state(exp, (1, side, side, 3))
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(template.params), sep="/")
-    mapped = map_tensors(tensors, entries, flat, str(path))
+    shown = torch_keys.revealed({k: v.shape for k, v in tensors.items()}, exp.model_name, scheme)
+    mapped = map_tensors(tensors, entries, flat, str(path), shown)
     params = flax.traverse_util.unflatten_dict(  # placed as the fresh parameters are
         {k: jax.device_put(np.asarray(v, flat[k].dtype), flat[k].sharding)
          for k, v in mapped.items()}, sep="/")

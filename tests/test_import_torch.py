@@ -185,9 +185,21 @@ def test_weights_of_another_size_are_refused_by_the_shapes_they_show(tmp_path):
     """Blocks and features come from the config: a file of 2 blocks x 16 features against a
     config of 3 x 16 names the absent block; the scale shows in the upsampler."""
     config = _no_score(_sr("edsr", 2, n_resblocks=3, n_feats=16))
-    with pytest.raises(errors.DataError, match=r"missing from the file: body\.2\.body\.0\.weight"):
+    with pytest.raises(errors.DataError, match=r"missing from the file: body\.2\.body\.0\.weight"
+                       ) as info:
         import_torch.import_file(FIXTURES / "edsr_x4.pt", config, tmp_path / "run")
+    assert "(the file shows n_feats=16, n_resblocks=2, scale=4)" in str(info.value)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", list(FULL))
+def test_the_sizes_a_full_size_file_shows(name):
+    family, kwargs, scheme = FULL[name]
+    shapes = json.loads((FIXTURES / "full_shapes.json").read_text())[name]
+    shown = torch_keys.revealed(shapes, family, scheme)
+    model = create_model(family, **kwargs)
+    assert bool(shown) == (family != "srnet")  # SRNet has no size to show
+    assert all(getattr(model, k) == v for k, v in shown.items()), shown
 
 
 def test_another_mean_shift_is_refused(tmp_path):

@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import re
 
 import numpy as np
 
@@ -251,3 +252,54 @@ def detect_scheme(keys) -> str | None:
     if "head.0.weight" in keys:
         return "edsr"
     return None
+
+
+def _count(keys, pattern: str) -> int:
+    """How many distinct indices ``pattern`` (a regex with one group) finds among ``keys``."""
+    found = {m.group(1) for k in keys if (m := re.match(pattern, k))}
+    return len(found)
+
+
+def _upscale(keys, shapes, prefix: str, feats: int) -> int | None:
+    convs = sorted(k for k in keys if re.fullmatch(rf"{re.escape(prefix)}\.\d+\.weight", k))
+    if not convs or not feats:
+        return None
+    if len(convs) == 1 and shapes[convs[0]][0] == 9 * feats:
+        return 3
+    return 2 ** len(convs)
+
+
+def revealed(shapes: dict, model_name: str, scheme: str) -> dict:
+    """The model_kwargs the tensors' keys and shapes show ({key: shape} in, {field: value}
+    out; fields they cannot show are left out), for the error that says what the file holds."""
+    keys, out = set(shapes), {}
+
+    def first_dim(key):
+        return shapes[key][0] if key in shapes and shapes[key] else None
+
+    if scheme == "official" and model_name == "unet":
+        out["model_channels"] = first_dim("input_blocks.0.0.weight")
+    elif scheme == "official" and model_name == "resnet":
+        out["hidden"] = first_dim("Open.weight")
+        out["nlayers"] = _count(keys, r"blocks\.(\d+)\.Conv1\.weight")
+        out["time_embed"] = any(".te." in k for k in keys)
+    elif scheme == "basicsr" and model_name == "edsr":
+        out["n_feats"] = first_dim("conv_first.weight")
+        out["n_resblocks"] = _count(keys, r"body\.(\d+)\.conv1\.weight")
+        out["scale"] = _upscale(keys, shapes, "upsample", out["n_feats"])
+    elif scheme == "edsr" and model_name == "edsr":
+        out["n_feats"] = first_dim("head.0.weight")
+        out["n_resblocks"] = _count(keys, r"body\.(\d+)\.body\.0\.weight")
+        out["scale"] = _upscale(keys, shapes, "tail.0", out["n_feats"])
+    elif scheme == "edsr" and model_name == "rcan":
+        feats = out["n_feats"] = first_dim("head.0.weight")
+        out["n_resgroups"] = _count(keys, r"body\.(\d+)\.body\.0\.body\.0\.weight")
+        out["n_resblocks"] = _count(keys, r"body\.0\.body\.(\d+)\.body\.0\.weight")
+        squeezed = first_dim("body.0.body.0.body.3.conv_du.0.weight")
+        out["reduction"] = feats // squeezed if feats and squeezed else None
+        out["scale"] = _upscale(keys, shapes, "tail.0", feats)
+    elif scheme == "edsr" and model_name == "msrn":
+        out["n_feats"] = first_dim("head.0.weight")
+        out["n_blocks"] = _count(keys, r"body\.(\d+)\.conv_3_1\.weight")
+        out["scale"] = _upscale(keys, shapes, "tail.2", out["n_feats"])
+    return {k: v for k, v in out.items() if v not in (None, 0)}
