@@ -11,7 +11,7 @@ repository root:
   are views into one storage (a transpose, a slice with an offset), lists, tuples and numbers;
   ``tensors.npz`` holds each tensor by its path ('state/conv.weight', 'list/0'), bfloat16 as
   float32 (its values are exact there).
-- ``legacy.pt``: one tensor in the pre-1.6 format (not a zip), which msjax refuses.
+- ``legacy.pt``: one tensor (0, 1, 2) in the pre-1.6 format (not a zip).
 - ``Urban100/{low,high}_res_{train,test}.pt``: the official code's SR files in miniature, lists
   of CxHxW tensors with HR = 2 x LR (train: float32 in [0, 1], test: uint8), each HR image with a
   red 8x16 bar at its top left (4x8 in the LR image); ``Urban100/expected.npz`` holds item i of

@@ -8,6 +8,7 @@ restarted itself with huge pages (``backend/hugepages.py``).
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 from pathlib import Path
 
@@ -305,3 +306,117 @@ def _evaluate(F) -> None:
           + _fmt({k: v for k, v in means.items() if k != "step"}))
     replaced = "replaced the earlier evaluation in" if summary.get("replaced_earlier") else "in"
     print(f"results {replaced} {out_dir} (per_image.csv, summary.json, compare/)")
+
+
+# ---- python -m msjax.import_torch -----------------------------------------------------------
+
+def official_variant(config_file: str, scheme: str) -> str:
+    """``config_file`` with ``:official`` where the weights are an official MGE checkpoint, the
+    config has that variant and no other was named."""
+    path, _, argument = config_file.partition(":")
+    if scheme != "official" or argument:
+        return config_file
+    try:
+        get_config = _load_config_module(path).get_config
+        # A config whose argument is something else (sr_urban100's is the model) is no variant.
+        same_model = get_config("official").model == get_config().model
+    except Exception:  # the config takes no argument, or refuses this one
+        return config_file
+    return f"{path}:official" if same_model else config_file
+
+
+IMPORT_USAGE = """Import trained PyTorch weights into an msjax run directory.
+
+  python -m msjax.import_torch FILE --config CONFIG [--workdir RUN] [--scheme official|edsr|basicsr]
+
+FILE: a .pt / .pth state dict (zip or legacy format), a .safetensors file, an official MGE
+checkpoint (best_model.pt) or a BasicSR params / params_ema file. CONFIG names the msjax model
+and its hyperparameters (--config.model_kwargs.* overrides as for train.py); an official
+checkpoint takes its config's :official variant unless another is named. The run directory
+defaults to runs/<config name>_<file stem>; eval.py, train.init_from and eco.teacher_workdir
+take it, and train.py --workdir on it fine-tunes from the imported weights.
+"""
+
+
+def _weights_file(argv) -> str | None:
+    """The first argument that is neither a flag nor a flag's value."""
+    for i, a in enumerate(argv[1:], 1):
+        if not a.startswith("-") and not (i > 1 and argv[i - 1] in ("--config", "--workdir",
+                                                                   "--scheme")):
+            return a
+    return None
+
+
+def import_torch(argv=None) -> None:
+    """``python -m msjax.import_torch``: weights file + config -> a run directory."""
+    from absl import app, flags, logging
+    from ml_collections import config_flags
+
+    from msjax import errors
+    from msjax import import_torch as importer
+    from msjax.models import torch_keys
+
+    argv = list(sys.argv if argv is None else argv)
+    sys.modules["__main__"].__doc__ = IMPORT_USAGE
+    file = _weights_file(argv)
+    # The scheme picks the config's variant, so it is known before the flags are parsed.
+    scheme = next((a.split("=", 1)[1] for a in argv if a.startswith("--scheme=")), None)
+    if scheme is None and "--scheme" in argv[:-1]:
+        scheme = argv[argv.index("--scheme") + 1]
+    if file is not None and scheme is None:
+        try:
+            scheme = torch_keys.detect_scheme(importer.read_state_dict(file)[0])
+        except errors.MsjaxError as e:
+            _error(str(e))
+    for i, a in enumerate(argv):
+        name = a[len("--config="):] if a.startswith("--config=") else (
+            argv[i + 1] if a == "--config" and i + 1 < len(argv) else None)
+        if name is not None:
+            resolved = resolve_config_file(name)
+            chosen = resolved if ":" in name else official_variant(resolved, scheme or "")
+            if chosen != resolved:
+                print(f"official checkpoint: importing with {chosen}", flush=True)
+            if a == "--config":
+                argv[i + 1] = chosen
+            else:
+                argv[i] = "--config=" + chosen
+            break
+    config_flags.DEFINE_config_file("config", None, "msjax config of the model (configs/*.py)",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "run directory to write (default: runs/<config "
+                        "name>_<file stem>); must not hold a run")
+    flags.DEFINE_enum("scheme", None, list(torch_keys.SCHEMES), "the file's key names (default: "
+                      "detected from them)")
+    flags.mark_flags_as_required(["config"])
+    sys.argv = argv
+    _key_flags(["config", "workdir", "scheme"], argv)
+
+    def run(args):
+        logging.set_verbosity(logging.WARNING)
+        F = flags.FLAGS
+        if len(args) != 2:
+            _error("name one weights file: python -m msjax.import_torch FILE --config CONFIG "
+                   "(--help for more)")
+        config_file = config_flags.get_config_filename(F["config"])
+        stem = re.sub(r"[^\w.-]", "_", Path(args[1]).stem)
+        workdir = F.workdir or str(rundir_default(config_file, stem))
+        from msjax import backend
+
+        backend.set_cpu_devices(F.config.runtime)
+        try:
+            importer.import_file(args[1], F.config, workdir, scheme=F.scheme)
+        except errors.MsjaxError as e:
+            _error(str(e))
+        print(f"evaluate: python eval.py --workdir {workdir}; fine-tune: python train.py "
+              f"--config {config_file} (with the same --config.* overrides) --workdir "
+              f"{workdir}, or start another run from it with --config.train.init_from={workdir}")
+
+    app.run(run, argv=argv, flags_parser=_parse)
+
+
+def rundir_default(config_file: str, stem: str) -> Path:
+    """``runs/<config name>[_<argument>]_<weights file stem>``."""
+    from msjax import rundir
+
+    base = rundir.default_workdir(config_file)
+    return base.with_name(f"{base.name}_{stem}")

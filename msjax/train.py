@@ -178,6 +178,11 @@ def restore_or_start(exp, workdir: Path, resume, sample_shape) -> Start:
                        "the estimator is biased; equal mge.batch_sizes avoid it")
     if restored is None:
         return Start(state, {}, False, ckpt, progress)
+    if "imported_from" in restored.meta and int(restored.meta["step"]) == 0:
+        progress.write(f"fine-tuning the weights imported from {restored.meta['imported_from']} "
+                       f"({restored.meta.get('imported_scheme', '')} scheme) with a fresh "
+                       "optimizer")
+        return Start(restored.state, dict(restored.meta), True, ckpt, progress)
     progress.write(f"resumed from step {restored.meta['step']} "
                    f"(stage {int(restored.meta['stage']) + 1}/{len(exp.stages)}) "
                    f"in {workdir}")

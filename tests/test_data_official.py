@@ -218,9 +218,16 @@ def test_torch_file_gives_every_tensor_as_its_array():
     assert arrays["state/transposed"][0, 0] == 0
 
 
-def test_legacy_torch_file_is_refused_with_how_to_resave():
-    with pytest.raises(DataError, match="legacy format") as info:
-        torch_files.load(FIXTURES / "legacy.pt")
+def test_legacy_torch_file_is_read():
+    np.testing.assert_array_equal(torch_files.load(FIXTURES / "legacy.pt"),
+                                  np.arange(3, dtype=np.float32))
+
+
+def test_truncated_legacy_torch_file_is_one_line(tmp_path):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes((FIXTURES / "legacy.pt").read_bytes()[:-4])
+    with pytest.raises(DataError, match="truncated") as info:
+        torch_files.load(cut)
     assert "\n" not in str(info.value)
 
 

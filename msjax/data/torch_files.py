@@ -12,14 +12,20 @@ absent). The pickle is read with a table of allowed globals (``safe_pickle``): t
 parameters, storage types and plain containers; any other global is refused in one
 ``DataError`` line, and nothing from the file runs.
 
-The legacy format (before torch 1.6, or ``_use_new_zipfile_serialization=False``: pickles
-back to back, no zip) is refused with a line that says how to re-save the file.
+The legacy format (before torch 1.6, or ``_use_new_zipfile_serialization=False``; published
+weights such as EDSR's are often in it): pickles back to back, no zip. A magic number, the
+protocol version (1001) and a dict of the writer's byte order and sizes; then the object, whose
+storages are persistent ids ``('storage', torch.<Type>Storage, key, location, numel, None)``;
+then the sorted list of storage keys; then each storage in that order as an int64 element count
+and its raw bytes. The object is read twice: once to find where it ends (tensors not built),
+then with the storages read from behind it. The same table of globals applies.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import io
 import pickle
 import sys
 import zipfile
@@ -152,6 +158,68 @@ def _storages(archive: zipfile.ZipFile, prefix: str, path: Path):
     return load
 
 
+LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+LEGACY_PROTOCOL = 1001
+# The first pass over a legacy file's object builds no tensor.
+_SKIM = {**ALLOWED, ("torch._utils", "_rebuild_tensor_v2"): lambda *a: None,
+         ("torch._utils", "_rebuild_tensor"): lambda *a: None}
+
+
+def _legacy_header(file, path: Path) -> str:
+    """Reads the three header pickles; returns the writer's byte order ('<' or '>')."""
+    header = [safe_pickle.load(file, str(path), safe_pickle.BUILTINS) for _ in range(3)]
+    magic, protocol, info = header
+    if magic != LEGACY_MAGIC or protocol != LEGACY_PROTOCOL or not isinstance(info, dict):
+        raise DataError(f"{path} is neither a PyTorch zip file nor a legacy PyTorch file (its "
+                        "header is not torch.save's); check that it is a .pt / .pth file")
+    return "<" if info.get("little_endian", True) else ">"
+
+
+def _legacy_pid(pid):
+    if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] in ("storage", b"storage")
+            and isinstance(pid[1], _StorageType) and pid[5] is None):
+        raise pickle.UnpicklingError(f"an unknown persistent id {str(pid)[:80]}")
+    _, kind, key, _location, numel, _ = pid
+    return kind, key.decode() if isinstance(key, bytes) else str(key), int(numel)
+
+
+def _load_legacy(path: Path) -> object:
+    data = path.read_bytes()
+    file = io.BytesIO(data)
+    order = _legacy_header(file, path)
+    start = file.tell()
+    kinds = {}
+
+    def note(pid):
+        kind, key, numel = _legacy_pid(pid)
+        kinds[key] = (kind, numel)
+
+    fix = "save it again with torch.save"
+    safe_pickle.load(file, str(path), _SKIM, persistent=note, fix=fix)
+    keys = safe_pickle.load(file, str(path), safe_pickle.BUILTINS, fix=fix)
+    if not isinstance(keys, list) or set(map(str, keys)) != set(kinds):
+        raise DataError(f"{path}: its storage list does not match its tensors; the file is "
+                        f"damaged; {fix}")
+    storages, offset = {}, file.tell()
+    for key in map(str, keys):
+        kind, numel = kinds[key]
+        dtype = kind.dtype if order == NATIVE else kind.dtype.newbyteorder(order)
+        count = int(np.frombuffer(data, np.dtype(order + "i8"), 1, offset)[0]) \
+            if offset + 8 <= len(data) else -1
+        end = offset + 8 + max(count, 0) * dtype.itemsize
+        if count < numel or end > len(data):
+            raise DataError(f"{path}: storage {key} of {numel} {kind.name} elements reaches past "
+                            f"the end of the file; the file is truncated; {fix}")
+        storages[key] = np.frombuffer(data, dtype, count, offset + 8).astype(kind.dtype)
+        offset = end
+
+    def load_storage(pid):
+        return storages[_legacy_pid(pid)[1]]
+
+    return safe_pickle.load(io.BytesIO(data[start:]), str(path), ALLOWED,
+                            persistent=load_storage, fix=fix)
+
+
 def load(path) -> object:
     """The object saved in the PyTorch file ``path``: nested Python containers with every
     tensor as a numpy array (bfloat16 as ml_dtypes.bfloat16)."""
@@ -159,9 +227,7 @@ def load(path) -> object:
     if not path.is_file():
         raise DataError(f"{path} does not exist")
     if not zipfile.is_zipfile(path):
-        raise DataError(f"{path} is not a PyTorch zip file (torch >= 1.6's format); a file saved "
-                        "in the legacy format is not read: re-save it with "
-                        "torch.save(torch.load(path), path) under torch >= 1.6")
+        return _load_legacy(path)
     with zipfile.ZipFile(path) as archive:
         prefix = _archive_prefix(archive, path)
         return safe_pickle.load(archive.read(f"{prefix}data.pkl"), str(path), ALLOWED,
