@@ -305,3 +305,41 @@ def _evaluate(F) -> None:
           + _fmt({k: v for k, v in means.items() if k != "step"}))
     replaced = "replaced the earlier evaluation in" if summary.get("replaced_earlier") else "in"
     print(f"results {replaced} {out_dir} (per_image.csv, summary.json, compare/)")
+
+
+EXPORT_USAGE = """Export a trained run's restorer: a jax.export artefact (StableHLO) or an ONNX model,
+with a JSON card beside it (RUN/export/<model>-step<N>.<format> and .json by default).
+
+  python -m msjax.export runs/quickstart --format onnx
+  python -m msjax.export runs/quickstart --format stablehlo --checkpoint latest
+
+The file takes NHWC float32 images in [0, 1] (and t for time-conditioned tasks), padded by
+mirroring to a multiple of 8 as run.restore pads them; it is checked against run.restore on a
+photo as it is written. ONNX needs the export extra: pip install 'msjax[export]'.
+"""
+
+
+def export(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m msjax.export", description=EXPORT_USAGE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", metavar="RUN", help="run directory written by train.py")
+    parser.add_argument("--format", required=True, choices=["stablehlo", "onnx"])
+    parser.add_argument("--checkpoint", default="best",
+                        help="best (default), latest or a step number")
+    parser.add_argument("--out", default="", help="file to write (the card goes to FILE.json)")
+    parser.add_argument("--size", default="", help="HxW: a fixed input size (multiples of 8) "
+                        "instead of free ones")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    from msjax import errors
+    from msjax import export as exporting
+
+    try:
+        done = exporting.export_run(args.run, args.format, args.checkpoint, args.out or None,
+                                    exporting.parse_size(args.size))
+    except errors.MsjaxError as e:
+        _error(str(e))
+    print(f"wrote {done.path} (step {done.card['step']}), checked against run.restore: max abs "
+          f"difference {done.max_abs_diff:.3g} (tolerance {exporting.TOLERANCE:g})")
+    print(f"card: {done.card_path}")
