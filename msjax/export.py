@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import jax
@@ -131,7 +132,9 @@ def export_onnx(run: runs.Run, path: Path, size: tuple[int, int] | None) -> dict
     h, w = ("H", "W") if size is None else size
     shapes = [("B", h, w, run.channels)] + ([("B",)] if task.time_conditioned else [])
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        # jax2onnx's own deprecation warnings and debug prints say nothing about this run.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             model = jax2onnx.to_onnx(restorer(run), shapes, input_names=input_names(run),
                                      output_names=["restored"], model_name=run.workdir.name)
     except Exception as e:  # a converter's failure: said in one line, with what to do
