@@ -1,8 +1,10 @@
-"""The command lines: ``train.py`` / ``msjax-train`` and ``eval.py`` / ``msjax-eval``.
+"""The command lines: ``train.py`` / ``msjax-train``, ``eval.py`` / ``msjax-eval`` and
+``python -m msjax.export`` / ``msjax-export``.
 
-Both parse flags, call the library and turn every ``errors.MsjaxError`` (and a mistyped config
-field) into one line on stderr with exit status 2. jax is imported only after the process has
-restarted itself with huge pages (``backend/hugepages.py``).
+Each parses its flags, calls the library and turns every ``errors.MsjaxError`` (and a mistyped
+config field) into one line on stderr with exit status 2. Training and evaluation import jax
+only after the process has restarted itself with huge pages (``backend/hugepages.py``); an
+export is short and does not.
 """
 
 from __future__ import annotations
@@ -307,8 +309,9 @@ def _evaluate(F) -> None:
     print(f"results {replaced} {out_dir} (per_image.csv, summary.json, compare/)")
 
 
-EXPORT_USAGE = """Export a trained run's restorer: a jax.export artefact (StableHLO) or an ONNX model,
-with a JSON card beside it (RUN/export/<model>-step<N>.<format> and .json by default).
+EXPORT_USAGE = """Export a trained run's restorer: a jax.export artefact (StableHLO) or an ONNX
+model, with a JSON card beside it (RUN/export/<model>-step<N>.<format> and <file>.json by
+default).
 
   python -m msjax.export runs/quickstart --format onnx
   python -m msjax.export runs/quickstart --format stablehlo --checkpoint latest
@@ -331,6 +334,7 @@ def export(argv=None) -> None:
     parser.add_argument("--out", default="", help="file to write (the card goes to FILE.json)")
     parser.add_argument("--size", default="", help="HxW: a fixed input size (multiples of 8) "
                         "instead of free ones")
+    parser.error = lambda message: _error(f"{message} (python -m msjax.export --help)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from msjax import errors
     from msjax import export as exporting

@@ -129,8 +129,9 @@ def _onnx_modules():
 def export_onnx(run: runs.Run, path: Path, size: tuple[int, int] | None) -> dict:
     jax2onnx, _ = _onnx_modules()
     task = run.experiment.task
-    h, w = ("H", "W") if size is None else size
-    shapes = [("B", h, w, run.channels)] + ([("B",)] if task.time_conditioned else [])
+    # At a fixed size the batch is fixed too: jax2onnx's resize takes no free dimension at all.
+    b, h, w = ("B", "H", "W") if size is None else (1, *size)
+    shapes = [(b, h, w, run.channels)] + ([(b,)] if task.time_conditioned else [])
     try:
         # jax2onnx's own deprecation warnings and debug prints say nothing about this run.
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -225,7 +226,8 @@ def make_card(run: runs.Run, meta: dict, fmt: str, path: Path, checkpoint, size,
         sizes = (f"dynamic; the caller pads to a multiple of {SIZE_MULTIPLE} (the ONNX graph "
                  "runs at any size but matches run.restore only so)")
     else:
-        sizes = f"fixed: {size[0]} x {size[1]}"
+        sizes = (f"fixed: exactly {size[0]} x {size[1]}" + (", batch 1" if fmt == "onnx" else "")
+                 + "; images of that size match run.restore")
     return {
         "format": fmt,
         "file": path.name,
@@ -254,7 +256,7 @@ def make_card(run: runs.Run, meta: dict, fmt: str, path: Path, checkpoint, size,
         "caller_pads": (f"mirror the bottom and right edges to a multiple of {SIZE_MULTIPLE} "
                         "(numpy.pad mode='symmetric'), then crop the output to scale x the "
                         "original size, as run.restore does"),
-        "dynamic_batch": True,
+        "dynamic_batch": free or fmt == "stablehlo",
         "checkpoint": str(checkpoint),
         "step": run.step,
         "best_psnr": best if best is not None and math.isfinite(best) else None,

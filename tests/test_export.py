@@ -1,6 +1,7 @@
 """Exported restorers (``python -m msjax.export``): the StableHLO artefact and the ONNX model,
 reloaded from their files, reproduce ``run.restore`` on a real photo for a time-conditioned
-run, a run trained on oneDNN's convolutions and an SR x2 run; what each card says; the refusals."""
+run, a run trained on oneDNN's convolutions, an SR x2 run with the official normalisation and
+an SR run that upsamples its input; what each card says; the refusals."""
 
 import json
 import re
@@ -54,7 +55,9 @@ def deblur_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sr_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("export") / "edsr"
-    train.train_and_evaluate(edsr_config(), workdir)
+    # The official loaders' Normalize, which the exported graph must apply itself.
+    train.train_and_evaluate(edsr_config(**{"data.normalize": True, "data.mean": (0.4, 0.45, 0.5),
+                                            "data.std": (0.25, 0.25, 0.3)}), workdir)
     return workdir
 
 
@@ -115,6 +118,7 @@ def test_an_sr_x2_run_exports_and_reproduces_restore(sr_run, photo, tmp_path, fm
     np.testing.assert_allclose(out, run.restore(image), atol=export.TOLERANCE, rtol=0)
     assert done.card["scale"] == 2 and not done.card["t_is_input"]
     assert done.card["t_default"] is None and done.card["checkpoint"] == "latest"
+    assert "mean [0.4, 0.45, 0.5], std [0.25, 0.25, 0.3]" in done.card["normalisation"]
 
 
 @pytest.mark.skipif(not HAVE_ONEDNN, reason="oneDNN is not installed: pip install -e '.[onednn]'")
@@ -174,3 +178,27 @@ def test_the_command_line_prints_one_line_and_exits_2(deblur_run):
     assert done.stderr.strip().splitlines() == [
         f"error: no checkpoint at step 9 in {deblur_run / 'checkpoints'}; the run keeps steps "
         "1, 2: choose one of them, best or latest"]
+
+
+@pytest.mark.skipif(not HAVE_ONNX, reason="the export extra is not installed: pip install -e "
+                    "'.[export]'")
+def test_an_upsampling_sr_run_exports_to_onnx_at_a_fixed_size_only(tmp_path, photo):
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(tiny_config(**QUICK, **{
+        "task.name": "sr", "task.scale": 2, "task.upsample_input": True, "data.patch": 32}),
+        workdir)
+    with pytest.raises(export.ExportError, match="only at a fixed size .* pass --size HxW"):
+        export.export_run(workdir, "onnx")
+    assert not list((workdir / "export").glob("*.onnx"))
+    done = export.export_run(workdir, "onnx", size=(40, 32))
+    run = runs.load_run(workdir)
+    image = photo[7:47, 90:122]
+    np.testing.assert_allclose(run_exported("onnx", done.path, image, scale=2),
+                               run.restore(image), atol=export.TOLERANCE, rtol=0)
+    assert not done.card["dynamic_height_width"] and not done.card["dynamic_batch"]
+    assert done.card["upsampling_of_input"] == "bilinear, inside the exported graph"
+    # StableHLO keeps the sizes free for the same run.
+    free = export.export_run(workdir, "stablehlo")
+    image = photo[:37, :29]
+    np.testing.assert_allclose(run_exported("stablehlo", free.path, image, scale=2),
+                               run.restore(image), atol=export.TOLERANCE, rtol=0)
