@@ -65,7 +65,7 @@ def load_run(workdir, checkpoint: str | int = "best") -> tuple[runs.Run, dict]:
     the checkpoint's metadata."""
     workdir = Path(workdir)
     if not workdir.is_dir():
-        raise ExportError(f"run directory {workdir} not found: pass the --workdir of a run "
+        raise ExportError(f"run directory {workdir} not found: pass a run directory that "
                           "train.py wrote")
     config = build.load_config(workdir)
     # The CPU backend routes convolutions through the oneDNN dispatch only when the run asks

@@ -160,6 +160,12 @@ def test_missing_run_unknown_format_and_missing_extra_are_one_line(tmp_path, deb
                                                                    monkeypatch):
     with pytest.raises(export.ExportError, match="run directory .* not found"):
         export.export_run(tmp_path / "nothing", "stablehlo")
+    (tmp_path / "untrained").mkdir()
+    (tmp_path / "untrained" / "config.json").write_text((deblur_run / "config.json").read_text())
+    with pytest.raises(MsjaxError, match="no checkpoint in .*: the run saved none yet"):
+        export.export_run(tmp_path / "untrained", "stablehlo")
+    with pytest.raises(MsjaxError, match="checkpoint 'newest' is not best, latest or a step"):
+        export.export_run(deblur_run, "stablehlo", checkpoint="newest")
     with pytest.raises(export.ExportError, match="--format 'tflite' is unknown"):
         export.export_run(deblur_run, "tflite")
     with pytest.raises(export.ExportError, match="--size '60x40'"):
