@@ -101,12 +101,7 @@ def export_stablehlo(run: runs.Run, path: Path, size: tuple[int, int] | None) ->
     if run.experiment.task.time_conditioned:
         args.append(jax.ShapeDtypeStruct((b,), jnp.float32))
     exported = export.export(jax.jit(restorer(run)), platforms=PLATFORMS)(*args)
-    try:
-        blob = exported.serialize()
-    except ImportError as e:  # jax serializes with flatbuffers, which it does not require
-        raise ExportError(f"serializing a jax.export artefact needs flatbuffers ({e}); "
-                          f"{EXTRA}") from None
-    path.write_bytes(blob)
+    path.write_bytes(exported.serialize())
     return {"platforms": list(exported.platforms),
             "input_shapes": [str(a.shape) for a in exported.in_avals],
             "output_shape": str(exported.out_avals[0].shape)}
@@ -288,8 +283,15 @@ def export_run(workdir, fmt: str, checkpoint: str | int = "best", out=None,
     run.restore and removes it if it differs by more than ``TOLERANCE``."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r} is unknown; choose one of {', '.join(FORMATS)}")
+    # A missing extra is said before anything loads.
     if fmt == "onnx":
-        _onnx_modules()  # the missing extra is said before anything loads
+        _onnx_modules()
+    else:
+        try:  # jax serializes its artefacts with flatbuffers, which it does not require
+            import flatbuffers  # noqa: F401
+        except ImportError as e:
+            raise ExportError(f"a jax.export artefact is written with flatbuffers ({e}); "
+                              f"{EXTRA}") from None
     run, meta = load_run(workdir, checkpoint)
     path = Path(out) if out else (Path(workdir) / "export"
                                   / f"{run.experiment.model_name}-step{run.step}{SUFFIXES[fmt]}")

@@ -28,12 +28,20 @@ try:
 except ImportError:
     HAVE_ONNX = False
 try:
+    import flatbuffers  # noqa: F401  (jax serializes its artefacts with it)
+    HAVE_FLATBUFFERS = True
+except ImportError:
+    HAVE_FLATBUFFERS = False
+try:
     onednn.load()
     HAVE_ONEDNN = True
 except onednn.OneDNNUnavailable:
     HAVE_ONEDNN = False
-FORMATS = ["stablehlo", pytest.param("onnx", marks=pytest.mark.skipif(
-    not HAVE_ONNX, reason="the export extra is not installed: pip install -e '.[export]'"))]
+WITHOUT_EXTRA = "the export extra is not installed: pip install -e '.[export]'"
+needs_flatbuffers = pytest.mark.skipif(not HAVE_FLATBUFFERS, reason=WITHOUT_EXTRA)
+needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason=WITHOUT_EXTRA)
+FORMATS = [pytest.param("stablehlo", marks=needs_flatbuffers),
+           pytest.param("onnx", marks=needs_onnx)]
 # Train quickly: one stage, two steps, a validation at the end (a best checkpoint).
 QUICK = {"mode": "single", "train.steps": 2, "log.eval_every": 2}
 
@@ -137,6 +145,7 @@ def test_a_run_trained_on_onednn_exports_on_xla_convolutions(tmp_path_factory, p
                                run.restore(image, t=0.05), atol=export.TOLERANCE, rtol=0)
 
 
+@needs_flatbuffers
 def test_a_file_that_differs_from_restore_is_refused_and_removed(deblur_run, tmp_path,
                                                                  monkeypatch):
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any difference, even 0, is too much
@@ -148,6 +157,7 @@ def test_a_file_that_differs_from_restore_is_refused_and_removed(deblur_run, tmp
     assert not out.exists() and not (tmp_path / "refused.stablehlo.json").exists()
 
 
+@needs_flatbuffers
 def test_a_step_the_run_does_not_keep_is_refused_with_the_steps_kept(deblur_run):
     with pytest.raises(MsjaxError, match=r"no checkpoint at step 7 .* keeps steps 1, 2:"):
         export.export_run(deblur_run, "stablehlo", checkpoint="7")
@@ -171,9 +181,13 @@ def test_missing_run_unknown_format_and_missing_extra_are_one_line(tmp_path, deb
     with pytest.raises(export.ExportError, match="--size '60x40'"):
         export.parse_size("60x40")
     assert export.parse_size("64x40") == (64, 40)
-    monkeypatch.setitem(sys.modules, "jax2onnx", None)  # import fails as if not installed
-    with pytest.raises(export.ExportError, match=r"pip install 'msjax\[export\]'"):
+    # An import fails as if the package were not installed.
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)
+    with pytest.raises(export.ExportError, match=r"needs jax2onnx .* pip install 'msjax\[export"):
         export.export_run(deblur_run, "onnx")
+    monkeypatch.setitem(sys.modules, "flatbuffers", None)
+    with pytest.raises(export.ExportError, match=r"flatbuffers .* pip install 'msjax\[export"):
+        export.export_run(deblur_run, "stablehlo")
 
 
 def test_the_command_line_prints_one_line_and_exits_2(deblur_run):
@@ -186,8 +200,8 @@ def test_the_command_line_prints_one_line_and_exits_2(deblur_run):
         "1, 2: choose one of them, best or latest"]
 
 
-@pytest.mark.skipif(not HAVE_ONNX, reason="the export extra is not installed: pip install -e "
-                    "'.[export]'")
+@needs_onnx
+@needs_flatbuffers
 def test_an_upsampling_sr_run_exports_to_onnx_at_a_fixed_size_only(tmp_path, photo):
     workdir = tmp_path / "run"
     train.train_and_evaluate(tiny_config(**QUICK, **{
