@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 import jax
@@ -144,8 +145,6 @@ def export_onnx(run: runs.Run, path: Path, size: tuple[int, int] | None) -> dict
         raise ExportError(f"jax2onnx cannot convert this run's restorer ({first}); try "
                           "--size HxW or --format stablehlo") from e
     path.write_bytes(model.SerializeToString())
-    from importlib.metadata import version
-
     return {"converter": f"jax2onnx {version('jax2onnx')}",
             "opset": max(o.version for o in model.opset_import)}
 
