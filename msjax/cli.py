@@ -1,8 +1,10 @@
-"""The command lines: ``train.py`` / ``msjax-train`` and ``eval.py`` / ``msjax-eval``.
+"""The command lines: ``train.py`` / ``msjax-train``, ``eval.py`` / ``msjax-eval`` and
+``python -m msjax.export`` / ``msjax-export``.
 
-Both parse flags, call the library and turn every ``errors.MsjaxError`` (and a mistyped config
-field) into one line on stderr with exit status 2. jax is imported only after the process has
-restarted itself with huge pages (``backend/hugepages.py``).
+Each parses its flags, calls the library and turns every ``errors.MsjaxError`` (and a mistyped
+config field) into one line on stderr with exit status 2. Training and evaluation import jax
+only after the process has restarted itself with huge pages (``backend/hugepages.py``); an
+export is short and does not.
 """
 
 from __future__ import annotations
@@ -420,3 +422,45 @@ def rundir_default(config_file: str, stem: str) -> Path:
 
     base = rundir.default_workdir(config_file)
     return base.with_name(f"{base.name}_{stem}")
+
+
+# ---- python -m msjax.export ------------------------------------------------------------------
+
+EXPORT_USAGE = """Export a trained run's restorer: a jax.export artefact (StableHLO) or an ONNX
+model, with a JSON card beside it (RUN/export/<model>-step<N>.<format> and <file>.json by
+default).
+
+  python -m msjax.export runs/quickstart --format onnx
+  python -m msjax.export runs/quickstart --format stablehlo --checkpoint latest
+
+The file takes NHWC float32 images in [0, 1] (and t for time-conditioned tasks), padded by
+mirroring to a multiple of 8 as run.restore pads them; it is checked against run.restore on a
+photo as it is written. ONNX needs the export extra: pip install 'msjax[export]'.
+"""
+
+
+def export(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m msjax.export", description=EXPORT_USAGE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", metavar="RUN", help="run directory written by train.py")
+    parser.add_argument("--format", required=True, choices=["stablehlo", "onnx"])
+    parser.add_argument("--checkpoint", default="best",
+                        help="best (default), latest or a step number")
+    parser.add_argument("--out", default="", help="file to write (the card goes to FILE.json)")
+    parser.add_argument("--size", default="", help="HxW: a fixed input size (multiples of 8) "
+                        "instead of free ones")
+    parser.error = lambda message: _error(f"{message} (python -m msjax.export --help)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    from msjax import errors
+    from msjax import export as exporting
+
+    try:
+        done = exporting.export_run(args.run, args.format, args.checkpoint, args.out or None,
+                                    exporting.parse_size(args.size))
+    except errors.MsjaxError as e:
+        _error(str(e))
+    print(f"wrote {done.path} (step {done.card['step']}), checked against run.restore: max abs "
+          f"difference {done.max_abs_diff:.3g} (tolerance {exporting.TOLERANCE:g})")
+    print(f"card: {done.card_path}")

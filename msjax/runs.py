@@ -100,9 +100,19 @@ def as_float_images(image, channels: int = 3) -> tuple[np.ndarray, bool]:
     return (a[None], True) if a.ndim == 3 else (a, False)
 
 
-def load_state(workdir, which: str = "best", *, experiment: build.Experiment | None = None):
-    """(state, experiment, step) of the run's best (or latest) checkpoint, on one device.
-    ``experiment``: the run's own, already built (else built from its config.json)."""
+def load_state(workdir, which: str | int = "best", *,
+               experiment: build.Experiment | None = None):
+    """(state, experiment, step) of the run's best (or latest) checkpoint, or of the checkpoint
+    at a step (an int or its digits), on one device. ``experiment``: the run's own, already
+    built (else built from its config.json)."""
+    state, exp, step, _ = load_checkpoint(workdir, which, experiment=experiment)
+    return state, exp, step
+
+
+def load_checkpoint(workdir, which: str | int = "best", *,
+                    experiment: build.Experiment | None = None):
+    """``load_state`` and the checkpoint's metadata (its ``best_psnr``: the run's best
+    validation PSNR up to that step). An unknown step is refused with the steps kept."""
     logs.quiet_library_logs()
     workdir = Path(workdir)
     exp = experiment or build.experiment(load_config(workdir), num_devices=1)
@@ -110,17 +120,28 @@ def load_state(workdir, which: str = "best", *, experiment: build.Experiment | N
     template = build.initial_state(exp, (1, side, side, 3))
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", read_only=True)
     try:
-        step = ckpt.best_step() if which == "best" else None
-        if step is None:
-            step = max(ckpt.steps(), default=None)
-        if step is None:
+        kept = ckpt.steps()
+        if not kept:
             raise RunDirError(f"no checkpoint in {workdir / 'checkpoints'}: the run saved none "
                               "yet; train it first (python train.py ... --workdir "
                               f"{workdir})")
-        state, _ = ckpt.restore(step, template)
+        if str(which).isdigit():
+            step = int(which)
+            if step not in kept:
+                raise RunDirError(f"no checkpoint at step {step} in {workdir / 'checkpoints'}; "
+                                  f"the run keeps steps {', '.join(map(str, kept))}: choose "
+                                  "one of them, best or latest")
+        elif which in ("best", "latest"):
+            step = ckpt.best_step() if which == "best" else None
+            if step is None:
+                step = max(kept)
+        else:
+            raise RunDirError(f"checkpoint {which!r} is not best, latest or a step number; "
+                              f"the run keeps steps {', '.join(map(str, kept))}")
+        state, meta = ckpt.restore(step, template)
     finally:
         ckpt.close()
-    return state, exp, step
+    return state, exp, step, meta
 
 
 def load_run(workdir, which: str = "best") -> Run:
