@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax import build, runs, steps
+from msjax import runs, steps
 from msjax.errors import MsjaxError
 
 FORMATS = ("stablehlo", "onnx")
@@ -68,12 +68,7 @@ def load_run(workdir, checkpoint: str | int = "best") -> tuple[runs.Run, dict]:
     if not workdir.is_dir():
         raise ExportError(f"run directory {workdir} not found: pass a run directory that "
                           "train.py wrote")
-    config = build.load_config(workdir)
-    # The CPU backend routes convolutions through the oneDNN dispatch only when the run asks
-    # for oneDNN (or measures it); XLA's kernels give plain lax.conv throughout.
-    config.runtime.cpu_convolutions = "eigen"
-    exp = build.experiment(config, num_devices=1)
-    state, exp, step, meta = runs.load_checkpoint(workdir, checkpoint, experiment=exp)
+    state, exp, step, meta = runs.load_checkpoint(workdir, checkpoint, portable=True)
     return runs.Run(workdir, exp, state, step), meta
 
 

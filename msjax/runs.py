@@ -110,12 +110,18 @@ def load_state(workdir, which: str | int = "best", *,
 
 
 def load_checkpoint(workdir, which: str | int = "best", *,
-                    experiment: build.Experiment | None = None):
+                    experiment: build.Experiment | None = None, portable: bool = False):
     """``load_state`` and the checkpoint's metadata (its ``best_psnr``: the run's best
-    validation PSNR up to that step). An unknown step is refused with the steps kept."""
+    validation PSNR up to that step). An unknown step is refused with the steps kept.
+    ``portable``: the model on XLA's own convolutions whatever the run trained with (the CPU
+    backend's oneDNN kernels are custom calls no exporter can carry)."""
     logs.quiet_library_logs()
     workdir = Path(workdir)
-    exp = experiment or build.experiment(load_config(workdir), num_devices=1)
+    if experiment is None:
+        config = load_config(workdir)
+        if portable:  # the CPU backend dispatches to oneDNN only when asked for or measured
+            config.runtime.cpu_convolutions = "eigen"
+    exp = experiment or build.experiment(config, num_devices=1)
     side = exp.input.patch // exp.task.scale
     template = build.initial_state(exp, (1, side, side, 3))
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", read_only=True)
