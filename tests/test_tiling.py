@@ -53,13 +53,15 @@ def test_tiled_quickstart_model_equals_whole_image(astronaut, quickstart_restore
         np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
 
 
-def test_tiled_edsr_x2_equals_whole_image(astronaut):
+@pytest.mark.parametrize("size", [(256, 256), (120, 100)])
+def test_tiled_edsr_x2_equals_whole_image(astronaut, size):
     restore = _random_restorer("edsr", scale=2, n_feats=8, n_resblocks=2)
-    image = astronaut[:120, :100]
+    image = astronaut[:size[0], :size[1]]
     whole = evaluate.restore_image(restore, image, scale=2)
-    assert whole.shape == (240, 200, 3)
-    tiled = evaluate.restore_image(restore, image, scale=2, tile=48)
-    np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
+    assert whole.shape == (2 * size[0], 2 * size[1], 3)
+    for tile in (48, 64, 128):
+        tiled = evaluate.restore_image(restore, image, scale=2, tile=tile)
+        np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
 
 
 def test_a_tile_smaller_than_the_margin_is_refused(astronaut):
