@@ -478,7 +478,8 @@ def image_grid(panels: dict, *, count: int | None = None, size: int | None = Non
 class RunLog:
     """The run's CSVs, TensorBoard events and image grids (``workdir/images/<stream>_<step>.png``),
     and the same scalars, grids and config in Weights & Biases when ``wandb`` is given
-    (``{'project': ..., 'mode': ...}``: ``wandb_writer.WandbWriter``'s settings).
+    (``{'record': ..., 'project': ..., 'mode': ...}``: ``wandb_writer.WandbWriter``'s
+    arguments, ``record`` the run's flat config record).
 
     ``image_count`` and ``image_size`` are ``config.log``'s; ``crop_border`` and ``y_channel``
     the run's metric conventions (``config.eval``), used for the PSNR written on each image.
@@ -556,8 +557,6 @@ class RunLog:
                   for k, v in flat.items()}
         for summary in hparams(values, {"valid/psnr": math.nan, "valid/ssim": math.nan}):
             self.tb.file_writer.add_summary(summary, step)
-        if self.wandb is not None:
-            self.wandb.config(flat)
 
     def close(self, *, keep_wandb: bool = False):
         if self.enabled:

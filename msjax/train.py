@@ -72,8 +72,9 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
         start.progress.write(valid.line)
         runlog = logs.RunLog(workdir, resume_step=step if start.restored else None,
                              image_count=exp.log.image_count, image_size=exp.log.image_size,
-                             wandb=dict(project=exp.log.wandb_project, mode=exp.log.wandb_mode)
-                             if exp.log.wandb else None, **exp.eval.metric_kw)
+                             wandb=dict(record=exp.record, project=exp.log.wandb_project,
+                                        mode=exp.log.wandb_mode) if exp.log.wandb else None,
+                             **exp.eval.metric_kw)
         runlog.write_config(exp.record, step)
         seed_key = parallel.put_replicated(jax.random.PRNGKey(exp.seed), exp.mesh)
         batches_at = Batches(exp, inp, seed_key, transform)

@@ -53,24 +53,21 @@ def _run_id(workdir: Path) -> str:
 
 
 class WandbWriter:
-    """One W&B run for ``workdir``."""
+    """One W&B run for ``workdir``, with the run's flat config record ({'section.field':
+    value}) as its config."""
 
-    def __init__(self, workdir: Path, *, project: str, mode: str):
+    def __init__(self, workdir: Path, record: dict, *, project: str, mode: str):
         import wandb
 
         workdir = Path(workdir)
         self._wandb = wandb
         self.run = wandb.init(
             project=project, name=workdir.name, id=_run_id(workdir), resume="allow",
-            dir=str(workdir), mode=mode or os.environ.get("WANDB_MODE"),
+            dir=str(workdir), config=dict(record), mode=mode or os.environ.get("WANDB_MODE"),
             settings=wandb.Settings(console="off", silent=True))
         for stream in ("train", "valid"):
             self.run.define_metric(f"{stream}/step", hidden=True)
             self.run.define_metric(f"{stream}/*", step_metric=f"{stream}/step")
-
-    def config(self, record: dict) -> None:
-        """The run's flat config record ({'section.field': value}) as the W&B run's config."""
-        self.run.config.update(dict(record), allow_val_change=True)
 
     def scalars(self, stream: str, row: dict) -> None:
         """The finite numbers of ``row`` as ``<stream>/<field>`` at ``row['step']``."""

@@ -85,8 +85,9 @@ def test_an_offline_run_writes_what_tensorboard_gets(tmp_path, monkeypatch):
             for key, value in row.items():
                 if not key.startswith("_") and not key.endswith("/step"):
                     history[(key, row[f"{key.split('/')[0]}/step"])] = value
-        elif kind == "config":
-            config |= {i.key: json.loads(i.value_json) for i in record.config.update}
+        elif kind in ("run", "config"):                # the config: at start, updates
+            update = record.run.config.update if kind == "run" else record.config.update
+            config |= {i.key: json.loads(i.value_json) for i in update}
 
     scalars, tb_images = {}, set()
     for event in _events(workdir / "tensorboard"):
@@ -101,3 +102,28 @@ def test_an_offline_run_writes_what_tensorboard_gets(tmp_path, monkeypatch):
         assert history[key] == pytest.approx(value, rel=1e-6), key   # TensorBoard: float32
     assert images and images == tb_images
     assert config["model_kwargs.features"] == 8 and config["log.wandb"] is True
+
+
+def test_reopened_logs_keep_the_wandb_run_open_and_closing_ends_it(tmp_path):
+    """A fall back to an older checkpoint reopens the logs; W&B's run goes on through it."""
+    from msjax import logs
+
+    class Writer:
+        def __init__(self):
+            self.rows, self.closed = [], False
+
+        def scalars(self, stream, row):
+            self.rows.append((stream, row["step"]))
+
+        def close(self):
+            self.closed = True
+
+    writer = Writer()
+    runlog = logs.RunLog(tmp_path, None, _wandb_writer=writer)
+    runlog.scalars("train", {"step": 3, "loss": 0.5})
+    again = runlog.reopened(2)
+    assert again.wandb is writer and not writer.closed
+    again.scalars("train", {"step": 3, "loss": 0.25})
+    assert writer.rows == [("train", 3), ("train", 3)]
+    again.close()
+    assert writer.closed
