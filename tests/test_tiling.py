@@ -75,8 +75,9 @@ def test_a_tile_smaller_than_the_margin_is_refused(astronaut):
 # would need one pass over the whole image per such layer (RCAN's channel attention sits in
 # every residual block) rather than two.
 @pytest.mark.parametrize("name, kwargs, scale", [
-    ("resnet", dict(hidden=8, nlayers=2, time_embed=False), 1),        # per-sample layer norm
-    ("rcan", dict(scale=2, n_feats=8, n_resgroups=1, n_resblocks=1, reduction=4), 2),  # CA
+    ("resnet", {"hidden": 8, "nlayers": 2, "time_embed": False}, 1),   # per-sample layer norm
+    ("rcan", {"scale": 2, "n_feats": 8, "n_resgroups": 1, "n_resblocks": 1, "reduction": 4},
+     2),                                                                 # channel attention
 ])
 def test_an_image_wide_model_states_its_measured_deviation(astronaut, name, kwargs, scale):
     restore = _random_restorer(name, **kwargs)
