@@ -208,7 +208,7 @@ def experiment(config, *, num_devices: int | None = None) -> Experiment:
                           "(every device) or fewer")
     config_check.validate(config)
     log = from_section(LogSettings, config.log)
-    wandb_writer.check(log)
+    wandb_writer.check_mode(log)
     task = make_task(config)
     fixed = stages(config)
     config_check.validate_stages(config, fixed, task)

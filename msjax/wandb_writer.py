@@ -27,12 +27,17 @@ MODES = ("", "online", "offline", "disabled")
 ID_FILE = "wandb_id"
 
 
-def check(log) -> None:
-    """Refuses (one line) ``log.wandb`` without the wandb package or with an unknown
-    ``log.wandb_mode``, before anything is read or compiled."""
+def check_mode(log) -> None:
+    """Refuses (one line) an unknown ``log.wandb_mode``: part of reading the config."""
     if log.wandb_mode not in MODES:
         raise ConfigError(f"log.wandb_mode={log.wandb_mode!r} is not one of online, offline, "
                           "disabled (or empty: WANDB_MODE decides); set one of them")
+
+
+def check_installed(log) -> None:
+    """Refuses (one line) ``log.wandb`` without the wandb package, before training reads or
+    compiles anything. Loading or evaluating a trained run needs no wandb, so this is the
+    training's check, not the config reader's."""
     if not log.wandb:
         return
     try:

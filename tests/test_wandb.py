@@ -14,12 +14,14 @@ from tests.helpers import tiny_config
 from tests.test_logs import _events
 
 
-def test_a_missing_wandb_package_is_one_line_naming_the_pip_command(monkeypatch):
+def test_a_missing_wandb_package_is_one_line_naming_the_pip_command(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)    # import wandb raises ImportError
     with pytest.raises(ConfigError) as e:
-        build.experiment(tiny_config(**{"log.wandb": True}))
+        train.run(tiny_config(**{"log.wandb": True}), tmp_path / "run")
     assert "pip install 'msjax[wandb]'" in str(e.value) and "\n" not in str(e.value)
-    build.experiment(tiny_config())                    # without log.wandb nothing is needed
+    assert not (tmp_path / "run").exists(), "refused before the workdir is made"
+    # Reading the config (as loading a trained run does) needs no wandb.
+    build.experiment(tiny_config(**{"log.wandb": True}))
 
 
 def test_an_unknown_wandb_mode_is_refused_in_one_line():
