@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from msjax import (backend as backends, config_check, data, defaults, metrics, models,
-                   multiscale, optim, parallel, rundir, steps, tasks)
+                   multiscale, optim, parallel, rundir, steps, tasks, wandb_writer)
 from msjax.errors import ConfigError, RunDirError
 from msjax.models import layers
 from msjax.registry import METHODS
@@ -207,6 +207,8 @@ def experiment(config, *, num_devices: int | None = None) -> Experiment:
                           f"{jax.default_backend()} devices exist; set runtime.num_devices=0 "
                           "(every device) or fewer")
     config_check.validate(config)
+    log = from_section(LogSettings, config.log)
+    wandb_writer.check_mode(log)
     task = make_task(config)
     fixed = stages(config)
     config_check.validate_stages(config, fixed, task)
@@ -221,7 +223,7 @@ def experiment(config, *, num_devices: int | None = None) -> Experiment:
         seed=config.seed, mode=config.mode, task=task, model_name=config.model,
         model=make_model(config.model, config.model_kwargs, config.dtype, backend),
         stages=planned, batch_size=config.batch_size, optimizer=opt, learning_rate=lr,
-        input=input_spec(config), log=from_section(LogSettings, config.log),
+        input=input_spec(config), log=log,
         eval=from_section(EvalSettings, config.eval), runtime=runtime, mesh=mesh,
         backend=backend, ema_decay=t.ema_decay, target_psnr=t.target_psnr,
         warm_start=WarmStart(t.init_from, t.init_checkpoint) if t.init_from else None,

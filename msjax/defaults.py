@@ -154,6 +154,11 @@ def get_config():
         keep_best=1,               # best checkpoints kept beside the latest
         image_count=8,             # crops per image grid (rows), validation and training
         image_size=128,            # side in pixels each crop is shown at in the grids
+        # Weights & Biases beside TensorBoard (pip install 'msjax[wandb]'): the same scalars,
+        # image grids and config (msjax/wandb_writer.py)
+        wandb=False,
+        wandb_project="msjax",
+        wandb_mode="",             # online | offline | disabled; empty: WANDB_MODE decides
     ))
 
     c.eval = ml_collections.ConfigDict(dict(

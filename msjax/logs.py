@@ -476,20 +476,25 @@ def image_grid(panels: dict, *, count: int | None = None, size: int | None = Non
 
 
 class RunLog:
-    """The run's CSVs, TensorBoard events and image grids (``workdir/images/<stream>_<step>.png``).
+    """The run's CSVs, TensorBoard events and image grids (``workdir/images/<stream>_<step>.png``),
+    and the same scalars, grids and config in Weights & Biases when ``wandb`` is given
+    (``{'record': ..., 'project': ..., 'mode': ...}``: ``wandb_writer.WandbWriter``'s
+    arguments, ``record`` the run's flat config record).
 
     ``image_count`` and ``image_size`` are ``config.log``'s; ``crop_border`` and ``y_channel``
     the run's metric conventions (``config.eval``), used for the PSNR written on each image.
     """
 
     def __init__(self, workdir: Path, resume_step: int | None, *, image_count: int = 8,
-                 image_size: int = 128, crop_border: int = 0, y_channel: bool = False):
+                 image_size: int = 128, crop_border: int = 0, y_channel: bool = False,
+                 wandb: dict | None = None, _wandb_writer=None):
         self._args = dict(image_count=image_count, image_size=image_size,
                           crop_border=crop_border, y_channel=y_channel)
         self.enabled = jax.process_index() == 0
         self.workdir = Path(workdir)
         self.image_count, self.image_size = image_count, image_size
         self.metric_kw = dict(crop_border=crop_border, y_channel=y_channel)
+        self.wandb = None
         if not self.enabled:
             return
         self.train = CsvLog(self.workdir / "train.csv", TRAIN_FIELDS, resume_step)
@@ -498,6 +503,10 @@ class RunLog:
 
         self.tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=resume_step)
         (self.workdir / "images").mkdir(exist_ok=True)
+        self.wandb = _wandb_writer
+        if _wandb_writer is None and wandb is not None:
+            from msjax.wandb_writer import WandbWriter
+            self.wandb = WandbWriter(self.workdir, **wandb)
 
     def scalars(self, stream: str, row: dict):
         if not self.enabled:
@@ -506,6 +515,8 @@ class RunLog:
         for k, v in row.items():
             if k not in ("step",) and isinstance(v, (int, float)) and math.isfinite(v):
                 self.tb.add_scalar(f"{stream}/{k}", v, int(row["step"]))
+        if self.wandb is not None:
+            self.wandb.scalars(stream, row)
 
     def images(self, step: int, panels: dict[str, np.ndarray], stream: str = "valid",
                count: int | None = None) -> Path | None:
@@ -520,11 +531,16 @@ class RunLog:
         path = self.workdir / "images" / f"{stream}_{step:08d}.png"
         save_png(path, grid)
         self.tb.add_image(f"{stream}/grid", grid, step, dataformats="HWC")
+        if self.wandb is not None:
+            self.wandb.image(stream, step, grid)
         return path
 
     def reopened(self, resume_step: int) -> "RunLog":
-        """The same logs opened again at ``resume_step`` (rows and events past it dropped)."""
-        return RunLog(self.workdir, resume_step, **self._args)
+        """The same logs opened again at ``resume_step`` (rows and events past it dropped; the
+        W&B run stays open, since W&B cannot drop logged steps). Closes this one's files."""
+        self.close(keep_wandb=True)
+        return RunLog(self.workdir, resume_step, **self._args,
+                      _wandb_writer=self.wandb)
 
     def write_config(self, record: dict, step: int = 0):
         """The run's flat config record as TensorBoard text (a table of every field) and as
@@ -542,9 +558,12 @@ class RunLog:
         for summary in hparams(values, {"valid/psnr": math.nan, "valid/ssim": math.nan}):
             self.tb.file_writer.add_summary(summary, step)
 
-    def close(self):
+    def close(self, *, keep_wandb: bool = False):
         if self.enabled:
             self.tb.close()
+            if self.wandb is not None and not keep_wandb:
+                self.wandb.close()
+                self.wandb = None
 
 
 # ---- the end of a run --------------------------------------------------------------------------

@@ -381,6 +381,5 @@ class Loop:
         self.ledger = Ledger.from_meta(self.meta)
         for hook in self.hooks:
             hook.load(self.meta)
-        self.runlog.close()
         self.runlog = self.runlog.reopened(self.step)
         self.progress.start = self.step

@@ -139,6 +139,9 @@ class LogSettings:
     keep_best: int
     image_count: int
     image_size: int
+    wandb: bool
+    wandb_project: str
+    wandb_mode: str
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 import jax
 from clu import parameter_overview
 
-from msjax import build, checkpoints, data, hooks as loop_hooks, logs, parallel, rundir
+from msjax import (build, checkpoints, data, hooks as loop_hooks, logs, parallel, rundir,
+                   wandb_writer)
 from msjax.backend.compile_cache import CACHE
 from msjax.loop import (Batches, FallBack, Ledger, Loop, Panels, Preempted, Signals, StepPrograms,
                         call_length, progress_plan)
@@ -30,6 +31,7 @@ def run(config, workdir) -> dict:
     """``train.py``'s work: the plain loop (``method=''``), or the method's own run, which
     comes back to ``train_and_evaluate`` with its hooks, transform and source."""
     exp = build.experiment(config)
+    wandb_writer.check_installed(exp.log)      # a method may work for a while before training
     if not exp.method:
         return train_and_evaluate(exp, workdir)
     return METHODS.get(exp.method)(exp, workdir)
@@ -48,6 +50,7 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
     logs.quiet_library_logs()
     started, compiles_before = time.perf_counter(), CACHE.snapshot()
     exp = build.experiment(config)
+    wandb_writer.check_installed(exp.log)
     workdir = rundir.open_for(workdir)
     resume = build.resume(workdir, exp)
     finished = finished_result(workdir, exp) if resume.kind == "same" else None
@@ -72,6 +75,8 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
         start.progress.write(valid.line)
         runlog = logs.RunLog(workdir, resume_step=step if start.restored else None,
                              image_count=exp.log.image_count, image_size=exp.log.image_size,
+                             wandb=dict(record=exp.record, project=exp.log.wandb_project,
+                                        mode=exp.log.wandb_mode) if exp.log.wandb else None,
                              **exp.eval.metric_kw)
         runlog.write_config(exp.record, step)
         seed_key = parallel.put_replicated(jax.random.PRNGKey(exp.seed), exp.mesh)
