@@ -1,12 +1,14 @@
 """Every ```python block of README.md and docs/python_api.md runs as written, in a folder holding
-the run the blocks load (``runs/quickstart``, trained here in a few steps of a tiny config)."""
+the run the blocks load (``runs/quickstart``, trained here in a few steps of a tiny config) and
+the ONNX file the README's export command writes (``model.onnx``, where the export extra is
+installed)."""
 
 import re
 from pathlib import Path
 
 import pytest
 
-from msjax import train
+from msjax import export, train
 from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +43,20 @@ def folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("readme")
     for run in RUNS:
         train.train_and_evaluate(tiny_config(), folder / run)
+    try:
+        import jax2onnx  # noqa: F401
+    except ImportError:
+        pass  # the blocks that run model.onnx skip
+    else:  # python -m msjax.export runs/quickstart --format onnx --out model.onnx
+        export.export_run(folder / "runs/quickstart", "onnx", out=folder / "model.onnx")
     return folder
 
 
 @pytest.mark.parametrize("page, line, code", BLOCKS)
 def test_a_python_block_runs_as_written(folder, monkeypatch, page, line, code):
     monkeypatch.chdir(folder)
+    if "model.onnx" in code and not (folder / "model.onnx").exists():
+        pytest.skip("the export extra is not installed: pip install -e '.[export]'")
     # Running the page's code is the point. Compiled under the page's name and line, so a
     # failure points at the block.
     program = compile("\n" * (line - 1) + code, str(page), "exec")
