@@ -182,6 +182,7 @@ def train(argv=None) -> None:
     if "--config" in argv[:-1]:
         i = argv.index("--config")
         argv[i + 1] = resolve_config_file(argv[i + 1])
+    _check_config_file(argv)
     sys.argv = argv  # ml_collections reads the --config.* overrides from sys.argv
     _key_flags(["config", "workdir"], argv)
 
@@ -192,6 +193,19 @@ def train(argv=None) -> None:
     app.run(main, argv=argv, flags_parser=_parse)
 
 
+def _check_config_file(argv) -> None:
+    from msjax import config_file, errors
+
+    name = next((a[len("--config="):] for a in argv if a.startswith("--config=")), None)
+    if name is None and "--config" in argv[:-1]:
+        name = argv[argv.index("--config") + 1]
+    if name is not None:
+        try:
+            config_file.check(name)
+        except errors.MsjaxError as e:
+            _error(str(e))
+
+
 def _train(FLAGS, config_flags) -> None:
     from msjax import errors
 
@@ -200,8 +214,12 @@ def _train(FLAGS, config_flags) -> None:
     budget_over_stages(config, overridden)
     workdir = FLAGS.workdir or str(default_workdir(
         config_flags.get_config_filename(FLAGS["config"]), config, overridden))
-    from msjax import backend
+    from msjax import backend, config_check
 
+    try:  # before jax starts its backends with a device count the config may get wrong
+        config_check.validate(config)
+    except errors.MsjaxError as e:
+        _error(str(e))
     backend.set_cpu_devices(config.runtime)
     from msjax import train
 
