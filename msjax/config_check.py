@@ -97,9 +97,10 @@ def validate(config) -> None:
     for field in ("stage_steps", "stage_weights"):
         values = tuple(c.fms[field])
         zero = next((i for i, v in enumerate(values) if v <= 0), None)
-        _check(zero is None, f"fms.{field}={values} has {values[zero] if values else ''} at "
-               f"stage {(zero or 0) + 1}; every stage needs a positive share (drop a stage with "
-               "fewer mge.levels)")
+        if zero is not None:
+            raise ConfigError(f"fms.{field}={values} has {values[zero]} at stage {zero + 1}; "
+                              "every stage needs a positive share (drop a stage with fewer "
+                              "mge.levels)")
     if c.train.init_from:
         from msjax import rundir
 
