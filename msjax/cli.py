@@ -19,7 +19,8 @@ TRAIN_USAGE = """Train a model with multiscale gradient estimation.
 The workdir defaults to runs/<config name> (plus _<argument> for --config <file>.py:<argument>
 and for a config's default variant, then _<model> and _<mode> when --config.model and
 --config.mode are given, and _seed<N> for a seed other than the config's); running the same
-command again resumes there, a larger --config.train.steps extends a finished run.
+command again resumes there with the run's own step budget; an explicit larger
+--config.train.steps extends it (a full-multiscale run in its finest stage).
 Override any field with --config.<section>.<field>=value. Sections:
 {sections}
 Every field, its default and a one-line comment: msjax/defaults.py; the experiments: configs/.
@@ -221,11 +222,16 @@ def _train(FLAGS, config_flags) -> None:
     except errors.MsjaxError as e:
         _error(str(e))
     backend.set_cpu_devices(config.runtime)
-    from msjax import train
+    from msjax import build, train
 
     print(f"workdir: {workdir}", flush=True)
+    extend = "train.steps" in overridden  # extending a run is asked for explicitly
     try:
-        result = train.run(config, workdir)
+        if not extend:
+            note = build.keep_own_budget(config, workdir)
+            if note:
+                print(note, flush=True)
+        result = train.run(config, workdir, extend=extend)
     except errors.MsjaxError as e:
         _error(str(e))
     except train.Preempted as e:

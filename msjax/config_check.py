@@ -94,6 +94,10 @@ def validate(config) -> None:
            "0.999, ECO's 0.99)")
     _check(c.train.loss_spike_factor >= 0,
            f"train.loss_spike_factor={c.train.loss_spike_factor} must be >= 0 (0: off)")
+    _check(c.fms.extended_from == 0 or (c.mode == "fullmultiscale" and tuple(c.fms.stage_steps)
+                                          and 0 < c.fms.extended_from < sum(c.fms.stage_steps)),
+           f"fms.extended_from={c.fms.extended_from} is set by train.py when it extends a "
+           "full-multiscale run (with its fms.stage_steps); set it to 0")
     for field in ("stage_steps", "stage_weights"):
         values = tuple(c.fms[field])
         zero = next((i for i, v in enumerate(values) if v <= 0), None)

@@ -19,9 +19,9 @@ import math
 import jax
 import numpy as np
 
-from msjax import multiscale, parallel, warmstart
+from msjax import checkpoints, multiscale, parallel, rundir, warmstart
 from msjax.errors import NonFiniteError
-from msjax.loop import FallBack, Preempted
+from msjax.loop import Preempted
 
 
 class Hook:
@@ -42,6 +42,9 @@ class Hook:
     def after_steps(self, loop) -> None:
         """After each compiled call; ``loop.step`` steps are done."""
 
+    def before_save(self, loop) -> None:
+        """Right before a checkpoint of ``loop.state`` is saved (its ``state()`` goes with it)."""
+
     def state(self) -> dict:
         return {}
 
@@ -57,14 +60,15 @@ class WarmStart(Hook):
 
 
 class NonFinite(Hook):
-    """``runtime.nonfinite``: ``stop`` raises NonFiniteError naming the step and a checkpoint
-    that exists; if the non-finite steps come right after a restore, that checkpoint is set aside
-    and the loop falls back to the one before it, once. ``skip`` counts them (the step left the
-    state as it was), warns, and stops when more than ``max_skipped`` of the last ``window``
-    steps were skipped."""
+    """``runtime.nonfinite``: ``stop`` raises NonFiniteError naming the step and the last good
+    checkpoint (``Probe``); ``skip`` counts them (the step left the state as it was), warns,
+    and stops when more than ``max_skipped`` of the last ``window`` steps were skipped. A stop
+    marks no checkpoint: it is recorded in the run directory (``rundir.record_stop``), after
+    which the run resumes with the fields ``rundir.AFTER_STOP_FIELDS`` changed."""
 
-    def __init__(self, policy: str, max_skipped: float, window: int = 50):
+    def __init__(self, policy: str, max_skipped: float, probe: "Probe", window: int = 50):
         self.policy, self.max_skipped, self.window = policy, max_skipped, window
+        self.probe = probe
         self.recent: list[bool] = []
 
     def load(self, meta: dict) -> None:
@@ -79,30 +83,82 @@ class NonFinite(Hook):
         if not bad:
             return
         first, m = bad[0]
-        if loop.restored_at is not None and first < loop.restored_at + loop.exp.log.every:
-            older = loop.ckpt.restore_before(loop.restored_at, loop.state,
-                                             on_fallback=loop.progress.write)
-            if older is not None:
-                loop.progress.write(f"step {first} right after restoring checkpoint "
-                                    f"{loop.restored_at} is not finite: that checkpoint is set "
-                                    f"aside; resuming from checkpoint {older.step}")
-                loop.rewind(older)
-                raise FallBack()
-        good = [s for s in loop.ckpt.steps() if s <= first]
-        kept = (f"the last good checkpoint (step {max(good)}) is kept in {loop.workdir}. "
-                if good else "no checkpoint before it was saved. ")
         if self.policy == "stop":
-            raise NonFiniteError(
-                f"non-finite loss or gradient at step {first} (loss {m['loss']}, grad norm "
-                f"{m['grad_norm']}); {kept}Lower train.lr, or set "
-                "--config.runtime.nonfinite=skip to skip such steps")
+            self._stop(loop, first, f"non-finite loss or gradient at step {first} (loss "
+                       f"{m['loss']}, grad norm {m['grad_norm']})",
+                       "set --config.runtime.nonfinite=skip to skip such steps")
         loop.ledger.skipped += len(bad)
         loop.progress.write(f"warning: {len(bad)} non-finite step(s) skipped up to step "
                             f"{rows[-1][0] + 1} ({loop.ledger.skipped} in all)")
         if len(self.recent) >= self.window and sum(self.recent) / self.window > self.max_skipped:
-            raise NonFiniteError(
-                f"{sum(self.recent)} of the last {self.window} steps were non-finite and "
-                f"skipped (runtime.max_skipped={self.max_skipped}); {kept}Lower train.lr")
+            self._stop(loop, first, f"{sum(self.recent)} of the last {self.window} steps were "
+                       f"non-finite and skipped (runtime.max_skipped={self.max_skipped})",
+                       "set train.grad_clip_norm")
+
+    def _stop(self, loop, step: int, what: str, other: str) -> None:
+        good = self.probe.last_good(loop)
+        if good is None:
+            kept = "no good checkpoint was saved before it, so a rerun starts afresh. "
+        else:
+            kept = (f"the last good checkpoint (step {good}) is kept in {loop.workdir}, and a "
+                    "rerun in it resumes there. ")
+        fields = ", ".join(rundir.AFTER_STOP_FIELDS)
+        message = (f"{what}; {kept}Lower train.lr, or {other} ({fields} may change when the run "
+                   "resumes)")
+        if jax.process_index() == 0:
+            rundir.record_stop(loop.workdir, step, message)
+        raise NonFiniteError(message)
+
+
+class Probe(Hook):
+    """Judges each checkpoint before it is saved: good when its parameters are finite and its
+    loss on the fixed validation batch (the probe) is finite and at most ``factor`` times the
+    last good checkpoint's (or the fresh run's). The verdict goes into the checkpoint's meta
+    and Orbax metrics (``checkpoints.GOOD_KEY``); messages and resume use the last good one."""
+
+    FACTOR = 10.0
+
+    def __init__(self, valid, evaluate, factor: float = FACTOR):
+        self.valid, self.evaluate, self.factor = valid, evaluate, factor
+        self.reference: float | None = None     # the last good probe loss
+        self.good_step: int | None = None       # the last good checkpoint's step
+        self.verdict: dict = {}
+
+    def loss(self, loop) -> float:
+        out = parallel.fetch(self.evaluate(loop.state, self.valid.batch))
+        return float(np.mean(out["loss"][:self.valid.count]))
+
+    def initialize(self, loop) -> None:
+        self.reference = self.loss(loop)
+
+    def load(self, meta: dict) -> None:
+        self.reference = meta.get("probe_reference")
+        self.good_step = meta.get("last_good_step")
+
+    def before_save(self, loop) -> None:
+        # A validation of this very state has measured the probe already.
+        loss = loop.validated["loss"] if loop.validated else self.loss(loop)
+        finite = checkpoints.params_finite(loop.state)
+        limit = None if self.reference is None else self.factor * self.reference
+        good = finite and math.isfinite(loss) and (limit is None or loss <= limit)
+        why = (f"probe loss {loss:.4g}" + (f", limit {limit:.4g}" if limit is not None else "")
+               + ("" if finite else ", parameters not finite"))
+        if good:
+            self.reference, self.good_step = loss, loop.step
+        else:
+            loop.progress.write(f"warning: checkpoint {loop.step} is not a good state ({why}: "
+                                f"more than {self.factor:g}x the last good checkpoint's, or not "
+                                f"finite); the last good one stays step {self.good_step}")
+        self.verdict = {checkpoints.GOOD_KEY: good, "probe": why}
+
+    def last_good(self, loop) -> int | None:
+        """The newest kept checkpoint that passed the test (the newest saved may be pending)."""
+        kept = set(loop.ckpt.steps())
+        return self.good_step if self.good_step in kept else None
+
+    def state(self) -> dict:
+        return {**self.verdict, "probe_reference": self.reference,
+                "last_good_step": self.good_step}
 
 
 class TrainLog(Hook):

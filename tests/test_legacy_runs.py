@@ -28,7 +28,7 @@ def test_a_legacy_run_extends_to_the_weights_the_earlier_msjax_reached(tmp_path,
     config = runs.load_config(workdir)
     saved_steps = config.train.steps
     config.train.steps = saved_steps + 2
-    result = train.train_and_evaluate(config, workdir)
+    result = train.train_and_evaluate(config, workdir, extend=True)
     assert result["step"] == saved_steps + 2
     state, _, step = runs.load_state(workdir, "latest")
     assert step == saved_steps + 2
