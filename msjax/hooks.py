@@ -268,6 +268,72 @@ class Validation(Hook):
         loop.validated = loop.result = row
 
 
+class Divergence(Hook):
+    """Warns that the run diverges: its training loss (the mean of a log interval) grows to
+    ``loss_factor`` times its best in the stage (a stage with finer terms starts its own best),
+    or its validation PSNR falls below the corrupted input's ``count`` times in a row after it
+    once exceeded it (SR and UNet runs start below the input, so nothing counts before), or the
+    run ends more than ``end_margin_db`` below the input (a short healthy run may end a little
+    below it; one that diverged ends far below). Each warning is given once; ``warnings`` go into the run's result and its final summary."""
+
+    def __init__(self, loss_factor: float = 10.0, count: int = 3, end_margin_db: float = 5.0):
+        self.loss_factor, self.count, self.end_margin_db = loss_factor, count, end_margin_db
+        self.best_loss: float | None = None
+        self.stage = 0
+        self.exceeded, self.below = False, 0
+        self.warnings: list[str] = []
+
+    def load(self, meta: dict) -> None:
+        saved = meta.get("divergence", {})
+        self.best_loss, self.stage = saved.get("best_loss"), saved.get("stage", 0)
+        self.exceeded, self.below = saved.get("exceeded", False), saved.get("below", 0)
+        self.warnings = list(saved.get("warnings", []))
+
+    def state(self) -> dict:
+        return {"divergence": {"best_loss": self.best_loss, "stage": self.stage,
+                               "exceeded": self.exceeded, "below": self.below,
+                               "warnings": list(self.warnings)}}
+
+    def _warn(self, loop, kind: str, message: str) -> None:
+        if any(w.startswith(kind) for w in self.warnings):
+            return
+        self.warnings.append(message)
+        loop.progress.write(f"warning: {message}")
+
+    def on_metrics(self, loop, rows) -> None:
+        losses = [m["loss"] for _, m in rows if m["finite"] and math.isfinite(m["loss"])]
+        if not losses:
+            return
+        if loop.stage != self.stage:
+            self.stage, self.best_loss = loop.stage, None
+        loss = float(np.mean(losses))
+        if self.best_loss is not None and loss > self.loss_factor * self.best_loss:
+            self._warn(loop, "the training loss", (
+                f"the training loss grew to {loss:.4g} by step {rows[-1][0] + 1}, more than "
+                f"{self.loss_factor:g}x its best {self.best_loss:.4g}: the run diverges; lower "
+                "train.lr or set train.grad_clip_norm"))
+        self.best_loss = loss if self.best_loss is None else min(self.best_loss, loss)
+
+    def after_steps(self, loop) -> None:
+        row = loop.validated
+        if row is None:
+            return
+        below = not row["psnr"] >= row["input_psnr"]  # nan counts as below
+        self.exceeded = self.exceeded or not below
+        self.below = self.below + 1 if below and self.exceeded else 0
+        margin = self.end_margin_db
+        if not row["psnr"] >= row["input_psnr"] - margin and loop.step >= loop.exp.total_steps:
+            self._warn(loop, "the run ends", (
+                f"the run ends more than {margin:g} dB below the corrupted input: valid PSNR "
+                f"{row['psnr']:.2f} dB against the input's {row['input_psnr']:.2f}; lower "
+                "train.lr or set train.grad_clip_norm"))
+        if self.below >= self.count:
+            self._warn(loop, "the validation PSNR", (
+                f"the validation PSNR fell below the corrupted input's ({row['input_psnr']:.2f} "
+                f"dB) at {self.count} validations in a row, to {row['psnr']:.2f} dB at step "
+                f"{loop.step}: the run diverges; lower train.lr or set train.grad_clip_norm"))
+
+
 class TargetStop(Hook):
     """``train.target_psnr``: stops once the mean of the last ``count`` validations reaches
     the target, and says what reaching it cost."""

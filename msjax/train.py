@@ -90,7 +90,8 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
         run_hooks = [loop_hooks.NonFinite(exp.runtime.nonfinite, exp.runtime.max_skipped, probe),
                      probe, loop_hooks.TrainLog(exp.log.every, validation)]
         run_hooks += [loop_hooks.AdaptiveMoveOn(exp)] if exp.adaptive is not None else []
-        run_hooks += [validation, loop_hooks.TargetStop(exp.target_psnr),
+        divergence = loop_hooks.Divergence()
+        run_hooks += [validation, divergence, loop_hooks.TargetStop(exp.target_psnr),
                       loop_hooks.Checkpointing(exp.log.checkpoint_every),
                       loop_hooks.Preemption(signals, exp.log.every)]
         run_hooks += [loop_hooks.WarmStart(exp.warm_start)] if exp.warm_start else []
@@ -140,7 +141,8 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
                                 "steps were non-finite and skipped")
     result = loop.result or {"step": loop.step, "psnr": validation.best}
     return result | {"best_psnr": validation.best, "best_step": loop.ckpt.best_step(),
-                     "workdir": str(workdir), "skipped": loop.ledger.skipped}
+                     "workdir": str(workdir), "skipped": loop.ledger.skipped,
+                     "warnings": list(divergence.warnings)}
 
 
 @dataclasses.dataclass

@@ -179,3 +179,41 @@ def test_the_command_line_refuses_a_workdir_of_unknown_experiment_in_one_line(tm
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "holds checkpoints but no config.json" in lines[0]
     assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints"]
+
+
+def test_a_diverging_run_warns_and_its_summary_says_so_again(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    config = tiny_config(**{"mode": "single", "train.steps": 20, "log.every": 2,
+                            "log.eval_every": 10, "log.checkpoint_every": 10, "train.lr": 1e6,
+                            "train.lr_end": 0.0, "runtime.nonfinite": "skip",
+                            "runtime.max_skipped": 1.0})
+    result = train.train_and_evaluate(config, workdir)
+    out = capsys.readouterr().out
+    assert result["warnings"] and all(f"warning: {w}" in out for w in result["warnings"])
+    assert "dB below the corrupted input" in " ".join(result["warnings"])
+    summary = logs.final_summary(workdir, result).splitlines()
+    assert [line for line in summary if line.strip().startswith("warning:")]
+
+
+def test_a_healthy_run_gives_no_divergence_warning(tmp_path):
+    config = tiny_config(**{"mode": "single", "train.steps": 6, "log.eval_every": 3})
+    result = train.train_and_evaluate(config, tmp_path / "run")
+    assert result["warnings"] == []
+
+
+def test_a_loss_that_grows_tenfold_over_its_best_warns_once(tmp_path):
+    from msjax.hooks import Divergence
+
+    written = []
+
+    class Loop:  # what the hook reads of the loop
+        stage = 0
+        progress = type("P", (), {"write": staticmethod(written.append)})
+
+    hook = Divergence()
+    for step, loss in enumerate([1.0, 0.5, 0.6, 4.0, 6.0, 60.0]):
+        hook.on_metrics(Loop, [(step, {"loss": loss, "finite": True})])
+    assert len(written) == 1 and "more than 10x its best 0.5" in written[0]
+    Loop.stage = 1  # a finer stage starts its own best
+    hook.on_metrics(Loop, [(7, {"loss": 100.0, "finite": True})])
+    assert hook.best_loss == 100.0
