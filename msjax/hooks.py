@@ -274,7 +274,8 @@ class Divergence(Hook):
     or its validation PSNR falls below the corrupted input's ``count`` times in a row after it
     once exceeded it (SR and UNet runs start below the input, so nothing counts before), or the
     run ends more than ``end_margin_db`` below the input (a short healthy run may end a little
-    below it; one that diverged ends far below). Each warning is given once; ``warnings`` go into the run's result and its final summary."""
+    below it; one that diverged ends far below). Each warning is given once; ``warnings`` go
+    into the run's result and its final summary."""
 
     def __init__(self, loss_factor: float = 10.0, count: int = 3, end_margin_db: float = 5.0):
         self.loss_factor, self.count, self.end_margin_db = loss_factor, count, end_margin_db
