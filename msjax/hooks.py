@@ -128,12 +128,14 @@ class Probe(Hook):
         out = parallel.fetch(self.evaluate(loop.state, self.valid.batch))
         return float(np.mean(out["loss"][:self.valid.count]))
 
-    def initialize(self, loop) -> None:
-        self.reference = self.loss(loop)
-
     def load(self, meta: dict) -> None:
         self.reference = meta.get("probe_reference")
         self.good_step = meta.get("last_good_step")
+
+    def start(self, loop) -> None:
+        # After every hook's initialize: a warm start's weights are what the run starts from.
+        if self.reference is None:
+            self.reference = self.loss(loop)
 
     def before_save(self, loop) -> None:
         # A validation of this very state has measured the probe already.
