@@ -148,9 +148,11 @@ class Probe(Hook):
         if good:
             self.reference, self.good_step = loss, loop.step
         else:
+            last = ("no checkpoint is good yet" if self.good_step is None else
+                    f"the last good one stays step {self.good_step}")
             loop.progress.write(f"warning: checkpoint {loop.step} is not a good state ({why}: "
                                 f"more than {self.factor:g}x the last good checkpoint's, or not "
-                                f"finite); the last good one stays step {self.good_step}")
+                                f"finite); {last}")
         self.verdict = {checkpoints.GOOD_KEY: good, "probe": why}
 
     def last_good(self, loop) -> int | None:
@@ -273,15 +275,20 @@ class Validation(Hook):
 class Divergence(Hook):
     """Warns that the run diverges: its training loss (the mean of a log interval) grows to
     ``loss_factor`` times its best in the stage (a stage with finer terms starts its own best),
-    or its validation PSNR falls below the corrupted input's ``count`` times in a row after it
+    or its loss on the fixed validation batch to ``loss_factor`` times its best (the untrained
+    state's, ``Probe``, included: a rate that blows up in the first interval shows there), or its
+    validation PSNR falls below the corrupted input's ``count`` times in a row after it
     once exceeded it (SR and UNet runs start below the input, so nothing counts before), or the
     run ends more than ``end_margin_db`` below the input (a short healthy run may end a little
     below it; one that diverged ends far below). Each warning is given once; ``warnings`` go
     into the run's result and its final summary."""
 
-    def __init__(self, loss_factor: float = 10.0, count: int = 3, end_margin_db: float = 5.0):
+    def __init__(self, probe: Probe, loss_factor: float = 10.0, count: int = 3,
+                 end_margin_db: float = 5.0):
         self.loss_factor, self.count, self.end_margin_db = loss_factor, count, end_margin_db
+        self.probe = probe
         self.best_loss: float | None = None
+        self.best_valid_loss: float | None = None
         self.stage = 0
         self.exceeded, self.below = False, 0
         self.warnings: list[str] = []
@@ -290,10 +297,16 @@ class Divergence(Hook):
         saved = meta.get("divergence", {})
         self.best_loss, self.stage = saved.get("best_loss"), saved.get("stage", 0)
         self.exceeded, self.below = saved.get("exceeded", False), saved.get("below", 0)
+        self.best_valid_loss = saved.get("best_valid_loss")
         self.warnings = list(saved.get("warnings", []))
+
+    def start(self, loop) -> None:
+        if self.best_valid_loss is None:  # after the probe's start: the untrained state's loss
+            self.best_valid_loss = self.probe.reference
 
     def state(self) -> dict:
         return {"divergence": {"best_loss": self.best_loss, "stage": self.stage,
+                               "best_valid_loss": self.best_valid_loss,
                                "exceeded": self.exceeded, "below": self.below,
                                "warnings": list(self.warnings)}}
 
@@ -321,6 +334,14 @@ class Divergence(Hook):
         row = loop.validated
         if row is None:
             return
+        best = self.best_valid_loss
+        if best is not None and not row["loss"] <= self.loss_factor * best:
+            self._warn(loop, "the validation loss", (
+                f"the validation loss grew to {row['loss']:.4g} at step {loop.step}, more than "
+                f"{self.loss_factor:g}x its best {best:.4g}: the run diverges; lower train.lr or "
+                "set train.grad_clip_norm"))
+        if math.isfinite(row["loss"]):
+            self.best_valid_loss = row["loss"] if best is None else min(best, row["loss"])
         below = not row["psnr"] >= row["input_psnr"]  # nan counts as below
         self.exceeded = self.exceeded or not below
         self.below = self.below + 1 if below and self.exceeded else 0

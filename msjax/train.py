@@ -90,7 +90,7 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
         run_hooks = [loop_hooks.NonFinite(exp.runtime.nonfinite, exp.runtime.max_skipped, probe),
                      probe, loop_hooks.TrainLog(exp.log.every, validation)]
         run_hooks += [loop_hooks.AdaptiveMoveOn(exp)] if exp.adaptive is not None else []
-        divergence = loop_hooks.Divergence()
+        divergence = loop_hooks.Divergence(probe)
         run_hooks += [validation, divergence, loop_hooks.TargetStop(exp.target_psnr),
                       loop_hooks.Checkpointing(exp.log.checkpoint_every),
                       loop_hooks.Preemption(signals, exp.log.every)]
