@@ -76,11 +76,14 @@ class NewestGood(policies.PreservationPolicy):
         return [i == newest for i in range(len(checkpoints))]
 
 
+@jax.jit
+def _all_finite(leaves):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def params_finite(state) -> bool:
-    """Whether every parameter of ``state`` is finite (one reduction, fetched once)."""
-    leaves = jax.tree.leaves(state.params)
-    return bool(jax.jit(lambda ls: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
-                                                      for x in ls])))(leaves))
+    """Whether every parameter of ``state`` is finite (one compiled reduction, fetched once)."""
+    return bool(_all_finite(jax.tree.leaves(state.params)))
 
 
 class Checkpoints:
