@@ -105,12 +105,6 @@ def validate(config) -> None:
             raise ConfigError(f"fms.{field}={values} has {values[zero]} at stage {zero + 1}; "
                               "every stage needs a positive share (drop a stage with fewer "
                               "mge.levels)")
-    if c.train.init_from:
-        from msjax import rundir
-
-        _check(rundir.read_saved(c.train.init_from) is not None,
-               f"train.init_from={c.train.init_from!r} holds no run (no config.json there); "
-               "name a run directory written by train.py, or set it to ''")
     _check(0 <= c.train.lr_end <= c.train.lr,
            f"train.lr_end={c.train.lr_end} must lie in [0, train.lr={c.train.lr}]")
     for field in ("every", "eval_every", "checkpoint_every"):

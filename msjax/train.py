@@ -17,7 +17,8 @@ from pathlib import Path
 import jax
 from clu import parameter_overview
 
-from msjax import build, checkpoints, data, hooks as loop_hooks, logs, parallel, rundir
+from msjax import (build, checkpoints, data, hooks as loop_hooks, logs, parallel, rundir,
+                   warmstart)
 from msjax.backend.compile_cache import CACHE
 from msjax.loop import (Batches, FallBack, Ledger, Loop, Panels, Preempted, Signals, StepPrograms,
                         call_length, progress_plan)
@@ -60,6 +61,8 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
     finished = finished_result(workdir, exp) if resume.kind == "same" else None
     if finished is not None:
         return finished
+    if exp.warm_start and not rundir.checkpoint_steps(workdir):  # before the workdir is made
+        warmstart.check_source(exp.warm_start)
     # The data first: a dataset that is missing or cannot be prepared stops the run before the
     # workdir is made.
     train_source = train_source or data.open_source(exp.input, "train", scale=exp.task.scale)

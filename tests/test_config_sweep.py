@@ -55,7 +55,8 @@ IMPOSSIBLE = [
      "fms.stage_weights=(1, 0, 1) has 0 at stage 2"),
     ({"mode": "fullmultiscale", "fms.stage_steps": (5, 5, 0)},
      "fms.stage_steps=(5, 5, 0) has 0 at stage 3"),
-    ({"train.init_from": "/nonexistent/run"}, "train.init_from='/nonexistent/run' holds no run"),
+    ({"train.init_from": "/nonexistent/run"},
+     "train.init_from='/nonexistent/run' holds no trained run"),
     ({"train.lr_end": 1.0}, "train.lr_end=1.0 must lie in"),
     ({"log.every": 0}, "log.every=0 must be positive"),
     ({"log.eval_every": 0}, "log.eval_every=0 must be positive"),
@@ -118,6 +119,16 @@ def test_every_registered_minimum_is_enforced(tmp_path, name):
         c = tiny_config(**{"model": name, "model_kwargs": {option: smallest - 1}})
         with pytest.raises(errors.ConfigError, match=f"model_kwargs.{option}={smallest - 1} "):
             train.train_and_evaluate(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_from_a_run_without_checkpoints_is_refused_before_the_workdir(tmp_path):
+    source = tmp_path / "source"
+    (source / "checkpoints").mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    with pytest.raises(errors.ConfigError, match="holds no trained run"):
+        train.train_and_evaluate(tiny_config(**{"train.init_from": str(source)}),
+                                 tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
