@@ -215,6 +215,8 @@ def experiment(config, *, num_devices: int | None = None) -> Experiment:
     adaptive, planned = _adaptive(config, fixed)
     opt = optimizer_settings(config)
     lr = optim.learning_rate(opt, planned[-1].end_step, tuple(s.end_step for s in planned))
+    if config.fms.extended_from:
+        lr = extended_learning_rate(opt, planned, config.fms.extended_from)
     settings = method_settings(config)
     mesh = parallel.make_mesh(requested)
     backend = backends.make_backend(runtime, mesh)
@@ -280,15 +282,70 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     return saved_config(saved)
 
 
-def resume(workdir: Path, exp: Experiment) -> rundir.Resume:
+def resume(workdir: Path, exp: Experiment, *, extend: bool = False) -> rundir.Resume:
     """How ``exp`` relates to the run already in ``workdir`` (``rundir.compare``); a saved run's
-    step budget is its own config's."""
+    step budget is its own config's, and a larger one extends it only with ``extend``."""
+    rundir.check_contents(workdir)
     saved = rundir.read_saved(workdir)
     if saved is None:
         return rundir.Resume("new")
     known = rundir.flat(defaults.get_config())
     return rundir.compare(workdir, saved, dict(exp.record), exp.total_steps, known,
-                          lambda record: stages(saved_config(record))[-1].end_step)
+                          lambda record: stages(saved_config(record))[-1].end_step,
+                          extend=extend, stopped=bool(rundir.read_stops(workdir)))
+
+
+def keep_own_budget(config, workdir) -> str | None:
+    """Sets ``config``'s budget fields to those of the run in ``workdir`` (its config.json),
+    so a rerun without the original step override resumes that run instead of asking for the
+    config file's budget; the line saying so, or None when nothing changed."""
+    saved = rundir.read_saved(workdir) if Path(workdir).is_dir() else None
+    if saved is None:
+        return None
+    current = rundir.flat(config)
+    budget = {k: saved[k] for k in rundir.BUDGET_FIELDS
+              if k in saved and k in current and saved[k] != current[k]}
+    if not budget:
+        return None
+    for key, value in budget.items():
+        section, field = key.split(".")
+        config[section][field] = tuple(value) if isinstance(value, list) else value
+    return (f"resuming the run in {workdir} with its own step budget ({stages(config)[-1].end_step}"
+            " steps, from its config.json); an explicit larger --config.train.steps extends it")
+
+
+def resumed(exp: Experiment, workdir: Path, resume: rundir.Resume) -> Experiment:
+    """``exp`` as the run in ``workdir`` continues it: with the run's own budget fields where
+    ``exp`` states the same budget otherwise (stage weights for stage steps), and, extending a
+    full-multiscale run, with the new steps added to its finest stage (``fms.extended_from``:
+    they train at the rate the schedule ended with). Methods keep their own budgets."""
+    if resume.kind == "new" or exp.method or exp.adaptive is not None:
+        return exp
+    saved = rundir.read_saved(workdir)
+    config = saved_config(exp.record)
+    if resume.kind == "same":
+        budget = {k: saved[k] for k in rundir.BUDGET_FIELDS
+                  if k in saved and saved[k] != exp.record.get(k)}
+        return experiment(with_overrides(config, budget)) if budget else exp
+    if exp.mode != "fullmultiscale":
+        return exp  # one schedule over the whole budget, recomputed for the new one
+    old = stages(saved_config(saved))
+    steps_per_stage = [s.steps for s in old]
+    steps_per_stage[-1] += exp.total_steps - old[-1].end_step
+    return experiment(with_overrides(config, {
+        "fms.stage_steps": tuple(steps_per_stage), "train.steps": exp.total_steps,
+        "fms.stage_weights": tuple(saved.get("fms.stage_weights", ())),
+        "fms.extended_from": saved.get("fms.extended_from") or old[-1].end_step}))
+
+
+def extended_learning_rate(opt: OptimizerSettings, planned, start: int) -> optax.Schedule:
+    """The schedule of a full-multiscale run extended at step ``start``: the original one (over
+    the stages as they ended there) until ``start``, then the rate it reached, held constant,
+    so an extension neither raises the rate again nor trains at a stretched schedule's."""
+    ends = tuple(s.end_step for s in planned[:-1]) + (start,)
+    before = optim.learning_rate(opt, start, ends)
+    return optax.join_schedules([before, optax.constant_schedule(float(before(start - 1)))],
+                                boundaries=[start])
 
 
 # --- the run's pieces -------------------------------------------------------------------------

@@ -7,6 +7,10 @@ checkpoint that cannot be read or fails its digest is set aside (renamed ``damag
 out of Orbax's view, so the step can be saved again) and the one before it is used; when none can
 be read, restore refuses with what it found instead of letting a run start over. A failed save
 raises ``StorageError`` naming the path and the last good checkpoint.
+
+A checkpoint is "good" when its parameters are finite and its probe loss passed the loop's test
+(``hooks.Probe``); its meta says so (``GOOD_KEY``) and so do its Orbax metrics, so that the newest
+good checkpoint is kept whatever newer ones are saved (``NewestGood``), and a resume starts from it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
@@ -30,6 +35,7 @@ from msjax.errors import RunDirError, StorageError
 log = logging.getLogger(__name__)
 
 DIGEST_KEY = "state_sha256"
+GOOD_KEY = "good"
 DAMAGED_PREFIX = "damaged-"
 _PARTIAL = "*.orbax-checkpoint-tmp*"
 
@@ -56,7 +62,28 @@ class SetAside(NamedTuple):
 
 
 def _psnr(metrics) -> float:
-    return float(metrics["psnr"])
+    # A checkpoint whose metrics carry only its goodness never ranks as a best one.
+    return float(metrics.get("psnr", -np.inf))
+
+
+class NewestGood(policies.PreservationPolicy):
+    """Keeps the newest checkpoint not marked bad in its metrics (``GOOD_KEY``: 0), so a run
+    that goes bad keeps a state to fall back to however many checkpoints it saves meanwhile."""
+
+    def should_preserve(self, checkpoints, *, context):
+        good = [i for i, c in enumerate(checkpoints) if (c.metrics or {}).get(GOOD_KEY, 1)]
+        newest = max(good, key=lambda i: checkpoints[i].step, default=None)
+        return [i == newest for i in range(len(checkpoints))]
+
+
+@jax.jit
+def _all_finite(leaves):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def params_finite(state) -> bool:
+    """Whether every parameter of ``state`` is finite (one compiled reduction, fetched once)."""
+    return bool(_all_finite(jax.tree.leaves(state.params)))
 
 
 class Checkpoints:
@@ -81,7 +108,7 @@ class Checkpoints:
             # keeps the newest two (the older one is the fallback if the newest is damaged) and
             # the best ones side by side.
             preservation_policy=policies.AnyPreservationPolicy([
-                policies.LatestN(n=2),
+                policies.LatestN(n=2), NewestGood(),
                 policies.BestN(get_metric_fn=_psnr, n=keep_best,
                                keep_checkpoints_without_metrics=False)]),
             cleanup_tmp_directories=not read_only,
@@ -179,7 +206,10 @@ class Checkpoints:
         return sorted(self.manager.all_steps())
 
     def best_step(self) -> int | None:
-        return self.manager.best_step()
+        step = self.manager.best_step()
+        if step is None or not np.isfinite(_psnr(self.manager.metrics(step) or {})):
+            return None
+        return step
 
     def restore(self, step: int, template) -> tuple[object, dict]:
         """(state, meta) of ``step``, laid out like ``template`` (shapes, dtypes, shardings).
@@ -218,6 +248,14 @@ class Checkpoints:
                 state, meta = self.restore(step, template)
             except DamagedCheckpointError as e:
                 failures.append((step, e.reason))
+                continue
+            # Resuming from a state that went bad would only repeat what made it bad.
+            if meta.get(GOOD_KEY) is False:
+                failures.append((step, "it failed the probe test when saved (" +
+                                 str(meta.get("probe", "")) + ")"))
+                continue
+            if not params_finite(state):
+                failures.append((step, "its parameters are not finite"))
                 continue
             newer = sorted((s, r) for s, r in failures if s > step)
             if newer and not self.read_only:

@@ -22,7 +22,8 @@ TRAIN_USAGE = """Train a model with multiscale gradient estimation.
 The workdir defaults to runs/<config name> (plus _<argument> for --config <file>.py:<argument>
 and for a config's default variant, then _<model> and _<mode> when --config.model and
 --config.mode are given, and _seed<N> for a seed other than the config's); running the same
-command again resumes there, a larger --config.train.steps extends a finished run.
+command again resumes there with the run's own step budget; an explicit larger
+--config.train.steps extends it (a full-multiscale run in its finest stage).
 Override any field with --config.<section>.<field>=value. Sections:
 {sections}
 Every field, its default and a one-line comment: msjax/defaults.py; the experiments: configs/.
@@ -185,6 +186,7 @@ def train(argv=None) -> None:
     if "--config" in argv[:-1]:
         i = argv.index("--config")
         argv[i + 1] = resolve_config_file(argv[i + 1])
+    _check_config_file(argv)
     sys.argv = argv  # ml_collections reads the --config.* overrides from sys.argv
     _key_flags(["config", "workdir"], argv)
 
@@ -195,6 +197,19 @@ def train(argv=None) -> None:
     app.run(main, argv=argv, flags_parser=_parse)
 
 
+def _check_config_file(argv) -> None:
+    from msjax import config_file, errors
+
+    name = next((a[len("--config="):] for a in argv if a.startswith("--config=")), None)
+    if name is None and "--config" in argv[:-1]:
+        name = argv[argv.index("--config") + 1]
+    if name is not None:
+        try:
+            config_file.check(name)
+        except errors.MsjaxError as e:
+            _error(str(e))
+
+
 def _train(FLAGS, config_flags) -> None:
     from msjax import errors
 
@@ -203,14 +218,23 @@ def _train(FLAGS, config_flags) -> None:
     budget_over_stages(config, overridden)
     workdir = FLAGS.workdir or str(default_workdir(
         config_flags.get_config_filename(FLAGS["config"]), config, overridden))
-    from msjax import backend
+    from msjax import backend, config_check
 
+    try:  # before jax starts its backends with a device count the config may get wrong
+        config_check.validate(config)
+    except errors.MsjaxError as e:
+        _error(str(e))
     backend.set_cpu_devices(config.runtime)
-    from msjax import train
+    from msjax import build, train
 
     print(f"workdir: {workdir}", flush=True)
+    extend = "train.steps" in overridden  # extending a run is asked for explicitly
     try:
-        result = train.run(config, workdir)
+        if not extend:
+            note = build.keep_own_budget(config, workdir)
+            if note:
+                print(note, flush=True)
+        result = train.run(config, workdir, extend=extend)
     except errors.MsjaxError as e:
         _error(str(e))
     except train.Preempted as e:

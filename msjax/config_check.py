@@ -10,8 +10,12 @@ from msjax.data import SOURCES
 from msjax.data.pipeline import RESIZE_METHODS, RESIZE_MODES
 from msjax.data.sampler import orientations
 from msjax.errors import ConfigError
-from msjax.models import MODELS, size_multiple
+from msjax.models import MODELS, check_options, size_multiple
 from msjax.resize import RESTRICTIONS
+
+
+# jax.transfer_guard's levels.
+TRANSFER_GUARDS = ("allow", "log", "disallow", "log_explicit", "disallow_explicit")
 
 
 def _check(ok: bool, message: str):
@@ -24,11 +28,13 @@ def _one_of(value, choices, field):
 
 
 def validate(config) -> None:
-    """Raises ConfigError on the first impossible setting (the runtime section is checked by
-    the backend that runs it, ``backend.make_backend``)."""
+    """Raises ConfigError on the first impossible setting (the runtime section's kernels are
+    checked by the backend that runs them, ``backend.make_backend``). Reads no data and starts
+    no jax backend, so the command line calls it before anything else."""
     c = config
     _one_of(c.mode, multiscale.MODES, "mode")
     _one_of(c.model, MODELS.names(), "model")
+    check_options(c.model, c.model_kwargs)
     _one_of(c.task.name, tasks.TASKS.names(), "task.name")
     _one_of(c.task.loss, tasks.LOSSES, "task.loss")
     _one_of(c.task.model_range, tasks.MODEL_RANGES, "task.model_range")
@@ -55,6 +61,11 @@ def validate(config) -> None:
                f"data.normalize needs three channel means and three positive stds, not "
                f"mean={tuple(c.data.mean)} std={tuple(c.data.std)}")
     _one_of(c.runtime.nonfinite, ("stop", "skip"), "runtime.nonfinite")
+    _check(0 <= c.runtime.max_skipped <= 1, f"runtime.max_skipped={c.runtime.max_skipped} "
+           "must lie in [0, 1] (the share of the last 50 steps that may be skipped)")
+    _one_of(c.runtime.transfer_guard, TRANSFER_GUARDS, "runtime.transfer_guard")
+    _check(c.runtime.num_devices >= 0, f"runtime.num_devices={c.runtime.num_devices} must be "
+           ">= 0; set 0 (every device) or a number of devices")
     _one_of(str(c.runtime.compile_ahead).strip().lower(), ("auto", "true", "false"),
             "runtime.compile_ahead")
     per_call = str(c.runtime.steps_per_call).strip().lower()
@@ -77,6 +88,23 @@ def validate(config) -> None:
     _check(0 <= c.train.ema_decay < 1, f"train.ema_decay={c.train.ema_decay} must lie in [0, 1)")
     _check(c.train.steps > 0, f"train.steps={c.train.steps} must be positive")
     _check(c.train.lr > 0, f"train.lr={c.train.lr} must be positive")
+    for field in ("grad_clip_norm", "grad_clip_value", "weight_decay"):
+        _check(c.train[field] >= 0, f"train.{field}={c.train[field]} must be >= 0 (0: off)")
+    _check(0 <= c.train.beta2 < 1, f"train.beta2={c.train.beta2} must lie in [0, 1) (Adam's "
+           "0.999, ECO's 0.99)")
+    _check(c.train.loss_spike_factor >= 0,
+           f"train.loss_spike_factor={c.train.loss_spike_factor} must be >= 0 (0: off)")
+    _check(c.fms.extended_from == 0 or (c.mode == "fullmultiscale" and tuple(c.fms.stage_steps)
+                                          and 0 < c.fms.extended_from < sum(c.fms.stage_steps)),
+           f"fms.extended_from={c.fms.extended_from} is set by train.py when it extends a "
+           "full-multiscale run (with its fms.stage_steps); set it to 0")
+    for field in ("stage_steps", "stage_weights"):
+        values = tuple(c.fms[field])
+        zero = next((i for i, v in enumerate(values) if v <= 0), None)
+        if zero is not None:
+            raise ConfigError(f"fms.{field}={values} has {values[zero]} at stage {zero + 1}; "
+                              "every stage needs a positive share (drop a stage with fewer "
+                              "mge.levels)")
     _check(0 <= c.train.lr_end <= c.train.lr,
            f"train.lr_end={c.train.lr_end} must lie in [0, train.lr={c.train.lr}]")
     for field in ("every", "eval_every", "checkpoint_every"):

@@ -118,6 +118,9 @@ def get_config():
         min_improvement=0.01,      # adaptive: move on below this relative gain window to window
         min_share=0.2,             # adaptive: a coarse stage runs at least this share of its steps
         budget_units=0.0,          # adaptive: work units of the run (0: the fixed schedule's)
+        # >0: the run was extended (train.py) at this step: its finest stage's later steps train
+        # at the rate the schedule had there, held constant (set by msjax, not by hand)
+        extended_from=0,
     ))
 
     c.train = ml_collections.ConfigDict(dict(

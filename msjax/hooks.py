@@ -19,9 +19,9 @@ import math
 import jax
 import numpy as np
 
-from msjax import multiscale, parallel, warmstart
+from msjax import checkpoints, multiscale, parallel, rundir, warmstart
 from msjax.errors import NonFiniteError
-from msjax.loop import FallBack, Preempted
+from msjax.loop import Preempted
 
 
 class Hook:
@@ -42,6 +42,9 @@ class Hook:
     def after_steps(self, loop) -> None:
         """After each compiled call; ``loop.step`` steps are done."""
 
+    def before_save(self, loop) -> None:
+        """Right before a checkpoint of ``loop.state`` is saved (its ``state()`` goes with it)."""
+
     def state(self) -> dict:
         return {}
 
@@ -57,14 +60,15 @@ class WarmStart(Hook):
 
 
 class NonFinite(Hook):
-    """``runtime.nonfinite``: ``stop`` raises NonFiniteError naming the step and a checkpoint
-    that exists; if the non-finite steps come right after a restore, that checkpoint is set aside
-    and the loop falls back to the one before it, once. ``skip`` counts them (the step left the
-    state as it was), warns, and stops when more than ``max_skipped`` of the last ``window``
-    steps were skipped."""
+    """``runtime.nonfinite``: ``stop`` raises NonFiniteError naming the step and the last good
+    checkpoint (``Probe``); ``skip`` counts them (the step left the state as it was), warns,
+    and stops when more than ``max_skipped`` of the last ``window`` steps were skipped. A stop
+    marks no checkpoint: it is recorded in the run directory (``rundir.record_stop``), after
+    which the run resumes with the fields ``rundir.AFTER_STOP_FIELDS`` changed."""
 
-    def __init__(self, policy: str, max_skipped: float, window: int = 50):
+    def __init__(self, policy: str, max_skipped: float, probe: "Probe", window: int = 50):
         self.policy, self.max_skipped, self.window = policy, max_skipped, window
+        self.probe = probe
         self.recent: list[bool] = []
 
     def load(self, meta: dict) -> None:
@@ -79,30 +83,86 @@ class NonFinite(Hook):
         if not bad:
             return
         first, m = bad[0]
-        if loop.restored_at is not None and first < loop.restored_at + loop.exp.log.every:
-            older = loop.ckpt.restore_before(loop.restored_at, loop.state,
-                                             on_fallback=loop.progress.write)
-            if older is not None:
-                loop.progress.write(f"step {first} right after restoring checkpoint "
-                                    f"{loop.restored_at} is not finite: that checkpoint is set "
-                                    f"aside; resuming from checkpoint {older.step}")
-                loop.rewind(older)
-                raise FallBack()
-        good = [s for s in loop.ckpt.steps() if s <= first]
-        kept = (f"the last good checkpoint (step {max(good)}) is kept in {loop.workdir}. "
-                if good else "no checkpoint before it was saved. ")
         if self.policy == "stop":
-            raise NonFiniteError(
-                f"non-finite loss or gradient at step {first} (loss {m['loss']}, grad norm "
-                f"{m['grad_norm']}); {kept}Lower train.lr, or set "
-                "--config.runtime.nonfinite=skip to skip such steps")
+            self._stop(loop, first, f"non-finite loss or gradient at step {first} (loss "
+                       f"{m['loss']}, grad norm {m['grad_norm']})",
+                       "set --config.runtime.nonfinite=skip to skip such steps")
         loop.ledger.skipped += len(bad)
         loop.progress.write(f"warning: {len(bad)} non-finite step(s) skipped up to step "
                             f"{rows[-1][0] + 1} ({loop.ledger.skipped} in all)")
         if len(self.recent) >= self.window and sum(self.recent) / self.window > self.max_skipped:
-            raise NonFiniteError(
-                f"{sum(self.recent)} of the last {self.window} steps were non-finite and "
-                f"skipped (runtime.max_skipped={self.max_skipped}); {kept}Lower train.lr")
+            self._stop(loop, first, f"{sum(self.recent)} of the last {self.window} steps were "
+                       f"non-finite and skipped (runtime.max_skipped={self.max_skipped})",
+                       "set train.grad_clip_norm")
+
+    def _stop(self, loop, step: int, what: str, other: str) -> None:
+        good = self.probe.last_good(loop)
+        if good is None:
+            kept = "no good checkpoint was saved before it, so a rerun starts afresh. "
+        else:
+            kept = (f"the last good checkpoint (step {good}) is kept in {loop.workdir}, and a "
+                    "rerun in it resumes there. ")
+        fields = ", ".join(rundir.AFTER_STOP_FIELDS)
+        message = (f"{what}; {kept}Lower train.lr, or {other} ({fields} may change when the run "
+                   "resumes)")
+        if jax.process_index() == 0:
+            rundir.record_stop(loop.workdir, step, message)
+        raise NonFiniteError(message)
+
+
+class Probe(Hook):
+    """Judges each checkpoint before it is saved: good when its parameters are finite and its
+    loss on the fixed validation batch (the probe) is finite and at most ``factor`` times the
+    last good checkpoint's (or the fresh run's). The verdict goes into the checkpoint's meta
+    and Orbax metrics (``checkpoints.GOOD_KEY``); messages and resume use the last good one."""
+
+    FACTOR = 10.0
+
+    def __init__(self, valid, evaluate, factor: float = FACTOR):
+        self.valid, self.evaluate, self.factor = valid, evaluate, factor
+        self.reference: float | None = None     # the last good probe loss
+        self.good_step: int | None = None       # the last good checkpoint's step
+        self.verdict: dict = {}
+
+    def loss(self, loop) -> float:
+        out = parallel.fetch(self.evaluate(loop.state, self.valid.batch))
+        return float(np.mean(out["loss"][:self.valid.count]))
+
+    def load(self, meta: dict) -> None:
+        self.reference = meta.get("probe_reference")
+        self.good_step = meta.get("last_good_step")
+
+    def start(self, loop) -> None:
+        # After every hook's initialize: a warm start's weights are what the run starts from.
+        if self.reference is None:
+            self.reference = self.loss(loop)
+
+    def before_save(self, loop) -> None:
+        # A validation of this very state has measured the probe already.
+        loss = loop.validated["loss"] if loop.validated else self.loss(loop)
+        finite = checkpoints.params_finite(loop.state)
+        limit = None if self.reference is None else self.factor * self.reference
+        good = finite and math.isfinite(loss) and (limit is None or loss <= limit)
+        why = (f"probe loss {loss:.4g}" + (f", limit {limit:.4g}" if limit is not None else "")
+               + ("" if finite else ", parameters not finite"))
+        if good:
+            self.reference, self.good_step = loss, loop.step
+        else:
+            last = ("no checkpoint is good yet" if self.good_step is None else
+                    f"the last good one stays step {self.good_step}")
+            loop.progress.write(f"warning: checkpoint {loop.step} is not a good state ({why}: "
+                                f"more than {self.factor:g}x the last good checkpoint's, or not "
+                                f"finite); {last}")
+        self.verdict = {checkpoints.GOOD_KEY: good, "probe": why}
+
+    def last_good(self, loop) -> int | None:
+        """The newest kept checkpoint that passed the test (the newest saved may be pending)."""
+        kept = set(loop.ckpt.steps())
+        return self.good_step if self.good_step in kept else None
+
+    def state(self) -> dict:
+        return {**self.verdict, "probe_reference": self.reference,
+                "last_good_step": self.good_step}
 
 
 class TrainLog(Hook):
@@ -210,6 +270,92 @@ class Validation(Hook):
         train_batch = self.batches.training_batch(loop.batches, loop.stage, loop.state)
         self.draw(loop.state, self.valid.batch, train_batch, loop.runlog, loop.step)
         loop.validated = loop.result = row
+
+
+class Divergence(Hook):
+    """Warns that the run diverges: its training loss (the mean of a log interval) grows to
+    ``loss_factor`` times its best in the stage (a stage with finer terms starts its own best),
+    or its loss on the fixed validation batch to ``loss_factor`` times its best (the untrained
+    state's, ``Probe``, included: a rate that blows up in the first interval shows there), or its
+    validation PSNR falls below the corrupted input's ``count`` times in a row after it
+    once exceeded it (SR and UNet runs start below the input, so nothing counts before), or the
+    run ends more than ``end_margin_db`` below the input (a short healthy run may end a little
+    below it; one that diverged ends far below). Each warning is given once; ``warnings`` go
+    into the run's result and its final summary."""
+
+    def __init__(self, probe: Probe, loss_factor: float = 10.0, count: int = 3,
+                 end_margin_db: float = 5.0):
+        self.loss_factor, self.count, self.end_margin_db = loss_factor, count, end_margin_db
+        self.probe = probe
+        self.best_loss: float | None = None
+        self.best_valid_loss: float | None = None
+        self.stage = 0
+        self.exceeded, self.below = False, 0
+        self.warnings: list[str] = []
+
+    def load(self, meta: dict) -> None:
+        saved = meta.get("divergence", {})
+        self.best_loss, self.stage = saved.get("best_loss"), saved.get("stage", 0)
+        self.exceeded, self.below = saved.get("exceeded", False), saved.get("below", 0)
+        self.best_valid_loss = saved.get("best_valid_loss")
+        self.warnings = list(saved.get("warnings", []))
+
+    def start(self, loop) -> None:
+        if self.best_valid_loss is None:  # after the probe's start: the untrained state's loss
+            self.best_valid_loss = self.probe.reference
+
+    def state(self) -> dict:
+        return {"divergence": {"best_loss": self.best_loss, "stage": self.stage,
+                               "best_valid_loss": self.best_valid_loss,
+                               "exceeded": self.exceeded, "below": self.below,
+                               "warnings": list(self.warnings)}}
+
+    def _warn(self, loop, kind: str, message: str) -> None:
+        if any(w.startswith(kind) for w in self.warnings):
+            return
+        self.warnings.append(message)
+        loop.progress.write(f"warning: {message}")
+
+    def on_metrics(self, loop, rows) -> None:
+        losses = [m["loss"] for _, m in rows if m["finite"] and math.isfinite(m["loss"])]
+        if not losses:
+            return
+        if loop.stage != self.stage:
+            self.stage, self.best_loss = loop.stage, None
+        loss = float(np.mean(losses))
+        if self.best_loss is not None and loss > self.loss_factor * self.best_loss:
+            self._warn(loop, "the training loss", (
+                f"the training loss grew to {loss:.4g} by step {rows[-1][0] + 1}, more than "
+                f"{self.loss_factor:g}x its best {self.best_loss:.4g}: the run diverges; lower "
+                "train.lr or set train.grad_clip_norm"))
+        self.best_loss = loss if self.best_loss is None else min(self.best_loss, loss)
+
+    def after_steps(self, loop) -> None:
+        row = loop.validated
+        if row is None:
+            return
+        best = self.best_valid_loss
+        if best is not None and not row["loss"] <= self.loss_factor * best:
+            self._warn(loop, "the validation loss", (
+                f"the validation loss grew to {row['loss']:.4g} at step {loop.step}, more than "
+                f"{self.loss_factor:g}x its best {best:.4g}: the run diverges; lower train.lr or "
+                "set train.grad_clip_norm"))
+        if math.isfinite(row["loss"]):
+            self.best_valid_loss = row["loss"] if best is None else min(best, row["loss"])
+        below = not row["psnr"] >= row["input_psnr"]  # nan counts as below
+        self.exceeded = self.exceeded or not below
+        self.below = self.below + 1 if below and self.exceeded else 0
+        margin = self.end_margin_db
+        if not row["psnr"] >= row["input_psnr"] - margin and loop.step >= loop.exp.total_steps:
+            self._warn(loop, "the run ends", (
+                f"the run ends more than {margin:g} dB below the corrupted input: valid PSNR "
+                f"{row['psnr']:.2f} dB against the input's {row['input_psnr']:.2f}; lower "
+                "train.lr or set train.grad_clip_norm"))
+        if self.below >= self.count:
+            self._warn(loop, "the validation PSNR", (
+                f"the validation PSNR fell below the corrupted input's ({row['input_psnr']:.2f} "
+                f"dB) at {self.count} validations in a row, to {row['psnr']:.2f} dB at step "
+                f"{loop.step}: the run diverges; lower train.lr or set train.grad_clip_norm"))
 
 
 class TargetStop(Hook):

@@ -591,8 +591,9 @@ def final_summary(workdir, result: dict) -> str:
     w = shlex.quote(str(workdir))
     lines = [f"finished: step {_int(step)} in {workdir}",
              f"  best checkpoint: step {_int(best_step)}, valid PSNR {_db(best_psnr)}",
-             f"  final:           valid PSNR {_db(psnr)} (input {_db(input_psnr)}{gain})",
-             "next:"]
+             f"  final:           valid PSNR {_db(psnr)} (input {_db(input_psnr)}{gain})"]
+    lines += [f"  warning: {w}" for w in result.get("warnings", ())]
+    lines += ["next:"]
     commands = ((f"python eval.py --workdir {w}", "scores and restored images"),
                 (f"python -m msjax.report {w}", "report.md and report.png in the run"))
     width = max(len(c) for c, _ in commands)

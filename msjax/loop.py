@@ -351,6 +351,8 @@ class Loop:
 
     def save(self, metrics: dict | None = None) -> None:
         """A checkpoint of the state after ``step``, with every hook's state in its meta."""
+        for hook in self.hooks:
+            hook.before_save(self)
         meta = {"step": self.step, "stage": self.stage,
                 "kernels": self.programs.recorded if self.programs else {},
                 "steps_per_call": ({str(s): k for s, k in self.programs.per_call.items()}
@@ -359,6 +361,8 @@ class Loop:
                 **self.ledger.row()}
         for hook in self.hooks:
             meta.update(hook.state())
+        # Every checkpoint carries its verdict, so Orbax keeps the newest good one.
+        metrics = {**(metrics or {}), "good": float(meta.get("good", True))}
         self.ckpt.save(self.step, self.state, meta, metrics)
         self.saved_at = self.step
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
 from pathlib import Path
 
+from msjax import rundir
 from msjax.errors import MsjaxError, RunDirError
 from msjax.logs import read_csv
 
@@ -63,8 +63,7 @@ def load_run(run_dir) -> Run:
     if not valid:
         raise RunDirError(f"{run_dir} has no validation rows yet; report on it after its first "
                           "evaluation (log.eval_every steps)")
-    record_path = run_dir / "config.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    record = rundir.read_saved(run_dir) or {}
     return Run(run_dir.name, valid, train, record)
 
 

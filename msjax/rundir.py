@@ -3,9 +3,13 @@ rules for resuming in it.
 
 A workdir holds one experiment. Running again in it resumes; the config may differ only where
 ``RESUMABLE_SECTIONS`` / ``RESUMABLE_SUFFIXES`` say (how the run executes, not what it computes),
-or by a larger step budget, which extends the run from its last checkpoint. The config is seen
-here only as its flat record ({'section.field': value}, JSON's view); ``msjax.build`` makes and
-reads it, ``msjax.runs`` loads a trained run back.
+by ``AFTER_STOP_FIELDS`` once the run stopped on non-finite steps (``record_stop``; config.json
+keeps each change and the step it took effect, under ``HISTORY_KEY``), or, when asked to
+(``extend``), by a larger step budget, which extends the run from its last checkpoint. A workdir
+whose checkpoints lack their config.json, or whose logs lack their checkpoints, is refused: it
+cannot say which experiment it holds. The config is seen here only as its flat record
+({'section.field': value}, JSON's view); ``msjax.build`` makes and reads it, ``msjax.runs``
+loads a trained run back.
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ RUNS = Path("runs")
 RESUMABLE_SECTIONS = ("runtime", "log", "eval")
 RESUMABLE_SUFFIXES = ("_dir", "_workdir", "init_from")
 # Fields that set the step budget: a larger total extends a run instead of making another one.
-BUDGET_FIELDS = ("train.steps", "fms.stage_steps", "fms.stage_weights")
+BUDGET_FIELDS = ("train.steps", "fms.stage_steps", "fms.stage_weights", "fms.extended_from")
+# What may change once a run stopped on non-finite steps: the remedies its message names.
+AFTER_STOP_FIELDS = ("train.lr", "train.lr_schedule", "train.grad_clip_norm",
+                     "runtime.nonfinite")
+STOPS_FILE = "stops.json"
+# config.json's list of changes made on resume: {"step", "field", "from", "to"}.
+HISTORY_KEY = "_changes"
 # Names of fields in run directories written before the runtime / log sections existed.
 LEGACY_NAMES = {
     "train.eval_every": "log.eval_every", "train.log_every": "log.every",
@@ -77,7 +87,8 @@ def read_saved(workdir) -> dict | None:
     if not path.exists():
         return None
     try:
-        return {LEGACY_NAMES.get(k, k): v for k, v in json.loads(path.read_text()).items()}
+        return {LEGACY_NAMES.get(k, k): v for k, v in json.loads(path.read_text()).items()
+                if k != HISTORY_KEY}
     except ValueError as e:
         raise RunDirError(f"{path} is not valid JSON ({e}); it was not written by a finished "
                           "save of train.py: restore it or use another --workdir") from None
@@ -100,6 +111,44 @@ def checkpoint_meta(workdir, step: int) -> dict:
         return {}
 
 
+def record_stop(workdir, step: int, message: str) -> None:
+    """Adds a non-finite stop at ``step`` to the run directory's ``STOPS_FILE``."""
+    path = Path(workdir) / STOPS_FILE
+    write_json(path, read_stops(workdir) + [{"step": step, "message": message}])
+
+
+def read_stops(workdir) -> list:
+    """The non-finite stops recorded in ``workdir``, oldest first ([] when none)."""
+    try:
+        return list(json.loads((Path(workdir) / STOPS_FILE).read_text()))
+    except (OSError, ValueError):
+        return []
+
+
+def read_history(workdir) -> list:
+    """config.json's record of fields changed on resume ([] when none)."""
+    try:
+        return list(json.loads((Path(workdir) / CONFIG_FILE).read_text()).get(HISTORY_KEY, []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def check_contents(workdir) -> None:
+    """Refuses a workdir whose parts cannot say which experiment they belong to: checkpoints
+    without config.json, or logs (train.csv) without the checkpoints folder."""
+    workdir = Path(workdir)
+    if not (workdir / CONFIG_FILE).exists() and checkpoint_steps(workdir):
+        raise RunDirError(
+            f"workdir {workdir} holds checkpoints but no {CONFIG_FILE}, so nothing says which "
+            f"config they were trained with; put the run's {CONFIG_FILE} back, or use another "
+            "--workdir")
+    if (workdir / "train.csv").exists() and not (workdir / "checkpoints").is_dir():
+        raise RunDirError(
+            f"workdir {workdir} holds logs (train.csv) but no checkpoints/ folder, so the run "
+            "cannot resume and a fresh start would overwrite its logs; put checkpoints/ back, or "
+            "move the workdir aside (or use another --workdir) to start afresh")
+
+
 @dataclasses.dataclass
 class Resume:
     """How a config relates to the run already in a workdir."""
@@ -107,44 +156,62 @@ class Resume:
     kind: str                       # "new" | "same" | "extended"
     previous_steps: int = 0         # the saved run's step budget (extended)
     changed: tuple = ()             # resumable fields that differ, for the log
+    after_stop: tuple = ()          # (field, saved, current) changed after a non-finite stop
 
 
 def compare(workdir: Path, saved: Mapping, current: Mapping, total_steps: int,
-            known: Mapping, total_steps_of: Callable[[Mapping], int]) -> Resume:
+            known: Mapping, total_steps_of: Callable[[Mapping], int], *,
+            extend: bool = False, stopped: bool = False) -> Resume:
     """Refuses a workdir written by another experiment. ``saved`` and ``current`` are flat
     records, ``known`` the record of today's defaults (a field msjax gained after the run was
     written reads as its default, which does what the code did before it, so such a run
     resumes), ``total_steps`` the current budget, ``total_steps_of(saved)`` the saved one's (a
-    larger budget extends the run)."""
+    larger budget extends the run when ``extend``). ``stopped``: the run stopped on non-finite
+    steps, so ``AFTER_STOP_FIELDS`` may differ."""
     saved = {**{k: v for k, v in known.items() if k not in saved and k in current}, **saved}
     diffs = [k for k in sorted(set(saved) | set(current))
              if not resumable(k) and saved.get(k) != current.get(k)]
     budget = [k for k in diffs if k in BUDGET_FIELDS]
-    rest = [k for k in diffs if k not in BUDGET_FIELDS]
+    remedies = [k for k in diffs if k in AFTER_STOP_FIELDS and stopped]
+    rest = [k for k in diffs if k not in BUDGET_FIELDS and k not in remedies]
     changed = tuple(k for k in sorted(set(saved) | set(current))
                     if resumable(k) and k in saved and saved.get(k) != current.get(k))
+    after_stop = tuple((k, saved.get(k), current.get(k)) for k in sorted(
+        set(remedies) | {k for k in changed if k in AFTER_STOP_FIELDS}))
     if rest:
         shown = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in rest[:4])
         raise RunDirError(
             f"workdir {workdir} holds a run with another config ({shown}"
-            f"{'; ...' if len(rest) > 4 else ''}); use a new --workdir or the same config")
-    if not budget:
-        return Resume("same", changed=changed)
+            f"{'; ...' if len(rest) > 4 else ''}); use a new --workdir or the same config"
+            + ("" if stopped or not any(k in AFTER_STOP_FIELDS for k in rest) else
+               f" ({', '.join(AFTER_STOP_FIELDS)} may change only after a non-finite stop)"))
     before = total_steps_of(saved)
-    if total_steps <= before:
+    if not budget or total_steps == before:
+        return Resume("same", changed=changed, after_stop=after_stop)
+    if total_steps < before:
         raise RunDirError(
             f"workdir {workdir} holds a run of {before} steps and this config asks for "
-            f"{total_steps}: a run can be extended, not shortened; use a new --workdir, or more "
-            "steps")
-    return Resume("extended", previous_steps=before, changed=changed)
+            f"{total_steps}: a run can be extended, not shortened; use a new --workdir, or "
+            f"--config.train.steps={before} (its own budget)")
+    if not extend:
+        raise RunDirError(
+            f"workdir {workdir} holds a run of {before} steps and this config asks for "
+            f"{total_steps}; extending a run is explicit: give --config.train.steps="
+            f"{total_steps} on the command line (from Python: extend=True), or use another "
+            "--workdir")
+    return Resume("extended", previous_steps=before, changed=changed, after_stop=after_stop)
 
 
-def write_config(workdir: Path, record: Mapping) -> None:
-    """config.json from the flat ``record``, atomically (other processes of a multi-host run may
-    be reading it)."""
-    path = Path(workdir) / CONFIG_FILE
+def write_config(workdir: Path, record: Mapping, history=()) -> None:
+    """config.json from the flat ``record`` and the ``history`` of fields changed on resume,
+    atomically (other processes of a multi-host run may be reading it)."""
+    write_json(Path(workdir) / CONFIG_FILE,
+               dict(record) | ({HISTORY_KEY: list(history)} if history else {}))
+
+
+def write_json(path: Path, value) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(record), indent=1, sort_keys=True))
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
     tmp.replace(path)
 
 

@@ -18,7 +18,7 @@ import jax
 from clu import parameter_overview
 
 from msjax import (build, checkpoints, data, hooks as loop_hooks, logs, parallel, rundir,
-                   wandb_writer)
+                   wandb_writer, warmstart)
 from msjax.backend.compile_cache import CACHE
 from msjax.loop import (Batches, FallBack, Ledger, Loop, Panels, Preempted, Signals, StepPrograms,
                         call_length, progress_plan)
@@ -27,17 +27,19 @@ from msjax.registry import METHODS
 __all__ = ["Preempted", "run", "train_and_evaluate"]
 
 
-def run(config, workdir) -> dict:
+def run(config, workdir, *, extend: bool = False) -> dict:
     """``train.py``'s work: the plain loop (``method=''``), or the method's own run, which
-    comes back to ``train_and_evaluate`` with its hooks, transform and source."""
+    comes back to ``train_and_evaluate`` with its hooks, transform and source. ``extend``: a
+    larger step budget than the run's in ``workdir`` extends it (else it is refused)."""
     exp = build.experiment(config)
     wandb_writer.check_installed(exp.log)      # a method may work for a while before training
     if not exp.method:
-        return train_and_evaluate(exp, workdir)
+        return train_and_evaluate(exp, workdir, extend=extend)
     return METHODS.get(exp.method)(exp, workdir)
 
 
-def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_source=None) -> dict:
+def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_source=None,
+                       extend: bool = False) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns the final validation metrics.
 
     ``config`` is a config or an already built ``build.Experiment``. Training methods
@@ -46,16 +48,23 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
     device batches before the MGE step (ECO's teacher pairs), and ``train_source`` replaces the
     training images (a source whose items carry more than the images, e.g. cached teacher
     outputs). All must be deterministic in (step, batches), so resume stays exact.
+
+    A larger step budget than the run's in ``workdir`` extends it only with ``extend=True``;
+    a full-multiscale run's new steps go to its finest stage, at the rate its schedule ended
+    with (``build.resumed``), and config.json records the new stage steps.
     """
     logs.quiet_library_logs()
     started, compiles_before = time.perf_counter(), CACHE.snapshot()
     exp = build.experiment(config)
     wandb_writer.check_installed(exp.log)
     workdir = rundir.open_for(workdir)
-    resume = build.resume(workdir, exp)
+    resume = build.resume(workdir, exp, extend=extend)
+    exp = build.resumed(exp, workdir, resume)
     finished = finished_result(workdir, exp) if resume.kind == "same" else None
     if finished is not None:
         return finished
+    if exp.warm_start and not rundir.checkpoint_steps(workdir):  # before the workdir is made
+        warmstart.check_source(exp.warm_start)
     # The data first: a dataset that is missing or cannot be prepared stops the run before the
     # workdir is made.
     train_source = train_source or data.open_source(exp.input, "train", scale=exp.task.scale)
@@ -81,12 +90,15 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
         runlog.write_config(exp.record, step)
         seed_key = parallel.put_replicated(jax.random.PRNGKey(exp.seed), exp.mesh)
         batches_at = Batches(exp, inp, seed_key, transform)
-        validation = loop_hooks.Validation(exp.log.eval_every, valid, build.eval_step(exp),
+        evaluate = build.eval_step(exp)
+        validation = loop_hooks.Validation(exp.log.eval_every, valid, evaluate,
                                            Panels(exp, seed_key), batches_at)
-        run_hooks = [loop_hooks.NonFinite(exp.runtime.nonfinite, exp.runtime.max_skipped),
-                     loop_hooks.TrainLog(exp.log.every, validation)]
+        probe = loop_hooks.Probe(valid, evaluate)
+        run_hooks = [loop_hooks.NonFinite(exp.runtime.nonfinite, exp.runtime.max_skipped, probe),
+                     probe, loop_hooks.TrainLog(exp.log.every, validation)]
         run_hooks += [loop_hooks.AdaptiveMoveOn(exp)] if exp.adaptive is not None else []
-        run_hooks += [validation, loop_hooks.TargetStop(exp.target_psnr),
+        divergence = loop_hooks.Divergence(probe)
+        run_hooks += [validation, divergence, loop_hooks.TargetStop(exp.target_psnr),
                       loop_hooks.Checkpointing(exp.log.checkpoint_every),
                       loop_hooks.Preemption(signals, exp.log.every)]
         run_hooks += [loop_hooks.WarmStart(exp.warm_start)] if exp.warm_start else []
@@ -136,7 +148,8 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
                                 "steps were non-finite and skipped")
     result = loop.result or {"step": loop.step, "psnr": validation.best}
     return result | {"best_psnr": validation.best, "best_step": loop.ckpt.best_step(),
-                     "workdir": str(workdir), "skipped": loop.ledger.skipped}
+                     "workdir": str(workdir), "skipped": loop.ledger.skipped,
+                     "warnings": list(divergence.warnings)}
 
 
 @dataclasses.dataclass
@@ -164,8 +177,11 @@ def restore_or_start(exp, workdir: Path, resume, sample_shape) -> Start:
     except BaseException:
         ckpt.close()
         raise
+    step = int(restored.meta["step"]) if restored is not None else 0
+    history = rundir.read_history(workdir) + [
+        {"step": step, "field": k, "from": old, "to": new} for k, old, new in resume.after_stop]
     if primary:
-        rundir.write_config(workdir, exp.record)
+        rundir.write_config(workdir, exp.record, history)
     progress = logs.Progress(exp.total_steps, 0, workdir, enabled=primary,
                              stages=len(exp.stages), plan=progress_plan(exp.stages,
                                                                         exp.batch_size))
@@ -191,10 +207,19 @@ def restore_or_start(exp, workdir: Path, resume, sample_shape) -> Start:
     progress.write(f"resumed from step {restored.meta['step']} "
                    f"(stage {int(restored.meta['stage']) + 1}/{len(exp.stages)}) "
                    f"in {workdir}")
-    if resume.kind == "extended":
+    for k, old, new in resume.after_stop:
+        progress.write(f"after the non-finite stop, {k} changes from {old!r} to {new!r} at step "
+                       f"{step} (recorded in {rundir.CONFIG_FILE})")
+    if resume.kind == "extended" and exp.record.get("fms.extended_from"):
+        start = int(exp.record["fms.extended_from"])
         progress.write(f"extending the run from {resume.previous_steps} to {exp.total_steps} "
-                       "steps: stages and the learning-rate schedule are recomputed for the new "
-                       "budget")
+                       f"steps: the finest stage trains {exp.total_steps - resume.previous_steps}"
+                       f" more at the learning rate the schedule reached at step {start}, "
+                       f"{float(exp.learning_rate(start)):.3g}, held constant; fms.stage_steps="
+                       f"{tuple(s.steps for s in exp.stages)} in {rundir.CONFIG_FILE}")
+    elif resume.kind == "extended":
+        progress.write(f"extending the run from {resume.previous_steps} to {exp.total_steps} "
+                       "steps: the learning-rate schedule is recomputed for the new budget")
     return Start(restored.state, dict(restored.meta), True, ckpt, progress)
 
 

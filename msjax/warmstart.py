@@ -76,6 +76,18 @@ def match_tensors(fresh, source, *, source_name: str = "", step: int = 0):
     return flax.traverse_util.unflatten_dict(out, sep="/"), report
 
 
+def check_source(spec) -> None:
+    """Raises ConfigError when ``spec.init_from`` holds no run and no checkpoint, before a run
+    that would start from it makes its workdir (``load_source`` reads it later)."""
+    workdir = Path(spec.init_from).expanduser()
+    checkpoints = workdir / "checkpoints"
+    if not (workdir / "config.json").is_file() or not checkpoints.is_dir() or not any(
+            p.name.isdigit() for p in checkpoints.iterdir()):
+        raise ConfigError(f"train.init_from={spec.init_from!r} holds no trained run (config.json "
+                          "and a checkpoint); train that run first (its config's docstring says "
+                          "how), or set train.init_from=''")
+
+
 def load_source(workdir, which: str = "best"):
     """(state, step) of the run in ``workdir``: its best (or latest) checkpoint."""
     from msjax import runs  # runs builds through build.py, which the loop imports

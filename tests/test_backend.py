@@ -227,7 +227,7 @@ def test_a_run_records_its_kernels_in_the_checkpoint_and_resumes_without_measuri
     (tmp_path / "cache").mkdir()
     monkeypatch.setenv("MSJAX_CACHE", str(tmp_path / "cache"))  # the verdict cache is gone
     c.train.steps = 3  # extend: the resumed stage reuses the checkpoint's choice
-    train.train_and_evaluate(c, tmp_path / "run")
+    train.train_and_evaluate(c, tmp_path / "run", extend=True)
     assert len(measured) == 1
 
 

@@ -1,7 +1,8 @@
 """Run directories written by an earlier msjax (``tests/fixtures/legacy_runs``, see its README)
 still resume, extend and evaluate: the config they saved is read over today's defaults, their
-checkpoints restore into today's models, and extending them reaches the weights the earlier
-msjax itself reached when extending the same runs."""
+checkpoints restore into today's models, and extending a single-scale one reaches the weights
+the earlier msjax itself reached when extending it (a full-multiscale one now extends its finest
+stage instead)."""
 
 import json
 import shutil
@@ -21,14 +22,30 @@ def _flat_params(params) -> dict:
             for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
-@pytest.mark.parametrize("name", ["deblur_fms", "edsr_x2"])
+def test_a_legacy_full_multiscale_run_extends_in_its_finest_stage(tmp_path):
+    # The earlier msjax spread an extension over all stages again (its weights in the fixture
+    # are no longer the target); today the new steps train the finest stage.
+    workdir = tmp_path / "deblur_fms"
+    shutil.copytree(FIXTURES / "deblur_fms", workdir)
+    config = runs.load_config(workdir)
+    config.train.steps += 2
+    result = train.train_and_evaluate(config, workdir, extend=True)
+    assert result["step"] == 5
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["fms.stage_steps"] == [1, 1, 3] and saved["fms.extended_from"] == 3
+    state, _, step = runs.load_state(workdir, "latest")
+    expected = dict(np.load(FIXTURES / "deblur_fms_extended_params.npz"))
+    assert step == 5 and sorted(_flat_params(state.params)) == sorted(expected)
+
+
+@pytest.mark.parametrize("name", ["edsr_x2"])
 def test_a_legacy_run_extends_to_the_weights_the_earlier_msjax_reached(tmp_path, name):
     workdir = tmp_path / name
     shutil.copytree(FIXTURES / name, workdir)
     config = runs.load_config(workdir)
     saved_steps = config.train.steps
     config.train.steps = saved_steps + 2
-    result = train.train_and_evaluate(config, workdir)
+    result = train.train_and_evaluate(config, workdir, extend=True)
     assert result["step"] == saved_steps + 2
     state, _, step = runs.load_state(workdir, "latest")
     assert step == saved_steps + 2

@@ -39,14 +39,14 @@ def test_a_garbled_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_befo
         raw = bytearray(data_file.read_bytes())
         raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)  # same size, other bytes
         data_file.write_bytes(bytes(raw))
-    result = train.train_and_evaluate(_config(**{"train.steps": 5}), workdir)  # extend by one
+    result = train.train_and_evaluate(_config(**{"train.steps": 5}), workdir, extend=True)
     out = capsys.readouterr().out
     assert "checkpoint 4" in out and "falling back to checkpoint 3" in out
     assert [p.name for p in (workdir / "checkpoints").glob("damaged-4-*")]
     assert result["step"] == 5 and np.isfinite(result["psnr"])
 
 
-def test_non_finite_steps_right_after_a_restore_fall_back_once(tmp_path, capsys):
+def test_a_checkpoint_with_non_finite_weights_is_set_aside_on_resume(tmp_path, capsys):
     workdir = tmp_path / "run"
     train.train_and_evaluate(_config(), workdir)
     # A checkpoint whose numbers are bad but self-consistent (its digest matches): NaN weights.
@@ -56,9 +56,9 @@ def test_non_finite_steps_right_after_a_restore_fall_back_once(tmp_path, capsys)
     ckpt.manager.delete(4)
     ckpt.save(4, state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params)), meta)
     ckpt.close()
-    result = train.train_and_evaluate(_config(**{"train.steps": 6}), workdir)
+    result = train.train_and_evaluate(_config(**{"train.steps": 6}), workdir, extend=True)
     out = capsys.readouterr().out
-    assert "right after restoring checkpoint 4 is not finite" in out
+    assert "its parameters are not finite" in out and "falling back to checkpoint 3" in out
     assert result["step"] == 6 and np.isfinite(result["psnr"])
     assert list((workdir / "checkpoints").glob("damaged-4-*"))
 
@@ -71,7 +71,7 @@ def test_nothing_readable_is_refused_and_the_logs_are_left_alone(tmp_path):
             data_file.write_bytes(b"x")
     before = {p: p.read_bytes() for p in (workdir / "train.csv", workdir / "valid.csv")}
     with pytest.raises(errors.RunDirError, match="no usable checkpoint") as info:
-        train.train_and_evaluate(_config(**{"train.steps": 5}), workdir)  # needs a restore
+        train.train_and_evaluate(_config(**{"train.steps": 5}), workdir, extend=True)
     assert "Nothing was changed" in str(info.value)
     assert {p: p.read_bytes() for p in before} == before
 
@@ -114,7 +114,7 @@ def test_skipped_steps_are_reported_and_too_many_stop_the_run(tmp_path, capsys):
                    "task.name": "denoise"})
     with pytest.raises(errors.NonFiniteError, match="of the last 50 steps were non-finite") as e:
         train.train_and_evaluate(c, tmp_path / "run")
-    assert "no checkpoint before it was saved" in str(e.value)
+    assert "no good checkpoint was saved before it" in str(e.value)
     assert "non-finite step(s) skipped" in capsys.readouterr().out
 
 
@@ -125,7 +125,8 @@ def test_a_non_finite_stop_names_only_checkpoints_that_exist(tmp_path):
     message = str(info.value)
     assert "step 0" not in message.split("checkpoint")[-1]
     steps = checkpoints.Checkpoints(tmp_path / "run" / "checkpoints", read_only=True).steps()
-    assert (f"(step {max(steps)})" in message) if steps else ("no checkpoint" in message)
+    good = [s for s in steps if rundir.checkpoint_meta(tmp_path / "run", s).get("good")]
+    assert (f"(step {max(good)})" in message) if good else ("no good checkpoint" in message)
 
 
 def test_a_finished_run_reports_without_training_and_a_larger_budget_extends_it(tmp_path,
@@ -137,7 +138,9 @@ def test_a_finished_run_reports_without_training_and_a_larger_budget_extends_it(
     out = capsys.readouterr().out
     assert again["finished"] and again["step"] == 4 and "compiling" not in out
     assert again["psnr"] == pytest.approx(first["psnr"])
-    longer = train.train_and_evaluate(_config(**{"train.steps": 6}), workdir)
+    with pytest.raises(errors.RunDirError, match="extending a run is explicit"):
+        train.train_and_evaluate(_config(**{"train.steps": 6}), workdir)
+    longer = train.train_and_evaluate(_config(**{"train.steps": 6}), workdir, extend=True)
     out = capsys.readouterr().out
     assert "extending the run from 4 to 6 steps" in out and longer["step"] == 6
     with pytest.raises(errors.RunDirError, match="can be extended, not shortened"):

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from msjax.errors import DataError
+
 log = logging.getLogger(__name__)
 
 
@@ -104,7 +106,9 @@ def validation_crops(source, count: int, patch: int, *, scale: int = 1,
         if len(targets) == count:
             break
     if not targets:
-        raise ValueError(f"no validation image is at least {patch} pixels on each side")
+        raise DataError(f"no validation image is at least {patch} pixels on each side; lower "
+                        "data.valid_patch (0: data.patch) or data.patch to fit the images, or "
+                        "validate on larger ones (data.valid_dir)")
     if len(source) < count:
         log.warning("validation: the split has %d images, fewer than data.valid_images=%d; "
                     "using %d crops of them (up to %d distinct windows each)",

@@ -7,7 +7,8 @@ time-conditioned models (ignored by those without conditioning). Compute runs in
 parameters are float32. Dropout draws from the ``'dropout'`` rng; BatchNorm keeps ``batch_stats``.
 
 A family joins with ``@MODELS.register(name, upsamples=...)`` in its own file in this package
-(``upsamples``: its output is ``scale`` times its input).
+(``upsamples``: its output is ``scale`` times its input; ``minimum``: {option: smallest value},
+which ``config_check`` holds ``model_kwargs`` to before anything is built).
 """
 
 from __future__ import annotations
@@ -41,3 +42,20 @@ def create_model(name: str, **kwargs) -> nn.Module:
 def size_multiple(name: str, **kwargs) -> int:
     """What every input side must divide by for this model (1 if any size works)."""
     return int(getattr(create_model(name, **kwargs), "size_multiple", 1))
+
+
+def check_options(name: str, model_kwargs) -> None:
+    """Raises ConfigError for a ``model_kwargs`` option below the smallest value the family's
+    registration declares (``minimum``); an option left out takes the family's default."""
+    import dataclasses
+
+    from msjax.errors import ConfigError
+
+    cls = MODELS.get(name)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for option, smallest in MODELS.info(name).get("minimum", {}).items():
+        value = dict(model_kwargs).get(option, defaults.get(option))
+        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+            raise ConfigError(f"model_kwargs.{option}={value!r} does not fit model={name}: it "
+                              f"must be a whole number >= {smallest}; set "
+                              f"--config.model_kwargs.{option} to one")

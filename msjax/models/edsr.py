@@ -8,7 +8,7 @@ from msjax.models import MODELS
 from msjax.models.sr_blocks import ResBlock, UpsamplingSR
 
 
-@MODELS.register("edsr", upsamples=True)
+@MODELS.register("edsr", upsamples=True, minimum={"n_resblocks": 1, "n_feats": 1})
 class EDSR(UpsamplingSR, kw_only=True):
     """Body: n_resblocks residual blocks + conv, with a global skip from the head.
 

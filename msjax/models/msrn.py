@@ -34,7 +34,7 @@ class MSRB(nn.Module):
         return x + conv(m, 1)(c2)
 
 
-@MODELS.register("msrn", upsamples=True)
+@MODELS.register("msrn", upsamples=True, minimum={"n_blocks": 1, "n_feats": 1})
 class MSRN(UpsamplingSR, kw_only=True):
     """Body: n_blocks MSRBs -> 1x1 fusion of all block outputs and the head -> conv. No global
     residual around the body. [0, 1] in, [0, 1] out, ``scale`` times larger."""

@@ -50,7 +50,8 @@ class MultiblockBlock(nn.Module):
         return jnp.clip(y, 0.0, 1.0) if self.clamp else y
 
 
-@MODELS.register("multiblock", upsamples=False)
+@MODELS.register("multiblock", upsamples=False,
+                 minimum={"n_blocks": 1, "n_feats": 1, "n_rcab": 1, "attention_hidden": 1})
 class MultiblockChain(nn.Module):
     """``n_blocks`` blocks applied in sequence, as submodules block_0, block_1, ...
 

@@ -96,7 +96,8 @@ class ConvBNReLU(nn.Module):
         return nn.relu(batch_norm(train, self.dtype)(conv(x)))
 
 
-@MODELS.register("pyramidal", upsamples=False)
+@MODELS.register("pyramidal", upsamples=False,
+                 minimum={"features": 1, "growth": 1, "up_reduction": 1})
 class PyramidalAutoencoder(nn.Module):
     variant: str = "pyramidal103"
     features: int = 48  # dense variants: width of the input conv (the reference's num_channels)

@@ -8,7 +8,8 @@ from msjax.models import MODELS
 from msjax.models.sr_blocks import ResidualGroup, UpsamplingSR
 
 
-@MODELS.register("rcan", upsamples=True)
+@MODELS.register("rcan", upsamples=True,
+                 minimum={"n_resgroups": 1, "n_resblocks": 1, "reduction": 1, "n_feats": 1})
 class RCAN(UpsamplingSR, kw_only=True):
     """Body: n_resgroups residual groups + conv, with a long skip from the head.
 

@@ -63,7 +63,7 @@ class ResidualBlock(nn.Module):
         return x + Conv3x3(self.features, dtype=self.dtype)(h)
 
 
-@MODELS.register("resnet", upsamples=False)
+@MODELS.register("resnet", upsamples=False, minimum={"hidden": 1, "nlayers": 0})
 class ResNet(nn.Module):
     hidden: int = 128
     nlayers: int = 2

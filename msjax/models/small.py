@@ -22,7 +22,7 @@ from msjax.models.layers import (
 TIME_FEATURES = 16
 
 
-@MODELS.register("residual_cnn", upsamples=False)
+@MODELS.register("residual_cnn", upsamples=False, minimum={"features": 1, "depth": 2})
 class ResidualCNN(nn.Module):
     """``depth`` conv3x3 layers with ReLU between; the last maps back to the input's channels.
 

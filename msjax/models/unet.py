@@ -75,7 +75,8 @@ class AttentionBlock(nn.Module):
         return x + h.reshape(n, height, width, channels)
 
 
-@MODELS.register("unet", upsamples=False)
+@MODELS.register("unet", upsamples=False,
+                 minimum={"model_channels": 1, "num_res_blocks": 1, "groups": 1})
 class UNet(nn.Module):
     model_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 4)
