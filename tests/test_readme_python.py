@@ -12,7 +12,8 @@ from msjax import export, train
 from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = (ROOT / "README.md", ROOT / "docs" / "python_api.md")
+PAGES = (ROOT / "README.md", ROOT / "docs" / "python_api.md",
+         ROOT / "docs" / "import_export.md")
 FENCE = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 RUNS = ("runs/quickstart",)          # what the blocks load: trained before they run
 
