@@ -205,17 +205,22 @@ def _train(FLAGS, config_flags) -> None:
     backend.set_cpu_devices(config.runtime)
     from msjax import train
 
+    from msjax import logs, storage
+
     print(f"workdir: {workdir}", flush=True)
     try:
         result = train.run(config, workdir)
     except errors.MsjaxError as e:
-        _error(str(e))
+        # train.log ends as the terminal does; the traceback behind the line goes there only.
+        logs.append_to_log(workdir, f"error: {e}", e.__cause__)
+        _error(str(e) + storage.noise_note())
     except train.Preempted as e:
+        logs.append_to_log(workdir, str(e))
         print(str(e), file=sys.stderr)
         sys.exit(128 + e.signum)
-    from msjax import logs
-
-    print(logs.final_summary(workdir, result))
+    summary = logs.final_summary(workdir, result)
+    logs.append_to_log(workdir, summary)
+    print(summary)
 
 
 EVAL_USAGE = """Evaluate a trained run: ``python eval.py --workdir runs/quickstart``.

@@ -17,6 +17,7 @@ from typing import Callable, Mapping
 
 import jax
 
+from msjax import storage
 from msjax.errors import RunDirError
 from msjax.lock import WorkdirLock
 
@@ -142,10 +143,8 @@ def compare(workdir: Path, saved: Mapping, current: Mapping, total_steps: int,
 def write_config(workdir: Path, record: Mapping) -> None:
     """config.json from the flat ``record``, atomically (other processes of a multi-host run may
     be reading it)."""
-    path = Path(workdir) / CONFIG_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(record), indent=1, sort_keys=True))
-    tmp.replace(path)
+    storage.write_file(Path(workdir) / CONFIG_FILE,
+                       json.dumps(dict(record), indent=1, sort_keys=True))
 
 
 def open_for(workdir: Path) -> Path:
@@ -166,7 +165,8 @@ class Claim:
 
     def __enter__(self):
         if self.lock is not None:
-            self.workdir.mkdir(parents=True, exist_ok=True)
+            with storage.writing(self.workdir, f"making the workdir {self.workdir}"):
+                self.workdir.mkdir(parents=True, exist_ok=True)
             self.lock.acquire()
         return self
 
