@@ -21,6 +21,7 @@ import contextlib
 import csv
 import functools
 import io
+import itertools
 import logging
 import math
 import os
@@ -513,6 +514,9 @@ def image_grid(panels: dict, *, count: int | None = None, size: int | None = Non
     return np.asarray(canvas)
 
 
+_OPENINGS = itertools.count()
+
+
 class Events:
     """TensorBoard events written in the caller's thread (tensorboardX's own writer thread dies
     on a failed write, prints its traceback and leaves later writes waiting on a full queue), so
@@ -526,7 +530,10 @@ class Events:
         self.folder = Path(folder)
         with storage.writing(self.folder):
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._writer = EventsWriter(str(self.folder / "events"))
+            # tensorboardX names a file by the second and host only: a second opening within
+            # the same second would truncate the first's file.
+            self._writer = EventsWriter(str(self.folder / "events"),
+                                        f".{os.getpid()}.{next(_OPENINGS)}")
         self.path = self.folder / Path(self._writer._file_name).name
         if purge_step is not None:
             from tensorboardX.proto.event_pb2 import SessionLog
