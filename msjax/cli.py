@@ -212,8 +212,8 @@ def _train(FLAGS, config_flags) -> None:
         result = train.run(config, workdir)
     except errors.MsjaxError as e:
         # train.log ends as the terminal does; the traceback behind the line goes there only.
-        logs.append_to_log(workdir, f"error: {e}", e.__cause__)
-        _error(str(e) + storage.noise_note())
+        _error(str(e) + storage.noise_note(logs.append_to_log(workdir, f"error: {e}",
+                                                              e.__cause__)))
     except train.Preempted as e:
         logs.append_to_log(workdir, str(e))
         print(str(e), file=sys.stderr)
@@ -250,7 +250,10 @@ def evaluate(argv=None) -> None:
 
     sys.modules["__main__"].__doc__ = EVAL_USAGE
     flags.DEFINE_string("workdir", None, "run directory written by train.py")
-    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "which checkpoint to restore")
+    flags.DEFINE_string("checkpoint", "best", "which checkpoint to restore: best, latest or a "
+                        "step number the run keeps")
+    flags.register_validator("checkpoint", lambda v: v in ("best", "latest") or v.isdigit(),
+                             "--checkpoint takes best, latest or a step number")
     flags.DEFINE_string("input_dir", "", "folder of degraded images to restore")
     flags.DEFINE_string("target_dir", "", "folder of ground-truth images (same file stems)")
     flags.DEFINE_string("output_dir", "", "where to write (default: RUN/eval/<checkpoint>-<step>/"
@@ -306,7 +309,9 @@ def _evaluate(F) -> None:
         print(f"skipped {path}: it {problem}")
     means = {k: v for k, v in summary.items() if isinstance(v, (int, float))
              and not isinstance(v, bool)}
-    print(f"summary ({summary['checkpoint']} checkpoint, step {summary['step']}): "
+    which = summary["checkpoint"]
+    which = "checkpoint" if which.isdigit() else f"{which} checkpoint"
+    print(f"summary ({which}, step {summary['step']}): "
           + _fmt({k: v for k, v in means.items() if k != "step"}))
     replaced = "replaced the earlier evaluation in" if summary.get("replaced_earlier") else "in"
     print(f"results {replaced} {out_dir} (per_image.csv, summary.json, compare/)")

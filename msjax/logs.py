@@ -155,13 +155,13 @@ class TextLog:
             self._file.close()
 
 
-def append_to_log(workdir, text: str, cause: BaseException | None = None) -> bool:
+def append_to_log(workdir, text: str, cause: BaseException | None = None) -> bool | None:
     """The lines a run ends with (the summary, the stop line, the final error and the
-    traceback of its ``cause``) appended to ``workdir/train.log`` if the run wrote one; best
-    effort: False if it could not be written."""
+    traceback of its ``cause``) appended to ``workdir/train.log`` if the run wrote one (else
+    None); best effort: False if it could not be written."""
     path = Path(workdir) / "train.log"
     if jax.process_index() != 0 or not path.exists():
-        return False
+        return None
     if cause is not None:
         import traceback
 

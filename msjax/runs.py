@@ -101,7 +101,8 @@ def as_float_images(image, channels: int = 3) -> tuple[np.ndarray, bool]:
 
 
 def load_state(workdir, which: str = "best", *, experiment: build.Experiment | None = None):
-    """(state, experiment, step) of the run's best (or latest) checkpoint, on one device.
+    """(state, experiment, step) of the run's best or latest checkpoint, or of the step
+    ``which`` names ('7'), on one device.
     ``experiment``: the run's own, already built (else built from its config.json)."""
     logs.quiet_library_logs()
     workdir = Path(workdir)
@@ -110,14 +111,31 @@ def load_state(workdir, which: str = "best", *, experiment: build.Experiment | N
     template = build.initial_state(exp, (1, side, side, 3))
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", read_only=True)
     try:
+        kept = ckpt.steps()
         step = ckpt.best_step() if which == "best" else None
+        if str(which).isdigit():
+            step = int(which)
+            if step not in kept:
+                raise RunDirError(
+                    f"--checkpoint {step}: {workdir / 'checkpoints'} keeps no checkpoint of that "
+                    f"step; it keeps {', '.join(map(str, kept)) or 'none'} (or pass best, "
+                    "latest)")
+        elif which not in ("best", "latest"):
+            raise RunDirError(f"--checkpoint {which}: not best, latest or a step number")
         if step is None:
-            step = max(ckpt.steps(), default=None)
+            step = max(kept, default=None)
         if step is None:
             raise RunDirError(f"no checkpoint in {workdir / 'checkpoints'}: the run saved none "
                               "yet; train it first (python train.py ... --workdir "
                               f"{workdir})")
-        state, _ = ckpt.restore(step, template)
+        try:
+            state, _ = ckpt.restore(step, template)
+        except checkpoints.DamagedCheckpointError as e:
+            others = [s for s in kept if s != step]
+            raise RunDirError(
+                f"checkpoint {step} in {workdir / 'checkpoints'} is damaged ({e.reason}); pass "
+                f"--checkpoint one of the other steps kept: "
+                f"{', '.join(map(str, others)) or 'none'}") from e
     finally:
         ckpt.close()
     return state, exp, step

@@ -219,8 +219,9 @@ class LibraryNoise:
             handler.removeFilter(self.filter)
 
 
-def noise_note() -> str:
-    """What the terminal's last line adds about library details: nothing when there were none
-    or all reached train.log."""
-    return " (the libraries' details could not be written to train.log either)" \
-        if details_kept is False else ""
+def noise_note(final_line_kept: bool | None = None) -> str:
+    """What the terminal's last line adds when train.log could not take the libraries'
+    tracebacks or the line itself (``final_line_kept`` False); nothing otherwise."""
+    if details_kept is False or final_line_kept is False:
+        return " (train.log could not be written: the details behind this line are lost)"
+    return ""

@@ -320,4 +320,4 @@ def test_library_details_that_cannot_be_kept_are_said(tmp_path):
         thread = threading.Thread(target=lambda: 1 / 0)
         thread.start(), thread.join()
     assert storage.details_kept is False
-    assert "could not be written to train.log" in storage.noise_note()
+    assert "train.log could not be written" in storage.noise_note()
