@@ -175,8 +175,8 @@ def run_storage_trials(args, rng, root: Path, env, expected, reference: Path) ->
             expected, final_state(out["workdir"], None if args.all_hooks else args.steps))
         equal += same
         one_line += clean
-        what = out["lines"][-1].split(" failed (")[0].removeprefix("error: ") \
-            if out["lines"] else "nothing"
+        what = out["lines"][-1].split(" failed (")[0].removeprefix("error: ").replace(
+            f"{out['base']}/mnt/run", "RUN") if out["lines"] else "nothing"
         print(f"storage trial {i}: disk of {size} KB (the run writes {full} KB): exit "
               f"{out['first']}, {len(out['lines'])} stderr line(s), at {what}; reruns exit "
               f"{out['codes']}; {'bitwise equal' if same else 'DIFFERENT'}", flush=True)

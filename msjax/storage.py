@@ -166,10 +166,12 @@ class _Divert(logging.Filter):
 class LibraryNoise:
     """``with LibraryNoise(workdir / 'train.log'): ...``: library tracebacks (logged errors,
     unraisable exceptions, threads' uncaught ones) are appended to the log, best effort;
-    ``details_kept`` says afterwards whether all of them could be written."""
+    ``details_kept`` says afterwards whether all of them could be written. Disabled (the
+    processes of a multi-host run other than the one that writes the logs), it changes
+    nothing."""
 
-    def __init__(self, log_path: Path):
-        self.path = Path(log_path)
+    def __init__(self, log_path: Path, enabled: bool = True):
+        self.path, self.enabled = Path(log_path), enabled
         self.filter = _Divert(self)
         self._handlers = []
         self._lock = threading.Lock()
@@ -201,6 +203,8 @@ class LibraryNoise:
     def __enter__(self):
         global details_kept
         details_kept = None
+        if not self.enabled:
+            return self
         from absl import logging as absl_logging
 
         self._hooks = sys.unraisablehook, threading.excepthook
@@ -213,6 +217,8 @@ class LibraryNoise:
         return self
 
     def __exit__(self, *exc):
+        if not self.enabled:
+            return
         gc.collect()  # abandoned coroutines report now, while the hooks still divert them
         sys.unraisablehook, threading.excepthook = self._hooks
         for handler in self._handlers:

@@ -60,7 +60,8 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
     valid = build.make_validation(exp, source=data.open_source(exp.input, "valid",
                                                                scale=exp.task.scale))
     with storage.for_run(workdir / "checkpoints"), rundir.Claim(workdir), \
-            storage.LibraryNoise(workdir / "train.log"), Signals() as signals, \
+            storage.LibraryNoise(workdir / "train.log", jax.process_index() == 0), \
+            Signals() as signals, \
             contextlib.ExitStack() as cleanup:
         start = restore_or_start(exp, workdir, resume, valid.batch["input"].shape)
         cleanup.callback(start.progress.close)
