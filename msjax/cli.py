@@ -203,9 +203,7 @@ def _train(FLAGS, config_flags) -> None:
     from msjax import backend
 
     backend.set_cpu_devices(config.runtime)
-    from msjax import train
-
-    from msjax import logs, storage
+    from msjax import logs, storage, train
 
     print(f"workdir: {workdir}", flush=True)
     try:
