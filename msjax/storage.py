@@ -55,10 +55,19 @@ def cause(e: BaseException) -> str:
     return first_line(e)
 
 
-def first_line(e: BaseException) -> str:
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line. TensorStore's messages chain every layer's context
+    ('OUT_OF_RANGE: Error opening "cast" driver: ...: <the cause>') and end in annotations
+    ('[source locations=...]', '[tensorstore_spec=...]'): those are dropped, and a long chain
+    keeps its status code and its end, where the cause is."""
     text = str(e).strip().splitlines()
     line = re.sub(r"\s+", " ", text[0]) if text else ""
-    return f"{type(e).__name__}: {line[:300]}"
+    line = re.sub(r"\s*\[(source locations|tensorstore_spec)=.*$", "", line)
+    if len(line) > limit:
+        code = re.match(r"[A-Z_]+: ", line)
+        head = code.group(0) if code else ""
+        line = f"{head}... {line[len(line) - (limit - len(head) - 4):]}"
+    return f"{type(e).__name__}: {line}"
 
 
 def good_steps(folder: Path) -> list[int]:

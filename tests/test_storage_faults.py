@@ -242,6 +242,15 @@ def test_a_storage_error_in_a_run_names_its_last_good_checkpoint(tmp_path):
             f"{tmp_path / 'checkpoints'}. Free space") in str(info.value)
 
 
+def test_a_tensorstore_chain_keeps_its_code_and_its_cause():
+    chain = ("OUT_OF_RANGE: " + "".join(f'Error opening "layer{i}" driver: ' for i in range(20))
+             + "Requested byte range [0, 5763) is not valid for value of size 2881 "
+             "[source locations='tensorstore/kvstore/byte_range.cc:42']")
+    line = storage.first_line(ValueError(chain))
+    assert line.startswith("ValueError: OUT_OF_RANGE: ... ") and len(line) <= 312
+    assert line.endswith("is not valid for value of size 2881")
+
+
 def test_the_lock_on_a_full_disk_is_a_storage_error_and_leaves_it_free(tmp_path, monkeypatch):
     real = os.write
 
