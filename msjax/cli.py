@@ -203,6 +203,8 @@ def _train(FLAGS, config_flags) -> None:
     from msjax import backend
 
     backend.set_cpu_devices(config.runtime)
+    import jax
+
     from msjax import logs, storage, train
 
     print(f"workdir: {workdir}", flush=True)
@@ -210,8 +212,9 @@ def _train(FLAGS, config_flags) -> None:
         result = train.run(config, workdir)
     except errors.MsjaxError as e:
         # train.log ends as the terminal does; the traceback behind the line goes there only.
-        _error(str(e) + storage.noise_note(logs.append_to_log(workdir, f"error: {e}",
-                                                              e.__cause__)))
+        note = storage.noise_note(logs.append_to_log(workdir, f"error: {e}", e.__cause__))
+        storage.divert_until_exit(Path(workdir) / "train.log", jax.process_index() == 0)
+        _error(str(e) + note)
     except train.Preempted as e:
         logs.append_to_log(workdir, str(e))
         print(str(e), file=sys.stderr)

@@ -234,6 +234,12 @@ class LibraryNoise:
             handler.removeFilter(self.filter)
 
 
+def divert_until_exit(log_path: Path, enabled: bool = True) -> None:
+    """``LibraryNoise`` for the rest of a process that ends with an error: the tasks and threads
+    a failed save abandoned report as they are collected, after the run has returned."""
+    LibraryNoise(log_path, enabled).__enter__()
+
+
 def noise_note(final_line_kept: bool | None = None) -> str:
     """What the terminal's last line adds when train.log could not take the libraries'
     tracebacks or the line itself (``final_line_kept`` False); nothing otherwise."""
