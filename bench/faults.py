@@ -3,6 +3,7 @@
     python bench/faults.py                 # 10 trials
     python bench/faults.py --trials 3 --seed 1
     python bench/faults.py --all_hooks     # every loop hook active (see ALL_HOOKS)
+    python bench/faults.py --storage 5     # and 5 trials of a disk filling mid-run
 
 A short ``train.py --config configs/quickstart.py`` run, shrunk by overrides (32x32 patches, a
 2-layer 8-channel CNN, three full-multiscale stages, a checkpoint every step, validation twice)
@@ -11,6 +12,12 @@ a checkpoint drawn (seeded) among all of them, and SIGKILLs it a random fraction
 later, so kills land in steps, saves, validation and the shutdown alike. The same command is
 then rerun until it exits 0, and the final state (step, parameters, optimizer state, model
 state) is compared bit for bit with the reference's. ``--jobs`` trials run side by side.
+
+A storage trial (``--storage N``, as root: a private mount namespace) runs the same command in a
+tmpfs whose size is drawn (seeded) between 15% and 90% of what the reference run writes, so the
+disk fills at a random moment and under any writer (checkpoint, CSV, TensorBoard, image,
+train.log). The run must stop with exit 2 and one line on stderr; the tmpfs is then grown (the
+space freed) and the command rerun until it exits 0, and the final state compared bit for bit.
 
 Every process shares one JAX compilation cache (filled by the reference run), so a restart costs
 its start-up, not a recompile; the cached programs are the ones a fresh compile makes.
@@ -58,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="trials run side by side")
     p.add_argument("--keep", action="store_true", help="keep the workdirs")
     p.add_argument("--all_hooks", action="store_true", help="every loop hook active")
+    p.add_argument("--storage", type=int, default=0,
+                   help="trials of a disk filling at a random moment (needs root)")
     return p.parse_args(argv)
 
 
@@ -120,6 +129,62 @@ def bitwise_equal(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(
         x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
         for x, y in zip(a, b))
+
+
+# In one private mount namespace: the tmpfs, the run until its disk fills, the tmpfs grown, the
+# same command until it exits 0, the workdir copied out before the namespace (and tmpfs) ends.
+ON_TMPFS = """
+mount -t tmpfs -o size=$SIZE tmpfs "$MOUNT" || exit 99
+"$@" > /dev/null 2> "$OUT/first.err"; echo $? > "$OUT/first.rc"
+mount -o remount,size=256m "$MOUNT"
+for i in 1 2 3 4; do
+  "$@" > /dev/null 2> "$OUT/rerun.err"; rc=$?; echo $rc >> "$OUT/rerun.rc"
+  [ $rc = 0 ] && break
+done
+cp -a "$MOUNT/run" "$OUT/run"
+"""
+
+
+def disk_size_kb(workdir: Path) -> int:
+    return sum(p.stat().st_size for p in workdir.rglob("*") if p.is_file()) // 1024
+
+
+def storage_trial(index: int, size_kb: int, root: Path, steps: int, env) -> dict:
+    """The run in a ``size_kb`` tmpfs until its disk fills, then rerun with space."""
+    base = root / f"storage{index}"
+    mount, out = base / "mnt", base / "out"
+    mount.mkdir(parents=True), out.mkdir()
+    subprocess.run(["unshare", "-m", "sh", "-c", ON_TMPFS, "sh",
+                    *command(mount / "run", steps)], cwd=ROOT,
+                   env={**env, "SIZE": f"{size_kb}k", "MOUNT": str(mount), "OUT": str(out)},
+                   check=True)
+    err = (out / "first.err").read_text().strip().splitlines()
+    return {"workdir": out / "run", "base": base, "first": int((out / "first.rc").read_text()),
+            "lines": err, "codes": [int(c) for c in (out / "rerun.rc").read_text().split()]}
+
+
+def run_storage_trials(args, rng, root: Path, env, expected, reference: Path) -> int:
+    """Prints one line per storage trial and the count; returns the bitwise-equal count."""
+    full = disk_size_kb(reference)
+    sizes = [int(full * rng.uniform(0.15, 0.9)) for _ in range(args.storage)]
+    equal = one_line = 0
+    for i, size in enumerate(sizes):
+        out = storage_trial(i, size, root, args.steps, env)
+        clean = out["first"] == 2 and len(out["lines"]) == 1
+        same = out["codes"][-1] == 0 and bitwise_equal(
+            expected, final_state(out["workdir"], None if args.all_hooks else args.steps))
+        equal += same
+        one_line += clean
+        what = out["lines"][-1].split(" failed (")[0].removeprefix("error: ").replace(
+            f"{out['base']}/mnt/run", "RUN") if out["lines"] else "nothing"
+        print(f"storage trial {i}: disk of {size} KB (the run writes {full} KB): exit "
+              f"{out['first']}, {len(out['lines'])} stderr line(s), at {what}; reruns exit "
+              f"{out['codes']}; {'bitwise equal' if same else 'DIFFERENT'}", flush=True)
+        if not args.keep:
+            shutil.rmtree(out["base"], ignore_errors=True)
+    print(f"storage: {equal} of {args.storage} bitwise equal after a full disk; {one_line} of "
+          f"{args.storage} stopped with exit 2 and one line")
+    return equal + one_line
 
 
 def trial(index: int, kill_after: int, delay: float, root: Path, steps: int, env) -> dict:
@@ -198,8 +263,12 @@ def main(argv=None) -> int:
                 if not args.keep:
                     shutil.rmtree(out["workdir"], ignore_errors=True)
         print(f"{equal} of {args.trials} bitwise equal ({killed} of them killed mid-run) in "
-              f"{time.time() - start:.0f} s on {machine()}")
-        return 0 if equal == args.trials and killed == args.trials else 1
+              f"{time.time() - start:.0f} s on {machine()}", flush=True)
+        storage_ok = args.storage == 0 or run_storage_trials(
+            args, rng, root, env, expected, reference) == 2 * args.storage
+        if args.storage:
+            print(f"storage trials done in {time.time() - start:.0f} s on {machine()}")
+        return 0 if equal == args.trials and killed == args.trials and storage_ok else 1
     finally:
         if args.keep:
             print(f"workdirs kept in {root}")

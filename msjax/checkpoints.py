@@ -15,11 +15,8 @@ good checkpoint is kept whatever newer ones are saved (``NewestGood``), and a re
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
-import os
-import re
 import threading
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -30,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from msjax import storage
 from msjax.errors import RunDirError, StorageError
 
 log = logging.getLogger(__name__)
@@ -122,7 +120,7 @@ class Checkpoints:
                                                  item_names=("state", "meta"))
         except OSError as e:
             raise StorageError(f"cannot open the checkpoint folder {self.directory} "
-                               f"({_first_line(e)}); check that it is writable") from e
+                               f"({storage.first_line(e)}); check that it is writable") from e
 
     # -- saving ------------------------------------------------------------------------------
 
@@ -187,17 +185,13 @@ class Checkpoints:
         try:
             self.manager.close()
         except Exception as e:  # the failure itself is reported once, as a StorageError
-            log.debug("closing checkpoints after a failed save: %s", _first_line(e))
+            log.debug("closing checkpoints after a failed save: %s", storage.first_line(e))
         if error is not None and error is not raised_before:
             raise error
 
     def _storage_error(self, step: int, e: BaseException) -> StorageError:
-        good = self._finalized_steps()
-        last = (f"the last good checkpoint is step {good[-1]} in {self.directory}" if good
-                else f"no checkpoint was saved in {self.directory} yet")
-        self._failed = StorageError(
-            f"saving checkpoint {step} to {self.directory} failed ({_storage_cause(e)}); {last}. "
-            "Free space or fix the folder's permissions, then run the same command to resume")
+        self._failed = storage.error(f"saving checkpoint {step} to {self.directory}", e,
+                                     self.directory)
         return self._failed
 
     # -- reading -----------------------------------------------------------------------------
@@ -220,7 +214,7 @@ class Checkpoints:
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         except Exception as e:
             raise DamagedCheckpointError(step, self.directory,
-                                         f"unreadable: {_first_line(e)}") from e
+                                         f"unreadable: {storage.first_line(e)}") from e
         meta = dict(out["meta"])
         expected = meta.get(DIGEST_KEY)
         if expected is None:
@@ -312,11 +306,7 @@ class Checkpoints:
 
     def _finalized_steps(self) -> list[int]:
         """Steps whose folder was committed (renamed from its temporary name), read from disk."""
-        try:
-            return sorted(int(p.name) for p in self.directory.iterdir()
-                          if p.is_dir() and p.name.isdigit())
-        except OSError:
-            return []
+        return storage.good_steps(self.directory)
 
 
 def state_digest(tree) -> str:
@@ -346,24 +336,6 @@ def _savable(state):
     if getattr(state, "ema_params", None) is not None:  # only runs that keep an average
         savable["ema_params"] = state.ema_params
     return savable
-
-
-_STORAGE_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG", "EIO")
-
-
-def _storage_cause(e: BaseException) -> str:
-    """The operating system's reason inside an error (TensorStore wraps it in long messages)."""
-    text = " ".join(str(x) for x in (e, e.__cause__, e.__context__) if x is not None)
-    for name in _STORAGE_ERRNOS:
-        if os.strerror(getattr(errno, name)) in text:
-            return f"{os.strerror(getattr(errno, name))}, {name}"
-    return _first_line(e)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    line = re.sub(r"\s+", " ", text[0]) if text else ""
-    return f"{type(e).__name__}: {line[:300]}"
 
 
 def _is_primary() -> bool:

@@ -225,7 +225,9 @@ def _train(FLAGS, config_flags) -> None:
     except errors.MsjaxError as e:
         _error(str(e))
     backend.set_cpu_devices(config.runtime)
-    from msjax import build, train
+    import jax
+
+    from msjax import build, logs, storage, train
 
     print(f"workdir: {workdir}", flush=True)
     extend = "train.steps" in overridden  # extending a run is asked for explicitly
@@ -236,13 +238,17 @@ def _train(FLAGS, config_flags) -> None:
                 print(note, flush=True)
         result = train.run(config, workdir, extend=extend)
     except errors.MsjaxError as e:
-        _error(str(e))
+        # train.log ends as the terminal does; the traceback behind the line goes there only.
+        note = storage.noise_note(logs.append_to_log(workdir, f"error: {e}", e.__cause__))
+        storage.divert_until_exit(Path(workdir) / "train.log", jax.process_index() == 0)
+        _error(str(e) + note)
     except train.Preempted as e:
+        logs.append_to_log(workdir, str(e))
         print(str(e), file=sys.stderr)
         sys.exit(128 + e.signum)
-    from msjax import logs
-
-    print(logs.final_summary(workdir, result))
+    summary = logs.final_summary(workdir, result)
+    logs.append_to_log(workdir, summary)
+    print(summary)
 
 
 EVAL_USAGE = """Evaluate a trained run: ``python eval.py --workdir runs/quickstart``.
@@ -272,7 +278,10 @@ def evaluate(argv=None) -> None:
 
     sys.modules["__main__"].__doc__ = EVAL_USAGE
     flags.DEFINE_string("workdir", None, "run directory written by train.py")
-    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "which checkpoint to restore")
+    flags.DEFINE_string("checkpoint", "best", "which checkpoint to restore: best, latest or a "
+                        "step number the run keeps")
+    flags.register_validator("checkpoint", lambda v: v in ("best", "latest") or v.isdigit(),
+                             "--checkpoint takes best, latest or a step number")
     flags.DEFINE_string("input_dir", "", "folder of degraded images to restore")
     flags.DEFINE_string("target_dir", "", "folder of ground-truth images (same file stems)")
     flags.DEFINE_string("output_dir", "", "where to write (default: RUN/eval/<checkpoint>-<step>/"
@@ -328,7 +337,9 @@ def _evaluate(F) -> None:
         print(f"skipped {path}: it {problem}")
     means = {k: v for k, v in summary.items() if isinstance(v, (int, float))
              and not isinstance(v, bool)}
-    print(f"summary ({summary['checkpoint']} checkpoint, step {summary['step']}): "
+    which = summary["checkpoint"]
+    which = "checkpoint" if which.isdigit() else f"{which} checkpoint"
+    print(f"summary ({which}, step {summary['step']}): "
           + _fmt({k: v for k, v in means.items() if k != "step"}))
     replaced = "replaced the earlier evaluation in" if summary.get("replaced_earlier") else "in"
     print(f"results {replaced} {out_dir} (per_image.csv, summary.json, compare/)")

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax import build, data, logs, metrics, parallel, runs, steps
+from msjax import build, data, logs, metrics, parallel, runs, steps, storage
 from msjax.data import pairing
 from msjax.errors import DataError, RunDirError
 
@@ -330,9 +330,7 @@ class Results:
                    "complete": error is None}
         if error is not None:
             summary["error"] = f"{type(error).__name__}: {error}"
-        tmp = self.folder / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1))
-        tmp.replace(self.folder / "summary.json")
+        storage.write_file(self.folder / "summary.json", json.dumps(summary, indent=1))
         return summary
 
 
@@ -420,11 +418,12 @@ def evaluate_folder(state, exp, *, input_dir: str = "", target_dir: str = "",
     task = exp.task
     restore = make_restorer(state, task, self_ensemble=self_ensemble, backend=exp.backend)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with storage.writing(output_dir):
+        output_dir.mkdir(parents=True, exist_ok=True)
     inputs, truths = pair_inputs(input_dir, target_dir, task.scale)
     stems = [p.stem for p in inputs]
     key = jax.random.fold_in(jax.random.PRNGKey(exp.seed), 2**31 - 2)
-    rows = []
+    rows, first_bad = [], None
     for i, path in enumerate(inputs):
         time_value = t
         gt_path = truths[i]
@@ -441,6 +440,7 @@ def evaluate_folder(state, exp, *, input_dir: str = "", target_dir: str = "",
                                 f" to skip such files{done}")
             if results is not None:
                 results.skip(path, problem)
+            first_bad = first_bad or f"{path.name} {problem}"
             continue
         if input_dir:
             y = image
@@ -474,7 +474,25 @@ def evaluate_folder(state, exp, *, input_dir: str = "", target_dir: str = "",
         rows.append(row)
         if results is not None:
             results.add(row)
+    if not rows:
+        flag = "input_dir" if input_dir else "target_dir"
+        raise DataError(f"none of the {len(inputs)} images in --{flag} "
+                        f"{input_dir or target_dir} could be read (the first: {first_bad}); "
+                        f"pass --{flag} a folder of readable images")
     return rows
+
+
+def _images(folder: str, flag: str) -> list[Path]:
+    """The image files of ``folder``, refused with eval.py's ``--<flag>``."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise DataError(f"--{flag} {folder} is not a folder; pass --{flag} a folder of images")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in data.sources.IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"--{flag} {folder} holds no images "
+                        f"({', '.join(data.sources.IMAGE_SUFFIXES)}); pass --{flag} a folder "
+                        "of images")
+    return files
 
 
 def pair_inputs(input_dir: str, target_dir: str, scale: int) -> tuple[list, list]:
@@ -482,14 +500,13 @@ def pair_inputs(input_dir: str, target_dir: str, scale: int) -> tuple[list, list
     exactly one target, paired by name as in training (``data.pairing``; the folders may be one,
     its LR files the inputs): the unpaired are named in one DataError before any work. With a
     target folder alone the targets are the inputs' sources."""
-    list_images = data.sources.list_images
     if not target_dir:
-        inputs = list_images(input_dir)
+        inputs = _images(input_dir, "input_dir")
         return inputs, [None] * len(inputs)
-    targets = list_images(target_dir)
+    targets = _images(target_dir, "target_dir")
     if not input_dir:
         return targets, targets
-    inputs = list_images(input_dir)
+    inputs = _images(input_dir, "input_dir")
     if Path(input_dir).expanduser().resolve() == Path(target_dir).expanduser().resolve():
         targets, inputs = pairing.split_shared_folder(inputs, scale)
     truths, unpaired = [], []
@@ -590,7 +607,7 @@ def run(workdir: str, *, which: str = "best", input_dir: str = "", target_dir: s
     ensemble = exp.eval.self_ensemble if self_ensemble is None else self_ensemble
     name, identity = evaluation_target(input_dir=input_dir, target_dir=target_dir,
                                        benchmark_root=benchmark_root, self_ensemble=ensemble)
-    checkpoint = f"{which}-{step}"
+    checkpoint = f"step-{step}" if str(which).isdigit() else f"{which}-{step}"
     identity = {"checkpoint": checkpoint, **identity}
     defaults = {"tile": exp.eval.tile, "t": None,
                 "crop_border": task.scale if benchmark_root else exp.eval.crop_border,
@@ -608,11 +625,14 @@ def run(workdir: str, *, which: str = "best", input_dir: str = "", target_dir: s
     if parts:  # a default evaluation's identity stays what it always was
         name = "-".join([name, *parts])
         identity = {**identity, "variant": parts}
-    out_dir, replaced = output_folder(workdir, checkpoint, name, identity, output_dir=output_dir,
-                                      overwrite=overwrite)
-    (out_dir / "target.json").write_text(json.dumps({"identity": identity, "options": options},
-                                                    indent=1))
-    results = Results(out_dir, {"checkpoint": which, "step": step, "target": name,
+    with storage.writing(output_dir or workdir / "eval" / checkpoint,
+                         "making the evaluation folder in "
+                         f"{output_dir or workdir / 'eval' / checkpoint}"):
+        out_dir, replaced = output_folder(workdir, checkpoint, name, identity,
+                                          output_dir=output_dir, overwrite=overwrite)
+    storage.write_file(out_dir / "target.json",
+                       json.dumps({"identity": identity, "options": options}, indent=1))
+    results = Results(out_dir, {"checkpoint": str(which), "step": step, "target": name,
                                 **({"replaced_earlier": True} if replaced else {})})
     folder_options = dict(tile=options["tile"], overlap=options["overlap"],
                           self_ensemble=ensemble, crop_border=options["crop_border"],

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from msjax import storage
 from msjax.errors import RunDirError
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,9 @@ class WorkdirLock:
     def acquire(self) -> None:
         if self.held:
             return
-        try:
+        with storage.writing(self.path, f"creating the lock file {self.path}"):
             self.workdir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise RunDirError(f"cannot create the lock file {self.path} ({e.strerror}); use a "
-                              "writable --workdir") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -78,7 +76,8 @@ class WorkdirLock:
             holder = _read(fd)
             if holder:
                 self._check_previous(fd, holder)
-            _write(fd, _me())
+            with storage.writing(self.path, f"writing the lock file {self.path}"):
+                _write(fd, _me())
         except BaseException:
             os.close(fd)  # closing releases the flock
             raise

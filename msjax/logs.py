@@ -17,9 +17,11 @@ What the training loop calls::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
+import itertools
 import logging
 import math
 import os
@@ -33,39 +35,51 @@ from PIL import Image, ImageDraw, ImageFont
 
 import jax
 
+from msjax import storage
+
 
 class CsvLog:
     """Rows appended to ``path``, the one CSV writer of msjax (train.csv, valid.csv, eval's
     per_image.csv, summaries). A resumed run (``resume_step``) drops rows past its restored step
-    first, so the file never holds two histories; a row with a field the header lacks rewrites
-    the file with the wider header (``fields`` may start empty)."""
+    and a last row cut short by a failed write first, so the file never holds two histories or
+    half a row; a row with a field the header lacks rewrites the file with the wider header
+    (``fields`` may start empty). A failed write is one ``StorageError`` line."""
 
     def __init__(self, path: Path, fields=(), resume_step: int | None = None):
         self.path, self.fields, self.rows = Path(path), list(fields), None
         if self.path.exists() and resume_step is not None:
-            with open(self.path, newline="") as f:
+            storage.cut_partial_line(self.path)
+            with storage.writing(self.path, f"reading {self.path}"), \
+                    open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= resume_step]
             self._rewrite(rows)
         elif not self.path.exists() or resume_step is None:
             self._rewrite([])
 
     def _rewrite(self, rows):
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, self.fields, restval="")
-            w.writeheader()
-            w.writerows(rows)
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, self.fields, restval="")
+                w.writeheader()
+                w.writerows(rows)
+        storage.write_file(self.path, write)
 
     def write(self, row: dict):
         new = [k for k in row if k not in self.fields]
         if new:
-            with open(self.path, newline="") as f:
+            with storage.writing(self.path, f"reading {self.path}"), \
+                    open(self.path, newline="") as f:
                 rows = list(csv.DictReader(f))
             self.fields += new
             self._rewrite(rows + [row])
             return
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.fields, restval="").writerow(
-                {k: row.get(k, "") for k in self.fields})
+        # One write call per row: a failure leaves at most a partial last line, which the next
+        # resume cuts off.
+        line = io.StringIO()
+        csv.DictWriter(line, self.fields, restval="").writerow(
+            {k: row.get(k, "") for k in self.fields})
+        with storage.writing(self.path), open(self.path, "a", newline="") as f:
+            f.write(line.getvalue())
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -124,16 +138,44 @@ class TextLog:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._file = open(self.path, "a", encoding="utf-8")
+        if self.path.exists():
+            storage.cut_partial_line(self.path)
+        with storage.writing(self.path):
+            self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, line: str):
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        for part in str(line).splitlines() or [""]:
-            self._file.write(f"{stamp} {part}\n")
-        self._file.flush()
+        text = "".join(f"{stamp} {part}\n" for part in str(line).splitlines() or [""])
+        with storage.writing(self.path):
+            self._file.write(text)
+            self._file.flush()
 
     def close(self):
-        self._file.close()
+        with contextlib.suppress(OSError):  # what failed was raised where it was written
+            self._file.close()
+
+
+def append_to_log(workdir, text: str, cause: BaseException | None = None) -> bool | None:
+    """The lines a run ends with (the summary, the stop line, the final error and the
+    traceback of its ``cause``) appended to ``workdir/train.log`` if the run wrote one (else
+    None); best effort: False if it could not be written."""
+    path = Path(workdir) / "train.log"
+    if jax.process_index() != 0 or not path.exists():
+        return None
+    if cause is not None:
+        import traceback
+
+        text += "".join(f"\nlibrary: {line}" for part in traceback.format_exception(cause)
+                        for line in part.rstrip("\n").splitlines())
+    try:
+        log = TextLog(path)
+        try:
+            log.write(text)
+        finally:
+            log.close()
+    except OSError:
+        return False
+    return True
 
 
 def hms(seconds: float) -> str:
@@ -385,12 +427,9 @@ def to_u8(img) -> np.ndarray:
 def save_png(path: Path, img) -> None:
     """A float image in [0, 1] (or an 8-bit one) as a PNG, atomically: an interrupted write never
     leaves a half-written image under ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     pixels = img if np.asarray(img).dtype == np.uint8 else to_u8(img)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    Image.fromarray(np.asarray(pixels)).save(tmp)
-    tmp.replace(path)
+    storage.write_file(path, lambda tmp: Image.fromarray(np.asarray(pixels)).save(tmp,
+                                                                                  format="PNG"))
 
 
 def _fit(img: np.ndarray, height: int, width: int) -> Image.Image:
@@ -475,6 +514,53 @@ def image_grid(panels: dict, *, count: int | None = None, size: int | None = Non
     return np.asarray(canvas)
 
 
+_OPENINGS = itertools.count()
+
+
+class Events:
+    """TensorBoard events written in the caller's thread (tensorboardX's own writer thread dies
+    on a failed write, prints its traceback and leaves later writes waiting on a full queue), so
+    a failed write is one StorageError where it happens. One file per opening; a resumed run's
+    file starts with a ``SessionLog.START`` at ``purge_step``, which makes TensorBoard hide the
+    earlier files' events from that step on, so no step shows twice."""
+
+    def __init__(self, folder: Path, purge_step: int | None = None):
+        from tensorboardX.event_file_writer import EventsWriter
+
+        self.folder = Path(folder)
+        with storage.writing(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            # tensorboardX names a file by the second and host only: a second opening within
+            # the same second would truncate the first's file.
+            self._writer = EventsWriter(str(self.folder / "events"),
+                                        f".{os.getpid()}.{next(_OPENINGS)}")
+        self.path = self.folder / Path(self._writer._file_name).name
+        if purge_step is not None:
+            from tensorboardX.proto.event_pb2 import SessionLog
+
+            self._write(self._event(step=purge_step, session_log=SessionLog(
+                status=SessionLog.START)))
+
+    @staticmethod
+    def _event(**fields):
+        from tensorboardX.proto.event_pb2 import Event
+
+        return Event(wall_time=time.time(), **fields)
+
+    def _write(self, *events) -> None:
+        with storage.writing(self.path):
+            for event in events:
+                self._writer.write_event(event)
+            self._writer.flush()
+
+    def summaries(self, step: int, *summaries) -> None:
+        self._write(*(self._event(step=int(step), summary=s) for s in summaries))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # a failed write was raised where it happened
+            self._writer.close()
+
+
 class RunLog:
     """The run's CSVs, TensorBoard events and image grids (``workdir/images/<stream>_<step>.png``),
     and the same scalars, grids and config in Weights & Biases when ``wandb`` is given
@@ -499,10 +585,12 @@ class RunLog:
             return
         self.train = CsvLog(self.workdir / "train.csv", TRAIN_FIELDS, resume_step)
         self.valid = CsvLog(self.workdir / "valid.csv", VALID_FIELDS, resume_step)
-        from tensorboardX import SummaryWriter
-
-        self.tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=resume_step)
-        (self.workdir / "images").mkdir(exist_ok=True)
+        # The CSVs keep the rows up to the restored step; TensorBoard likewise keeps its events.
+        self._first_step = 0 if resume_step is None else resume_step + 1
+        self.tb = Events(self.workdir / "tensorboard",
+                         None if resume_step is None else self._first_step)
+        with storage.writing(self.workdir / "images"):
+            (self.workdir / "images").mkdir(exist_ok=True)
         self.wandb = _wandb_writer
         if _wandb_writer is None and wandb is not None:
             from msjax.wandb_writer import WandbWriter
@@ -511,10 +599,12 @@ class RunLog:
     def scalars(self, stream: str, row: dict):
         if not self.enabled:
             return
+        from tensorboardX.summary import scalar
+
         (self.train if stream == "train" else self.valid).write(row)
-        for k, v in row.items():
-            if k not in ("step",) and isinstance(v, (int, float)) and math.isfinite(v):
-                self.tb.add_scalar(f"{stream}/{k}", v, int(row["step"]))
+        self.tb.summaries(row["step"], *(
+            scalar(f"{stream}/{k}", v) for k, v in row.items()
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)))
         if self.wandb is not None:
             self.wandb.scalars(stream, row)
 
@@ -529,8 +619,10 @@ class RunLog:
         grid = image_grid(panels, count=self.image_count if count is None else count,
                           size=self.image_size, title=title, **self.metric_kw)
         path = self.workdir / "images" / f"{stream}_{step:08d}.png"
+        from tensorboardX.summary import image
+
         save_png(path, grid)
-        self.tb.add_image(f"{stream}/grid", grid, step, dataformats="HWC")
+        self.tb.summaries(step, image(f"{stream}/grid", grid, dataformats="HWC"))
         if self.wandb is not None:
             self.wandb.image(stream, step, grid)
         return path
@@ -548,15 +640,16 @@ class RunLog:
         valid/ssim)."""
         if not self.enabled:
             return
-        from tensorboardX.summary import hparams
+        from tensorboardX.summary import hparams, text
 
         flat = dict(record)
         rows = "\n".join(f"| {k} | {v!r} |" for k, v in sorted(flat.items()))
-        self.tb.add_text("config", f"| field | value |\n|---|---|\n{rows}", step)
         values = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
                   for k, v in flat.items()}
-        for summary in hparams(values, {"valid/psnr": math.nan, "valid/ssim": math.nan}):
-            self.tb.file_writer.add_summary(summary, step)
+        # After the restored step: the earlier opening's record there stays as it was.
+        self.tb.summaries(max(step, self._first_step),
+                          text("config", f"| field | value |\n|---|---|\n{rows}"),
+                          *hparams(values, {"valid/psnr": math.nan, "valid/ssim": math.nan}))
 
     def close(self, *, keep_wandb: bool = False):
         if self.enabled:

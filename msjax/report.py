@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from msjax import rundir
+from msjax import rundir, storage
 from msjax.errors import MsjaxError, RunDirError
 from msjax.logs import read_csv
 
@@ -280,7 +280,7 @@ def plot(runs: list[Run], path, target: float | None = None) -> None:
         ax.set_ylabel("validation PSNR (dB)")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
-    fig.savefig(path, dpi=120)
+    storage.write_file(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -338,7 +338,8 @@ def write_report(run_dirs, out=None, target: float | None = None, smooth: int = 
     sources = "\n".join(
         f"- {r.label}: `{Path(os.path.relpath(Path(d).expanduser().resolve(), here)).as_posix()}`"
         for r, d in zip(runs, run_dirs))
-    md_path.write_text(
+    storage.write_file(
+        md_path,
         f"# {title(runs)}\n\n{sources}\n\n![validation PSNR against cost]({png_path.name})\n\n"
         f"{table}\n")
     return table

@@ -21,6 +21,7 @@ from typing import Callable, Mapping
 
 import jax
 
+from msjax import storage
 from msjax.errors import RunDirError
 from msjax.lock import WorkdirLock
 
@@ -210,9 +211,7 @@ def write_config(workdir: Path, record: Mapping, history=()) -> None:
 
 
 def write_json(path: Path, value) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
-    tmp.replace(path)
+    storage.write_file(Path(path), json.dumps(value, indent=1, sort_keys=True))
 
 
 def open_for(workdir: Path) -> Path:
@@ -233,7 +232,8 @@ class Claim:
 
     def __enter__(self):
         if self.lock is not None:
-            self.workdir.mkdir(parents=True, exist_ok=True)
+            with storage.writing(self.workdir, f"making the workdir {self.workdir}"):
+                self.workdir.mkdir(parents=True, exist_ok=True)
             self.lock.acquire()
         return self
 

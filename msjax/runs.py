@@ -134,17 +134,24 @@ def load_checkpoint(workdir, which: str | int = "best", *,
         if str(which).isdigit():
             step = int(which)
             if step not in kept:
-                raise RunDirError(f"no checkpoint at step {step} in {workdir / 'checkpoints'}; "
-                                  f"the run keeps steps {', '.join(map(str, kept))}: choose "
-                                  "one of them, best or latest")
+                raise RunDirError(
+                    f"--checkpoint {step}: {workdir / 'checkpoints'} keeps no checkpoint of that "
+                    f"step; it keeps {', '.join(map(str, kept))} (or pass best, latest)")
         elif which in ("best", "latest"):
             step = ckpt.best_step() if which == "best" else None
             if step is None:
                 step = max(kept)
         else:
-            raise RunDirError(f"checkpoint {which!r} is not best, latest or a step number; "
-                              f"the run keeps steps {', '.join(map(str, kept))}")
-        state, meta = ckpt.restore(step, template)
+            raise RunDirError(f"--checkpoint {which}: not best, latest or a step number; the "
+                              f"run keeps steps {', '.join(map(str, kept))}")
+        try:
+            state, meta = ckpt.restore(step, template)
+        except checkpoints.DamagedCheckpointError as e:
+            others = [s for s in kept if s != step]
+            raise RunDirError(
+                f"checkpoint {step} in {workdir / 'checkpoints'} is damaged ({e.reason}); pass "
+                f"--checkpoint one of the other steps kept: "
+                f"{', '.join(map(str, others)) or 'none'}") from e
     finally:
         ckpt.close()
     return state, exp, step, meta

@@ -18,7 +18,7 @@ import jax
 from clu import parameter_overview
 
 from msjax import (build, checkpoints, data, hooks as loop_hooks, logs, parallel, rundir,
-                   wandb_writer, warmstart)
+                   storage, wandb_writer, warmstart)
 from msjax.backend.compile_cache import CACHE
 from msjax.loop import (Batches, FallBack, Ledger, Loop, Panels, Preempted, Signals, StepPrograms,
                         call_length, progress_plan)
@@ -70,7 +70,10 @@ def train_and_evaluate(config, workdir, *, hooks=(), transform=None, train_sourc
     train_source = train_source or data.open_source(exp.input, "train", scale=exp.task.scale)
     valid = build.make_validation(exp, source=data.open_source(exp.input, "valid",
                                                                scale=exp.task.scale))
-    with rundir.Claim(workdir), Signals() as signals, contextlib.ExitStack() as cleanup:
+    with storage.for_run(workdir / "checkpoints"), rundir.Claim(workdir), \
+            storage.LibraryNoise(workdir / "train.log", jax.process_index() == 0), \
+            Signals() as signals, \
+            contextlib.ExitStack() as cleanup:
         start = restore_or_start(exp, workdir, resume, valid.batch["input"].shape)
         cleanup.callback(start.progress.close)
         cleanup.callback(start.ckpt.close)
@@ -190,8 +193,8 @@ def restore_or_start(exp, workdir: Path, resume, sample_shape) -> Start:
     for line in exp.describe() + [f"model: {exp.model_name}, {params:,} parameters"] + notes:
         progress.write(line)
     if primary:
-        (workdir / "parameters.txt").write_text(
-            parameter_overview.get_parameter_overview(state.params) + "\n")
+        storage.write_file(workdir / "parameters.txt",
+                           parameter_overview.get_parameter_overview(state.params) + "\n")
     if "batch_stats" in state.model_state and len(
             {n for s in exp.stages for n in s.plan.batch_sizes}) > 1:
         progress.write("note: BatchNorm in training mode normalises each MGE evaluation by its own "

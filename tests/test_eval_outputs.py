@@ -185,3 +185,72 @@ def test_eval_cli_errors_are_one_line_with_exit_2(run, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().count("\n") == 0 and "zz.png" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_checkpoint_is_chosen_by_step_and_a_step_not_kept_names_the_kept(run):
+    rows, summary, out = evaluate.run(str(run), which="1")
+    assert summary["step"] == 1 and out == run / "eval" / "step-1" / "valid" and rows
+    with pytest.raises(RunDirError) as info:
+        evaluate.run(str(run), which="7")
+    assert str(info.value) == (f"--checkpoint 7: {run / 'checkpoints'} keeps no checkpoint of "
+                               "that step; it keeps 1, 2 (or pass best, latest)")
+
+
+def test_a_folder_of_only_unreadable_images_is_an_error_naming_eval_flags(run, tmp_path):
+    inputs = tmp_path / "broken"
+    inputs.mkdir()
+    _truncated_png(inputs / "a.png")
+    (inputs / "b.png").write_text("not an image")
+    with pytest.raises(DataError) as info:
+        evaluate.run(str(run), input_dir=str(inputs), bad_images="skip")
+    assert str(info.value).startswith(f"none of the 2 images in --input_dir {inputs} could be "
+                                      "read (the first: a.png cannot be read")
+    assert str(info.value).endswith("pass --input_dir a folder of readable images")
+    for flag in ("input_dir", "target_dir"):
+        with pytest.raises(DataError) as info:
+            evaluate.run(str(run), **{flag: str(tmp_path / "nowhere")})
+        assert str(info.value) == (f"--{flag} {tmp_path / 'nowhere'} is not a folder; pass "
+                                   f"--{flag} a folder of images")
+
+
+def test_a_failed_output_write_is_one_storage_error_leaving_no_partial_file(run, tmp_path,
+                                                                             monkeypatch):
+    import errno
+    import os
+
+    from msjax.errors import StorageError
+
+    inputs = write_images(tmp_path / "full", 2, size=(20, 20))
+    real, saved = Image.Image.save, []
+
+    def save(self, fp, *args, **kwargs):
+        if len(saved) == 3:  # the second image's output: made, then the disk is full
+            open(fp, "wb").close()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        saved.append(fp)
+        return real(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    with pytest.raises(StorageError) as info:
+        evaluate.run(str(run), input_dir=str(inputs))
+    out = run / "eval" / "best-2" / "folder-full"
+    assert str(info.value).startswith(f"writing {out / 'img01.png'} failed (No space left on "
+                                      "device, ENOSPC)")
+    assert "\n" not in str(info.value)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert all(p.stat().st_size > 0 and not p.name.endswith(".tmp") for p in files)
+    assert not (out / "img01.png").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False and summary["images"] == 1
+
+
+def test_eval_flag_mistakes_are_answered_with_eval_flags(run, tmp_path):
+    bad = subprocess.run([sys.executable, "eval.py", "--workdir", str(run), "--checkpoint",
+                          "newest"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert "--checkpoint takes best, latest or a step number" in bad.stderr
+    missing = subprocess.run([sys.executable, "eval.py", "--workdir", str(run), "--input_dir",
+                              str(tmp_path / "nowhere")], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+    assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
+    assert "--input_dir" in missing.stderr and "--config" not in missing.stderr

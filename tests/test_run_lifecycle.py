@@ -150,7 +150,8 @@ def test_a_finished_run_reports_without_training_and_a_larger_budget_extends_it(
 def test_a_patch_larger_than_every_image_is_one_data_error(tmp_path):
     folder = write_images(tmp_path / "imgs", 2, size=(12, 12))
     c = _config(**{"data.source": "folder", "data.train_dir": str(folder)})
-    with pytest.raises(errors.DataError, match="no usable images") as info:
+    with pytest.raises(errors.DataError,
+                       match="no usable images .* lower --config.data.patch") as info:
         train.train_and_evaluate(c, tmp_path / "run")
     assert "\n" not in str(info.value)
 

@@ -122,7 +122,11 @@ def scan_folder(folder: str, *, min_side: int = 0, bad_images: str = "skip",
     if skipped:
         log.warning("skipped %d of %d images in %s", len(skipped), len(skipped) + len(good), folder)
     if not good:
-        raise DataError(f"no usable images in {folder} (all {len(skipped)} skipped)")
+        small = all("smaller than the" in why for why in skipped.values())
+        fix = (f"every one is smaller than the {min_side}-pixel patch: lower "
+               "--config.data.patch or use larger images" if small and skipped else
+               "fix or replace them, or point the config at another folder")
+        raise DataError(f"no usable images in {folder} (all {len(skipped)} skipped): {fix}")
     return FolderSource(good, skipped)
 
 

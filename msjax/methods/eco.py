@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax import data, evaluate, logs, parallel, resize, runs, steps, train
+from msjax import data, evaluate, logs, parallel, resize, runs, steps, storage, train
 from msjax.errors import ConfigError
 from msjax.registry import METHODS
 
@@ -186,7 +186,7 @@ def precompute(exp, teacher_state, teacher_task, teacher_id: dict, directory: Pa
     if manifest_path.exists() and json.loads(manifest_path.read_text()) != manifest:
         for old in directory.glob("*_pre.png"):
             old.unlink()
-    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    storage.write_file(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
     cache = TeacherCache(directory, len(source), paired)
     restore = evaluate.make_restorer(teacher_state, teacher_task, backend=exp.backend)
     resize_image = data.pipeline.whole_image_resize(exp.input)

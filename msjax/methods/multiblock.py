@@ -26,7 +26,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from msjax import build, logs, optim, rundir, runs, train
+from msjax import build, logs, optim, rundir, runs, storage, train
 from msjax.errors import ConfigError
 from msjax.hooks import Hook
 from msjax.registry import METHODS
@@ -261,7 +261,7 @@ def run(exp, workdir) -> dict:
                       f"(input {result['whole_input_psnr']:.2f} dB; "
                       f"{result['whole_images']} images)", flush=True)
             if scored or not finished:
-                marker.write_text(json.dumps(result, indent=1))
+                storage.write_file(marker, json.dumps(result, indent=1))
         rows.append(_summary_row(phase, result, exp.eval.whole_valid))
         if jax.process_index() == 0:
             logs.write_csv(workdir / "phases.csv", rows)
