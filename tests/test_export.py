@@ -159,7 +159,8 @@ def test_a_file_that_differs_from_restore_is_refused_and_removed(deblur_run, tmp
 
 @needs_flatbuffers
 def test_a_step_the_run_does_not_keep_is_refused_with_the_steps_kept(deblur_run):
-    with pytest.raises(MsjaxError, match=r"no checkpoint at step 7 .* keeps steps 1, 2:"):
+    with pytest.raises(MsjaxError, match=r"--checkpoint 7: .* keeps no checkpoint of that step; "
+                       r"it keeps 1, 2 "):
         export.export_run(deblur_run, "stablehlo", checkpoint="7")
     done = export.export_run(deblur_run, "stablehlo", checkpoint="1")
     assert done.card["step"] == 1 and done.path.name == "resnet-step1.stablehlo"
@@ -174,7 +175,8 @@ def test_missing_run_unknown_format_and_missing_extra_are_one_line(tmp_path, deb
     (tmp_path / "untrained" / "config.json").write_text((deblur_run / "config.json").read_text())
     with pytest.raises(MsjaxError, match="no checkpoint in .*: the run saved none yet"):
         export.export_run(tmp_path / "untrained", "stablehlo")
-    with pytest.raises(MsjaxError, match="checkpoint 'newest' is not best, latest or a step"):
+    with pytest.raises(MsjaxError, match="--checkpoint newest: not best, latest or a step "
+                                         "number; the run keeps steps 1, 2"):
         export.export_run(deblur_run, "stablehlo", checkpoint="newest")
     with pytest.raises(export.ExportError, match="--format 'tflite' is unknown"):
         export.export_run(deblur_run, "tflite")
@@ -196,8 +198,8 @@ def test_the_command_line_prints_one_line_and_exits_2(deblur_run):
                           cwd=REPO)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"error: no checkpoint at step 9 in {deblur_run / 'checkpoints'}; the run keeps steps "
-        "1, 2: choose one of them, best or latest"]
+        f"error: --checkpoint 9: {deblur_run / 'checkpoints'} keeps no checkpoint of that step; "
+        "it keeps 1, 2 (or pass best, latest)"]
 
 
 @needs_onnx
