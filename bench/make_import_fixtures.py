@@ -242,15 +242,15 @@ class EResBlock(nn.Module):
         return x + self.body(x) * self.res_scale
 
 
-class EDSR(nn.Module):
-    """EDSR-PyTorch's: head.0, body.I.body.{0,2}, body.N, tail.{0: upsampler, 1}, mean shifts."""
+class EDSRFamily(nn.Module):
+    """EDSR-PyTorch's frame, shared by EDSR and RCAN: mean shifts, head.0, body.{blocks, N},
+    tail.{0: upsampler, 1}, and a long skip over the body."""
 
-    def __init__(self, n_resblocks=16, n_feats=64, scale=2, res_scale=1.0):
+    def __init__(self, blocks, n_feats, scale):
         super().__init__()
         self.sub_mean, self.add_mean = MeanShift(-1), MeanShift(1)
         self.head = nn.Sequential(conv(3, n_feats))
-        self.body = nn.Sequential(*[EResBlock(n_feats, res_scale) for _ in range(n_resblocks)],
-                                  conv(n_feats, n_feats))
+        self.body = nn.Sequential(*blocks, conv(n_feats, n_feats))
         self.tail = nn.Sequential(upsampler(scale, n_feats), conv(n_feats, 3))
 
     def forward(self, x):
@@ -259,6 +259,14 @@ class EDSR(nn.Module):
 
     def last(self):
         return self.tail[1]
+
+
+class EDSR(EDSRFamily):
+    """EDSR-PyTorch's: head.0, body.I.body.{0,2}, body.N, tail.{0: upsampler, 1}, mean shifts."""
+
+    def __init__(self, n_resblocks=16, n_feats=64, scale=2, res_scale=1.0):
+        super().__init__([EResBlock(n_feats, res_scale) for _ in range(n_resblocks)], n_feats,
+                         scale)
 
 
 class BasicBlock(nn.Module):
@@ -321,21 +329,10 @@ class ResidualGroup(nn.Module):
         return x + self.body(x)
 
 
-class RCAN(nn.Module):
+class RCAN(EDSRFamily):
     def __init__(self, n_resgroups=10, n_resblocks=20, n_feats=64, reduction=16, scale=2):
-        super().__init__()
-        self.sub_mean, self.add_mean = MeanShift(-1), MeanShift(1)
-        self.head = nn.Sequential(conv(3, n_feats))
-        self.body = nn.Sequential(*[ResidualGroup(n_feats, reduction, n_resblocks)
-                                    for _ in range(n_resgroups)], conv(n_feats, n_feats))
-        self.tail = nn.Sequential(upsampler(scale, n_feats), conv(n_feats, 3))
-
-    def forward(self, x):
-        x = self.head(self.sub_mean(x))
-        return self.add_mean(self.tail(self.body(x) + x))
-
-    def last(self):
-        return self.tail[1]
+        super().__init__([ResidualGroup(n_feats, reduction, n_resblocks)
+                          for _ in range(n_resgroups)], n_feats, scale)
 
 
 class MSRB(nn.Module):

@@ -69,3 +69,16 @@ def create_state(model, config, sample, total_steps: int, mesh):
     tx = optim.make_optimizer(settings, optim.learning_rate(settings, total_steps))
     return build.create_train_state(jax.random.PRNGKey(config.seed), model, sample, tx=tx,
                                     mesh=mesh, backend=backend.make_backend(config.runtime, mesh))
+
+
+def can_mount_tmpfs() -> bool:
+    """Whether a private mount namespace can mount a small tmpfs (root with unshare: here and in
+    CI), for storage faults that only a real filesystem gives (Orbax / TensorStore writers)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0

@@ -3,7 +3,6 @@ nothing readable is refused; a failed save is one StorageError, never a hang."""
 
 import errno
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from msjax import checkpoints
+from tests.helpers import can_mount_tmpfs
 from msjax.errors import RunDirError, StorageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -327,16 +327,8 @@ def test_a_write_failing_in_the_background_stops_the_process_promptly(tmp_path):
     assert checkpoints.Checkpoints(directory, read_only=True).steps() == [1, 2]
 
 
-def _can_mount_tmpfs():
-    if shutil.which("unshare") is None or shutil.which("mount") is None:
-        return False
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
-                           capture_output=True)
-    return probe.returncode == 0
-
-
 needs_mount = pytest.mark.skipif(
-    sys.platform != "linux" or not _can_mount_tmpfs(),
+    sys.platform != "linux" or not can_mount_tmpfs(),
     reason="needs a private mount namespace (unshare -m, root) to mount a small tmpfs; "
            "test_a_write_failing_in_the_background_stops_the_process_promptly covers the "
            "same path without it")

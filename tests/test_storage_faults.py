@@ -7,7 +7,6 @@ Python writers' faults are injected into a ``train.py`` process (``FAULTS``); th
 import errno
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from msjax import errors, lock, logs, runs, storage
+from tests.helpers import can_mount_tmpfs
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -158,16 +158,8 @@ def test_a_full_disk_at_start_is_one_line_and_writes_nothing(tmp_path):
 
 # ---- a real full or read-only filesystem -------------------------------------------------------
 
-def _can_mount_tmpfs():
-    if shutil.which("unshare") is None or shutil.which("mount") is None:
-        return False
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
-                           capture_output=True)
-    return probe.returncode == 0
-
-
 needs_mount = pytest.mark.skipif(
-    sys.platform != "linux" or not _can_mount_tmpfs(),
+    sys.platform != "linux" or not can_mount_tmpfs(),
     reason="needs a private mount namespace (unshare -m, as root) to mount a small tmpfs; the "
            "injected faults above cover the Python writers without it")
 
