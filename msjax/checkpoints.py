@@ -33,7 +33,7 @@ from msjax.errors import RunDirError, StorageError
 log = logging.getLogger(__name__)
 
 DIGEST_KEY = "state_sha256"
-GOOD_KEY = "good"
+GOOD_KEY = storage.GOOD_KEY
 DAMAGED_PREFIX = "damaged-"
 _PARTIAL = "*.orbax-checkpoint-tmp*"
 
@@ -306,7 +306,7 @@ class Checkpoints:
 
     def _finalized_steps(self) -> list[int]:
         """Steps whose folder was committed (renamed from its temporary name), read from disk."""
-        return storage.good_steps(self.directory)
+        return storage.committed_steps(self.directory)
 
 
 def state_digest(tree) -> str:

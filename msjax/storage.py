@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import json
 import logging
 import os
 import re
@@ -70,7 +71,10 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     return f"{type(e).__name__}: {line}"
 
 
-def good_steps(folder: Path) -> list[int]:
+GOOD_KEY = "good"  # a checkpoint's metric: 0 when it failed the loop's probe (msjax/hooks.py)
+
+
+def committed_steps(folder: Path) -> list[int]:
     """Steps whose checkpoint folder was committed (Orbax renames it to its step when done)."""
     try:
         return sorted(int(p.name) for p in Path(folder).iterdir()
@@ -79,13 +83,28 @@ def good_steps(folder: Path) -> list[int]:
         return []
 
 
+def _passed_probe(step_folder: Path) -> bool:
+    """Whether a committed checkpoint passed the probe: its ``metrics`` item (an Orbax JSON
+    item, read as a file here because the manager may be what failed) says good, or nothing."""
+    try:
+        metrics = json.loads((step_folder / "metrics" / "metrics").read_text())
+    except (OSError, ValueError):
+        return True  # older runs kept no verdict; an unreadable one is for restore to judge
+    return bool(metrics.get(GOOD_KEY, 1))
+
+
 def last_good(folder: Path | None) -> str:
-    """'the last good checkpoint is step N in FOLDER', or that there is none yet."""
+    """'the last good checkpoint is step N in FOLDER' (committed, and not failed by the probe),
+    or that there is none yet."""
     if folder is None:
         return ""
-    steps = good_steps(folder)
-    return (f"the last good checkpoint is step {steps[-1]} in {folder}" if steps
-            else f"no checkpoint was saved in {folder} yet")
+    committed = committed_steps(folder)
+    steps = [s for s in committed if _passed_probe(Path(folder) / str(s))]
+    if steps:
+        return f"the last good checkpoint is step {steps[-1]} in {folder}"
+    if committed:
+        return f"no checkpoint in {folder} passed the probe (steps {committed[0]}-{committed[-1]})"
+    return f"no checkpoint was saved in {folder} yet"
 
 
 def error(what: str, e: BaseException, checkpoints: Path | None = None) -> StorageError:

@@ -322,3 +322,20 @@ def test_library_details_that_cannot_be_kept_are_said(tmp_path):
         thread.start(), thread.join()
     assert storage.details_kept is False
     assert "train.log could not be written" in storage.noise_note()
+
+
+def test_the_last_good_checkpoint_is_the_newest_that_passed_the_probe(tmp_path):
+    # The folders as Orbax commits them, with the probe's verdict in the metrics item.
+    folder = tmp_path / "checkpoints"
+    for step, good in ((10, 1.0), (20, 1.0), (30, 0.0)):
+        (folder / str(step) / "metrics").mkdir(parents=True)
+        (folder / str(step) / "metrics" / "metrics").write_text(
+            json.dumps({"psnr": 20.0, storage.GOOD_KEY: good}))
+    (folder / "40.orbax-checkpoint-tmp-1").mkdir()  # not committed
+    assert storage.last_good(folder) == f"the last good checkpoint is step 20 in {folder}"
+    (folder / "20" / "metrics" / "metrics").write_text("{}")  # a run from before the probe
+    (folder / "10" / "metrics" / "metrics").write_text(json.dumps({storage.GOOD_KEY: 0.0}))
+    assert "step 20" in storage.last_good(folder)
+    (folder / "20" / "metrics" / "metrics").write_text(json.dumps({storage.GOOD_KEY: 0.0}))
+    assert storage.last_good(folder) == (f"no checkpoint in {folder} passed the probe "
+                                         "(steps 10-30)")
