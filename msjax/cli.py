@@ -236,6 +236,7 @@ def _train(FLAGS, config_flags) -> None:
             note = build.keep_own_budget(config, workdir)
             if note:
                 print(note, flush=True)
+                logs.append_to_log(workdir, note)
         result = train.run(config, workdir, extend=extend)
     except errors.MsjaxError as e:
         # train.log ends as the terminal does; the traceback behind the line goes there only.

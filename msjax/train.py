@@ -247,6 +247,8 @@ def finished_result(workdir: Path, exp) -> dict | None:
     if jax.process_index() == 0:
         why = "reached its target PSNR" if meta.get("target_reached") else \
             f"ran its {total_steps} steps"
-        print(f"the run in {workdir} is finished ({why}); a larger --config.train.steps "
-              "extends it", flush=True)
+        line = (f"the run in {workdir} is finished ({why}); a larger --config.train.steps "
+                "extends it")
+        print(line, flush=True)
+        logs.append_to_log(workdir, line)  # train.log holds what the terminal showed
     return result

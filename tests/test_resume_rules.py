@@ -131,6 +131,9 @@ def test_a_rerun_without_the_budget_override_keeps_the_runs_own_budget(tmp_path)
     note = build.keep_own_budget(config, workdir)
     assert "its own step budget (2 steps" in note and config.train.steps == 2
     assert train.train_and_evaluate(config, workdir)["finished"]
+    # train.log ends as the terminal did: the run said it was finished.
+    assert (workdir / "train.log").read_text().rstrip().endswith(
+        "ran its 2 steps); a larger --config.train.steps extends it")
     assert build.keep_own_budget(config, tmp_path / "elsewhere") is None
 
 
