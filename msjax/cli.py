@@ -14,6 +14,8 @@ import re
 import sys
 from pathlib import Path
 
+from msjax import config_file as config_files
+
 TRAIN_USAGE = """Train a model with multiscale gradient estimation.
 
   python train.py --config configs/quickstart.py
@@ -43,20 +45,11 @@ def _config_fields(argv) -> set[str]:
         name = argv[argv.index("--config") + 1]
     try:
         path, _, argument = (name or "").partition(":")
-        get_config = _load_config_module(path).get_config
+        get_config = config_files.load_module(path).get_config
         config = get_config(argument) if argument else get_config()
     except Exception:  # the flag parser has said what is wrong with the file itself
         config = defaults.get_config()
     return set(rundir.flat(config))
-
-
-def _load_config_module(path: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("msjax_cli_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def nearest_field_hint(field: str, known) -> str:
@@ -121,7 +114,7 @@ def default_workdir(config_file: str, config, overridden: dict):
     seed = None
     if "seed" in overridden:
         path, _, argument = config_file.partition(":")
-        get_config = _load_config_module(path).get_config
+        get_config = config_files.load_module(path).get_config
         default = (get_config(argument) if argument else get_config()).seed
         seed = config.seed if config.seed != default else None
     return rundir.default_workdir(config_file, config.mode if "mode" in overridden else "",
@@ -148,7 +141,7 @@ def _default_variant(path: str) -> str:
     from msjax.configs import default_variant
 
     try:
-        return default_variant(_load_config_module(path).get_config)
+        return default_variant(config_files.load_module(path).get_config)
     except Exception:  # the flag parser says what is wrong with the file itself
         return ""
 
@@ -355,7 +348,7 @@ def official_variant(config_file: str, scheme: str) -> str:
     if scheme != "official" or argument:
         return config_file
     try:
-        get_config = _load_config_module(path).get_config
+        get_config = config_files.load_module(path).get_config
         # A config whose argument is something else (sr_urban100's is the model) is no variant.
         same_model = get_config("official").model == get_config().model
     except Exception:  # the config takes no argument, or refuses this one

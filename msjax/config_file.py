@@ -10,6 +10,14 @@ from pathlib import Path
 from msjax.errors import ConfigError, MsjaxError
 
 
+def load_module(path: str):
+    """The config file at ``path``, run as a module of its own (not imported by name)."""
+    spec = importlib.util.spec_from_file_location("msjax_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def packaged_names() -> list[str]:
     import msjax.configs
 
@@ -32,10 +40,8 @@ def check(name: str) -> None:
         raise ConfigError(f"--config {path}: {e.msg} at line {e.lineno}; fix the file") from None
     except (OSError, ValueError) as e:
         raise ConfigError(f"--config {path} cannot be read ({e}); fix the file") from None
-    spec = importlib.util.spec_from_file_location("msjax_checked_config", path)
-    module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        module = load_module(path)
         get_config = getattr(module, "get_config", None)
         if not callable(get_config):
             raise ConfigError(f"--config {path} defines no get_config(); a config file returns "
