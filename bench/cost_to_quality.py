@@ -7,7 +7,9 @@
 
 The measured runs and their commands are in docs/cost_to_quality.md. Every setting trains the
 quickstart network (a residual CNN on 64x64 patches of the built-in photos) through
-``msjax.train.train_and_evaluate`` with the same step budget and seed, into
+``msjax.train.train_and_evaluate`` with the same step budget and seed, starting from ``STUDY_BASE``
+(three grids, 4:2:1: the schedule every published study started from; the setting ``quickstart``
+is configs/quickstart.py as it ships), into
 ``OUT/<budget>/<seed>/<setting>``; a setting's ``steps_scale=F`` gives it F times the budget
 instead. The first setting is the reference (single scale). Its target
 is its final validation PSNR minus ``--margin`` dB; the cost of a run to reach it is the first
@@ -47,6 +49,12 @@ _CD = {"mode": "fullmultiscale", "train.lr_schedule": "constant_decay"}
 _C2F = {**_CD, "fms.max_terms": 1}
 _B1 = {**_C2F, "fms.stage_batch_factor": 1}
 _ADAPTIVE = {"fms.schedule": "adaptive", "fms.window": 100}
+# The schedule every setting starts from, and the base of every published study: the quickstart's
+# network and data on three grids, 4:2:1, every MGE term, one cosine, each grid's own blur scaled
+# with it (the quickstart before it took the two grids these studies found for deblurring).
+STUDY_BASE = {"mode": "fullmultiscale", "mge.levels": 2, "fms.stage_weights": (4, 2, 1),
+              "fms.max_terms": 0, "fms.lr_schedule": "", "mge.operator_per_level": True,
+              "task.level_blur": "scaled"}
 SETTINGS = {
     "single": {"mode": "single"},
     "fms": {"mode": "fullmultiscale"},
@@ -61,6 +69,10 @@ SETTINGS = {
     "c2f_w842": {**_C2F, "fms.stage_weights": (8, 4, 2)},
     "c2f_w844": {**_C2F, "fms.stage_weights": (8, 4, 4)},
     "c2f_l1_w41": {**_C2F, "mge.levels": 1, "fms.stage_weights": (4, 1)},
+    "fms_l1_w41": {**_CD, "mge.levels": 1, "fms.stage_weights": (4, 1)},  # with the MGE terms
+    # configs/quickstart.py as it ships: c2f_l1_w41 with the blur fixed in pixels on both grids.
+    "quickstart": {**_C2F, "mge.levels": 1, "fms.stage_weights": (4, 1),
+                   "task.level_blur": "fixed"},
     "c2f_adaptive": {**_C2F, **_ADAPTIVE, "fms.stage_weights": (16, 2, 1), "fms.min_share": 0.5,
                      "fms.min_improvement": 0.005},
     "b1_w1621": {**_B1, "fms.stage_weights": (16, 2, 1)},
@@ -108,6 +120,8 @@ def make_config(overrides: dict, steps: int, seed: int, eval_every: int):
     if scale <= 0:
         raise SystemExit(f"error: steps_scale={scale} must be positive")
     c = quickstart.get_config()
+    for field, value in STUDY_BASE.items():
+        _set(c, field, value)
     c.seed = seed
     c.train.steps = max(int(round(steps * scale)), 1)
     c.log.eval_every = eval_every
@@ -122,11 +136,15 @@ def make_config(overrides: dict, steps: int, seed: int, eval_every: int):
             raise SystemExit(f"error: {field}: no such config field"
                              f"{cli.nearest_field_hint(field, known)} (msjax/defaults.py has "
                              "every field)")
-        node, *path = c, *field.split(".")
-        for key in path[:-1]:
-            node = node[key]
-        node[path[-1]] = value
+        _set(c, field, value)
     return c
+
+
+def _set(config, field: str, value) -> None:
+    node, *path = config, *field.split(".")
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
 
 
 def _stats(values) -> str:

@@ -5,7 +5,7 @@ stages and task it built from them (each built once)."""
 
 from __future__ import annotations
 
-from msjax import damage, multiscale, optim, tasks
+from msjax import damage, multiscale, operators, optim, tasks
 from msjax.data import SOURCES
 from msjax.data.pipeline import RESIZE_METHODS, RESIZE_MODES
 from msjax.data.sampler import orientations
@@ -186,3 +186,24 @@ def validate_stages(config, stages, task) -> None:
             _check(len(set(s.plan.batch_sizes)) == 1,
                    f"mge.shared_batch reuses one batch for every term, but batch_sizes="
                    f"{s.plan.batch_sizes} differ; give every term the same size")
+
+
+def coarse_grid_note(record, stages) -> str:
+    """For a full-multiscale deblurring run (``record``: the flat config) whose coarsest grid is
+    smaller than the PSF's support on the data grid, one line saying so and how to keep the
+    coarse grid large enough; '' otherwise. Such stages learnt little that transferred to the fine
+    grid in the measured runs, with the blur fixed in pixels, scaled or restricted
+    (docs/cost_to_quality.md); it is advice, not an error, as the paper's schedule is one."""
+    if record["task.name"] != "deblur" or record["mode"] != "fullmultiscale":
+        return ""
+    patch, support = record["data.patch"], operators.psf_support(record["task.blur_sigma"])
+    side = patch // 2 ** max(s.plan.coarsest_level for s in stages)
+    if side >= support:
+        return ""
+    levels = max((j for j in range(8) if patch // 2**j >= support), default=0)
+    steps = f" with {levels + 1} fms.stage_steps" if record["fms.stage_steps"] else ""
+    fix = (f"--config.mge.levels={levels}{steps} keeps it at {patch // 2**levels} px" if levels else
+           f"data.patch={patch} leaves no coarser grid that holds it: train mode=single")
+    return (f"note: the coarsest stage trains on {side} px, smaller than the PSF's {support} px "
+            f"support; stages on such grids learnt little that transferred to the fine grid in "
+            f"the measured runs (docs/cost_to_quality.md): {fix}")

@@ -7,6 +7,8 @@ float32: ``jnp.fft`` rejects bfloat16 and the blur must not lose precision under
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -32,6 +34,12 @@ def gaussian_psf(height: int, width: int, sigma=(3.0, 3.0)) -> jax.Array:
     dx = _circular_offsets(width)[None, :]
     psf = jnp.exp(-(dy**2) / (2 * sy**2) - dx**2 / (2 * sx**2))
     return psf / psf.sum()
+
+
+def psf_support(sigma) -> int:
+    """Side in pixels of the square holding a Gaussian PSF to 3 sigma along its wider axis (19 for
+    sigma 3): a grid smaller than this sees mostly the blur's wrap-around, not an image."""
+    return 2 * math.ceil(3 * max(sigma)) + 1
 
 
 def _transfer(height: int, width: int, sigma) -> jax.Array:

@@ -51,6 +51,25 @@ def test_summary_gains_are_single_over_setting_and_misses_are_named(ctq):
     assert cells[6] == "4.00" and cells[7] == "8.00"  # 40 s / 10 s; 8 / 1 (the seed that got there)
 
 
+def test_the_study_base_is_pinned_and_the_quickstart_setting_is_the_shipped_config(ctq):
+    from msjax import rundir
+    from msjax.configs import quickstart
+
+    # The published studies ran from three grids; the quickstart moving on must not move them.
+    base = ctq.make_config({}, 600, 42, 100)
+    assert base.mge.levels == 2 and tuple(base.fms.stage_weights) == (4, 2, 1)
+    assert base.mge.operator_per_level and base.task.level_blur == "scaled"
+    assert base.fms.max_terms == 0 and base.mode == "fullmultiscale"
+    shipped = quickstart.get_config()
+    setting = ctq.make_config(ctq.SETTINGS["quickstart"], shipped.train.steps, shipped.seed,
+                              shipped.log.eval_every)
+    rate = lambda c: c.fms.lr_schedule or c.train.lr_schedule  # noqa: E731
+    assert rate(setting) == rate(shipped) == "constant_decay"
+    differ = {k for k, v in rundir.flat(setting).items() if rundir.flat(shipped)[k] != v}
+    assert differ <= {"fms.lr_schedule", "train.lr_schedule", "log.every", "log.checkpoint_every",
+                      "log.image_count"}, differ
+
+
 def test_a_misspelt_field_is_refused_with_the_nearest_one(ctq):
     with pytest.raises(SystemExit, match="did you mean fms.stage_weights"):
         ctq.make_config({"fms.stage_weight": (8, 4, 4)}, 1800, 7, 50)

@@ -207,3 +207,54 @@ def test_each_config_augments_as_its_reference_loader_does():
         assert module(name).get_config().data.augment is True
         assert module(name).get_config("official").data.augment is False
     assert module("pyramidal_celeba").get_config().data.augment == "hflip"
+
+
+def test_the_psf_support_holds_the_blur():
+    """psf_support is the window the coarse-grid advice compares against: it holds >99% of the
+    PSF, and a window two pixels smaller does not hold all of what it does."""
+    import jax.numpy as jnp
+
+    from msjax.operators import gaussian_psf, psf_support
+
+    assert psf_support((3.0, 3.0)) == 19 and psf_support((1.0, 2.5)) == 17
+    psf = jnp.fft.fftshift(gaussian_psf(64, 64, (3.0, 3.0)))
+
+    def held(side):
+        lo = 32 - side // 2
+        return float(psf[lo:lo + side, lo:lo + side].sum())
+
+    assert held(19) > 0.99 > held(13)
+
+
+def test_deblurring_presets_keep_the_coarse_grid_at_least_the_psf():
+    """The quickstart and the paper configs' :two_grids train on 32 (48) then 64 (96) px, one
+    single-scale term per stage, the blur fixed in pixels; :official keeps the paper's three
+    grids, and a run whose coarsest grid is below the PSF's support starts with one note naming
+    the levels that fit. CIFAR-10's 32 px patches have no such grid: :two_grids says so."""
+    def shape(c):
+        stages = build.stages(c)
+        sides = [c.data.patch // 2**s.plan.finest_level for s in stages]
+        return sides, [len(s.plan.batch_sizes) for s in stages], [s.steps for s in stages], \
+            config_check.coarse_grid_note(rundir.flat(c), stages)
+
+    quick = module("quickstart").get_config()
+    assert quick.task.level_blur == "fixed" and quick.mge.operator_per_level
+    assert shape(quick) == ([32, 64], [1, 1], [480, 120], "")
+    sides, terms, _, note = shape(module("quickstart").get_config("official"))
+    assert sides == [16, 32, 64] and terms == [1, 2, 3]
+    assert "trains on 16 px, smaller than the PSF's 19 px" in note
+    assert note.endswith("--config.mge.levels=1 keeps it at 32 px")
+    stl = module("deblur_stl10").get_config("two_grids")
+    assert shape(stl) == ([48, 96], [1, 1], [6400, 1600], "")
+    assert shape(module("deblur_celeba").get_config("two_grids"))[0] == [32, 64]
+    paper = module("deblur_stl10").get_config()
+    paper.mode = "fullmultiscale"
+    assert shape(paper)[3].endswith("--config.mge.levels=2 with 3 fms.stage_steps keeps it "
+                                    "at 24 px")
+    with pytest.raises(ValueError, match="16 px coarse grid, smaller than the blur's 19 px"):
+        module("deblur_cifar10").get_config("two_grids")
+    with pytest.raises(ValueError, match="':two_grids'"):
+        module("deblur_stl10").get_config("nope")
+    denoise = module("denoise_celeba").get_config()
+    denoise.mode = "fullmultiscale"
+    assert shape(denoise)[3] == ""  # advice for deblurring only

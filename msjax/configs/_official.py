@@ -41,9 +41,35 @@ def official(task: str, dataset: str, patch: int, model: str, *, valid_split: st
     c.log.eval_every = 250
     if variant == "official":
         official_code(c, dataset)
+    elif variant == "two_grids" and task == "deblur":
+        deblur_fullmultiscale(c)
     elif variant:
-        raise ValueError(f"unknown config variant {variant!r}; use ':official' or none")
+        measured = " or ':two_grids'" if task == "deblur" else ""
+        raise ValueError(f"unknown config variant {variant!r}; use ':official'{measured} or none")
     return c
+
+
+def deblur_fullmultiscale(c):
+    """Full multiscale as measured on deblurring (docs/cost_to_quality.md): two grids, half the
+    patch then the patch, 4:1 of single's steps, each stage one single-scale term on its grid,
+    the blur applied on each grid with the same sigma in pixels. A grid smaller than the PSF's
+    support (three grids on 64 px patches: 16 px against 19) trained a stage that did not
+    transfer, so a patch whose half is smaller than the support gets no full-multiscale preset."""
+    from msjax.operators import psf_support
+
+    support = psf_support(c.task.blur_sigma)
+    if c.data.patch // 2 < support:
+        raise ValueError(
+            f"{c.data.patch} px patches leave a {c.data.patch // 2} px coarse grid, smaller than "
+            f"the blur's {support} px support: full multiscale has no grid to save on here "
+            "(docs/cost_to_quality.md); train without ':two_grids'")
+    c.mode = "fullmultiscale"
+    c.mge.levels = 1
+    c.fms.stage_steps = ()
+    c.fms.stage_weights = (4, 1)     # train.steps (single's 8000) split 6400 / 1600
+    c.fms.max_terms = 1
+    c.mge.operator_per_level = True
+    c.task.level_blur = "fixed"
 
 
 def official_code(c, dataset: str):

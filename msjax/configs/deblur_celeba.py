@@ -1,7 +1,8 @@
 """Deblurring CelebA at 64x64: Gaussian PSF sigma 3 by FFT, t ~ 0.1 U(0,1) noise mix.
 
     python train.py --config configs/deblur_celeba.py                   # runs/deblur_celeba
-    python train.py --config configs/deblur_celeba.py --config.mode=fullmultiscale
+    python train.py --config configs/deblur_celeba.py:two_grids  # full multiscale, as measured
+    python train.py --config configs/deblur_celeba.py --config.mode=fullmultiscale  # the paper's
     python train.py --config configs/deblur_celeba.py:official   # the official code's choices
     # the official code's data directory as it is (DATA/CelebA/):
     python train.py --config configs/deblur_celeba.py \

@@ -9,6 +9,8 @@
 
 CIFAR-10 is prepared on the first run (README, "Datasets"). Models: --config.model=unet|resnet.
 Official schedule: Adam 5e-4 cosine to 1e-6 over 8000 steps; full multiscale 2000/1000/500/250.
+Full multiscale has no measured preset here: a 16 px coarse grid is smaller than the PSF's support
+(19 px), and such a stage learnt little that transfers (docs/cost_to_quality.md).
 """
 
 from msjax.configs._official import official

@@ -77,7 +77,7 @@ def validation_crops(source, count: int, patch: int, *, scale: int = 1,
                      resize=None) -> dict:
     """``count`` fixed crops of ``patch`` (evenly spaced over the validation images). A split
     with fewer images than ``count`` gives each image several crops, distinct windows only (an
-    image the size of the patch gives one), and says how many it cut."""
+    image the size of the patch gives one), and says so where that cuts fewer than ``count``."""
     per_image = max(1, math.ceil(count / len(source)))
     targets, inputs = [], []
     for i in range(len(source)):
@@ -109,7 +109,7 @@ def validation_crops(source, count: int, patch: int, *, scale: int = 1,
         raise DataError(f"no validation image is at least {patch} pixels on each side; lower "
                         "data.valid_patch (0: data.patch) or data.patch to fit the images, or "
                         "validate on larger ones (data.valid_dir)")
-    if len(source) < count:
+    if len(targets) < count:  # asked for more crops than distinct windows: say what it cut
         log.warning("validation: the split has %d images, fewer than data.valid_images=%d; "
                     "using %d crops of them (up to %d distinct windows each)",
                     len(source), count, len(targets), per_image)
