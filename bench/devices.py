@@ -66,7 +66,7 @@ def build_case(case: str, args):
 
     name, _, kernels = case.partition(":")
     conv, _, reductions = kernels.partition("/")
-    c = quickstart.get_config()
+    c = quickstart.get_config("official")  # the three-grid schedule the cases describe
     c.runtime.cpu_convolutions = conv or "auto"
     c.runtime.cpu_reductions = reductions or "ynnpack"
     c.runtime.num_devices = 0

@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 OVERRIDES = ["--config.data.patch=32", "--config.model_kwargs.features=8",
              "--config.model_kwargs.depth=2", "--config.batch_size=4",
-             "--config.data.valid_images=2", "--config.fms.stage_weights=(1,1,1)",
+             "--config.data.valid_images=2", "--config.mge.levels=2",
+             "--config.fms.stage_weights=(1,1,1)",
              "--config.log.every=1", "--config.log.checkpoint_every=1"]
 # Every hook of the loop at work, so its state is saved and restored with each checkpoint: the
 # adaptive schedule (decisions), the target stop (recent PSNRs; a target never reached), the

@@ -36,7 +36,7 @@ def case_config(name: str, conv: str):
     from msjax.configs import quickstart
 
     if name == "quickstart":
-        c = quickstart.get_config()
+        c = quickstart.get_config("official")  # three terms of 8 on its finest stage
     else:
         c = defaults.get_config()
         c.task.name, c.model, c.data.patch, c.batch_size = "denoise", "resnet", 64, 16

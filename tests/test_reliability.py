@@ -35,7 +35,8 @@ def _train_cli(workdir, *overrides):
             "--config.model_kwargs.features=8", "--config.model_kwargs.depth=2",
             "--config.log.eval_every=6", "--config.log.every=1",
             "--config.log.checkpoint_every=1", "--config.batch_size=4",
-            "--config.data.valid_images=2", "--config.fms.stage_weights=(1,1,1)",
+            "--config.data.valid_images=2", "--config.mge.levels=2",
+            "--config.fms.stage_weights=(1,1,1)",
             "--config.runtime.cpu_convolutions=eigen", *overrides]
 
 

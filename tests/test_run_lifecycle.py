@@ -185,7 +185,7 @@ def test_a_short_run_prints_plain_lines_without_library_warnings(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     lines = (out.stdout + out.stderr).splitlines()
     assert not [l for l in lines if "WARNING" in l or l[:1] in ("W", "E") and l[1:5].isdigit()]
-    assert any(l.startswith("step 2/6 (33%)  stage 1/3") for l in lines)
+    assert any(l.startswith("step 2/6 (33%)  stage 1/2") for l in lines)
     assert "\r" not in out.stdout  # not a terminal: one plain line per log step
     assert "finished: step 6 in" in out.stdout
     log = (tmp_path / "run" / "train.log").read_text()

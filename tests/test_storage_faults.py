@@ -26,7 +26,8 @@ ARGS = ["--config", "configs/quickstart.py", f"--config.train.steps={STEPS}",
         "--config.data.patch=32", "--config.model_kwargs.features=8",
         "--config.model_kwargs.depth=2", "--config.log.eval_every=3", "--config.log.every=1",
         "--config.log.checkpoint_every=1", "--config.batch_size=4",
-        "--config.data.valid_images=2", "--config.fms.stage_weights=(1,1,1)",
+        "--config.data.valid_images=2", "--config.mge.levels=2",
+        "--config.fms.stage_weights=(1,1,1)",
         "--config.runtime.cpu_convolutions=eigen"]
 
 # Code run in the train.py process before the CLI: the fault, from its first matching write.
