@@ -42,14 +42,14 @@ def official(task: str, dataset: str, patch: int, model: str, *, valid_split: st
     if variant == "official":
         official_code(c, dataset)
     elif variant == "two_grids" and task == "deblur":
-        deblur_fullmultiscale(c)
+        deblur_two_grids(c)
     elif variant:
         measured = " or ':two_grids'" if task == "deblur" else ""
         raise ValueError(f"unknown config variant {variant!r}; use ':official'{measured} or none")
     return c
 
 
-def deblur_fullmultiscale(c):
+def deblur_two_grids(c):
     """Full multiscale as measured on deblurring (docs/cost_to_quality.md): two grids, half the
     patch then the patch, 4:1 of single's steps, each stage one single-scale term on its grid,
     the blur applied on each grid with the same sigma in pixels. A grid smaller than the PSF's
