@@ -86,8 +86,10 @@ class Experiment:
             self.optimizer, stages[-1].end_step, ends))
 
     def describe(self) -> list[str]:
-        """The start banner: devices and kernels, then the schedule as a small table."""
-        return self.backend.describe() + schedule_table(self)
+        """The start banner: devices and kernels, then the schedule as a small table, and a note
+        where a deblurring schedule's coarsest grid is below the PSF's support."""
+        note = config_check.coarse_grid_note(self.record, self.stages)
+        return self.backend.describe() + schedule_table(self) + ([note] if note else [])
 
 
 # --- config -> typed pieces ---------------------------------------------------------------------

@@ -194,7 +194,7 @@ def coarse_grid_note(record, stages) -> str:
     coarse grid large enough; '' otherwise. Such stages learnt little that transferred to the fine
     grid in the measured runs, with the blur fixed in pixels, scaled or restricted
     (docs/cost_to_quality.md); it is advice, not an error, as the paper's schedule is one."""
-    if record["task.name"] != "deblur" or record["mode"] != "fullmultiscale":
+    if record.get("task.name") != "deblur" or record.get("mode") != "fullmultiscale":
         return ""
     patch, support = record["data.patch"], operators.psf_support(record["task.blur_sigma"])
     side = patch // 2 ** max(s.plan.coarsest_level for s in stages)

@@ -17,8 +17,8 @@ from pathlib import Path
 import jax
 from clu import parameter_overview
 
-from msjax import (build, checkpoints, config_check, data, hooks as loop_hooks, logs, parallel,
-                   rundir, storage, wandb_writer, warmstart)
+from msjax import (build, checkpoints, data, hooks as loop_hooks, logs, parallel, rundir,
+                   storage, wandb_writer, warmstart)
 from msjax.backend.compile_cache import CACHE
 from msjax.loop import (Batches, FallBack, Ledger, Loop, Panels, Preempted, Signals, StepPrograms,
                         call_length, progress_plan)
@@ -200,8 +200,6 @@ def restore_or_start(exp, workdir: Path, resume, sample_shape) -> Start:
         progress.write("note: BatchNorm in training mode normalises each MGE evaluation by its own "
                        "term's batch; with unequal term batches the terms' statistics differ and "
                        "the estimator is biased; equal mge.batch_sizes avoid it")
-    if note := config_check.coarse_grid_note(exp.record, exp.stages):
-        progress.write(note)
     if restored is None:
         return Start(state, {}, False, ckpt, progress)
     if "imported_from" in restored.meta and int(restored.meta["step"]) == 0:

@@ -240,10 +240,12 @@ def test_deblurring_presets_keep_the_coarse_grid_at_least_the_psf():
     quick = module("quickstart").get_config()
     assert quick.task.level_blur == "fixed" and quick.mge.operator_per_level
     assert shape(quick) == ([32, 64], [1, 1], [480, 120], "")
-    sides, terms, _, note = shape(module("quickstart").get_config("official"))
+    official = module("quickstart").get_config("official")
+    sides, terms, _, note = shape(official)
     assert sides == [16, 32, 64] and terms == [1, 2, 3]
     assert "trains on 16 px, smaller than the PSF's 19 px" in note
     assert note.endswith("--config.mge.levels=1 keeps it at 32 px")
+    assert build.experiment(official).describe()[-1] == note  # the start banner's last line
     stl = module("deblur_stl10").get_config("two_grids")
     assert shape(stl) == ([48, 96], [1, 1], [6400, 1600], "")
     assert shape(module("deblur_celeba").get_config("two_grids"))[0] == [32, 64]
