@@ -70,6 +70,7 @@ def deblur_two_grids(c):
     c.fms.max_terms = 1
     c.mge.operator_per_level = True
     c.task.level_blur = "fixed"
+    c.fms.lr_schedule = "constant_decay"  # full rate, a cosine over the last fifth
 
 
 def official_code(c, dataset: str):

@@ -17,6 +17,7 @@ one cosine, the corruption restricted from the fine grid).
 """
 
 from msjax import defaults
+from msjax.configs._official import deblur_two_grids
 
 
 def get_config(variant=""):
@@ -42,10 +43,5 @@ def get_config(variant=""):
         return c
     if variant:
         raise ValueError(f"unknown config variant {variant!r}; use ':official' or none")
-    c.mge.levels = 1
-    c.fms.stage_weights = (4, 1)
-    c.fms.max_terms = 1                  # each stage one single-scale term on its grid
-    c.mge.operator_per_level = True      # corrupt each grid's own clean image ...
-    c.task.level_blur = "fixed"          # ... with the same sigma in pixels
-    c.fms.lr_schedule = "constant_decay"  # full rate, a cosine over the last fifth
+    deblur_two_grids(c)  # the paper deblur configs' :two_grids schedule, on 32 then 64 px
     return c
